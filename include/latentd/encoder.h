@@ -1,0 +1,110 @@
+/* The VAE encoder of a Stable Diffusion autoencoder (diffusers
+ * AutoencoderKL.encode), on the CPU in float32.  This is the one header the
+ * service and the CLI need: load a checkpoint, encode batches of images.
+ *
+ * A loaded model is read-only and may be shared by any number of threads, each
+ * calling ld_encode with its own buffers. */
+#ifndef LATENTD_ENCODER_H
+#define LATENTD_ENCODER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "latentd/common.h"
+
+#define LD_MAX_LEVELS 8
+#define LD_MAX_LATENT_CHANNELS 64
+
+typedef struct {
+    int in_channels;
+    int n_levels;
+    int block_out_channels[LD_MAX_LEVELS];
+    int layers_per_block;
+    int latent_channels;
+    int norm_num_groups;
+    bool use_quant_conv;
+    bool mid_attention;
+    float scaling_factor;
+    bool has_shift_factor;
+    float shift_factor;
+    bool has_latents_stats; /* latents_mean and latents_std, one per latent channel */
+    float latents_mean[LD_MAX_LATENT_CHANNELS];
+    float latents_std[LD_MAX_LATENT_CHANNELS];
+} ld_vae_config;
+
+typedef struct ld_model ld_model;
+
+/* Options for loading.  The scaling overrides apply to a single-file
+ * checkpoint that has no config.json beside it (a config always wins). */
+typedef struct {
+    bool set_scaling_factor;
+    float scaling_factor;
+    bool set_shift_factor;
+    float shift_factor;
+} ld_load_opts;
+
+/* path: a diffusers folder (config.json + diffusion_pytorch_model.safetensors,
+ * or a pipeline folder with vae/), or one .safetensors file in diffusers or
+ * original LDM layout, bare or under "first_stage_model." / "vae.".
+ * opts may be NULL. */
+int ld_model_load(const char *path, const ld_load_opts *opts, ld_model **out, char *err);
+void ld_model_free(ld_model *model);
+
+const ld_vae_config *ld_model_config(const ld_model *model);
+/* A short name (the folder or file name) and what was loaded. */
+const char *ld_model_name(const ld_model *model);
+const char *ld_model_path(const ld_model *model);
+const char *ld_model_layout(const ld_model *model);      /* "diffusers" or "ldm" */
+const char *ld_model_config_source(const ld_model *model); /* "config.json", "inferred" */
+/* One line saying how latents are scaled, e.g. "(z - 0.1159) * 0.3611". */
+const char *ld_model_scaling(const ld_model *model);
+
+/* The latent's size for an h×w image: floor(h/2^(levels-1)) per side.  Fails
+ * (LD_EINVAL) when the image is too small for the encoder's downsamples. */
+int ld_model_latent_size(const ld_model *model, int h, int w, int *lh, int *lw, char *err);
+
+/* Per-stage wall time in seconds, accumulated over a call (for benchmarks). */
+typedef struct {
+    double conv, norm, attention, other;
+} ld_encode_stats;
+
+/* Called after each chunk; a non-zero return cancels the call (LD_ECANCELLED). */
+typedef int (*ld_progress_fn)(void *ctx, int images_done, int images_total);
+
+typedef struct {
+    int vae_split;          /* at most this many images per forward pass; <= 0: all */
+    bool center_input;      /* x*2-1 before the encoder (center_input_sample); default on */
+    bool deterministic;     /* latents from the mode (mean); else a sample */
+    const uint64_t *seeds;  /* sampling: one seed per image (the noise depends on it alone) */
+    size_t max_memory;      /* bytes of working memory a pass may take; 0: no limit */
+    ld_progress_fn progress;
+    void *progress_ctx;
+    ld_encode_stats *stats; /* optional; times are added to it */
+} ld_encode_opts;
+
+void ld_encode_opts_init(ld_encode_opts *opts);
+
+/* Outputs, each [n, C, lh, lw] float32 (moments: [n, 2C, lh, lw]); any may be
+ * NULL to skip it.  latents: the scaled mode or sample; mean; logvar (clamped
+ * to [-30, 20]); moments: mean and logvar as the encoder produced them, before
+ * the clamp (what DiagonalGaussianDistribution takes). */
+typedef struct {
+    float *latents;
+    float *mean;
+    float *logvar;
+    float *moments;
+    int chunk_used; /* set by ld_encode: images per pass it settled on */
+} ld_encode_out;
+
+/* Encode n images of h×w, given as RGB in [0, 1], [n, 3, h, w].
+ * Works in chunks of at most vae_split images; when a chunk's working memory
+ * cannot be had it halves the chunk and retries, down to one image, before it
+ * reports LD_ENOMEM.  The result does not depend on the chunking. */
+int ld_encode(const ld_model *model, const float *images, int n, int h, int w,
+              const ld_encode_opts *opts, ld_encode_out *out, char *err);
+
+/* Bytes of working memory one pass over `chunk` images of h×w takes. */
+size_t ld_encode_workspace_bytes(const ld_model *model, int chunk, int h, int w);
+
+#endif

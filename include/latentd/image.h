@@ -1,0 +1,50 @@
+/* Decoding uploaded images into the encoder's input: planar RGB floats in
+ * [0, 1], [3, height, width].  Alpha is dropped (not composited) and gray is
+ * replicated, as PIL's convert("RGB") does; 16-bit samples are divided by
+ * 65535. */
+#ifndef LATENTD_IMAGE_H
+#define LATENTD_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "latentd/common.h"
+
+typedef struct {
+    int width, height;
+    float *rgb; /* [3, height, width] */
+} ld_image;
+
+typedef struct {
+    uint32_t max_width, max_height; /* 0: no limit */
+    uint64_t max_pixels;            /* 0: no limit */
+} ld_image_limits;
+
+typedef enum { LD_IMG_UNKNOWN, LD_IMG_PNG, LD_IMG_JPEG } ld_image_format;
+
+/* Which format the bytes are, from their signature. */
+ld_image_format ld_image_sniff(const uint8_t *data, size_t len);
+
+/* Decode PNG (or JPEG when built with libjpeg) from memory.  Bad data is
+ * LD_EFORMAT; an image over the limits is LD_ETOOLARGE (checked from the
+ * header, before any pixel memory is taken). */
+int ld_image_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,
+                    ld_image *out, char *err);
+int ld_png_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,
+                  ld_image *out, char *err);
+int ld_jpeg_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,
+                   ld_image *out, char *err);
+/* Whether this build decodes JPEG. */
+int ld_jpeg_supported(void);
+
+/* Read a whole file into memory and decode it. */
+int ld_image_load_file(const char *path, const ld_image_limits *limits, ld_image *out,
+                       char *err);
+
+void ld_image_free(ld_image *img);
+
+/* Shared by the decoders: check the size against the limits and allocate. */
+int ld_image_alloc(ld_image *img, uint32_t width, uint32_t height, const ld_image_limits *limits,
+                   char *err);
+
+#endif

@@ -1,0 +1,49 @@
+/* Numerical kernels on float32 feature maps laid out channel-major ([C, H, W]
+ * for one image).  They know nothing of models or files: the encoder graph
+ * strings them together.  Matrix work goes through CBLAS. */
+#ifndef LATENTD_NN_H
+#define LATENTD_NN_H
+
+#include <stddef.h>
+
+/* Geometry of a 2-D convolution over one image.  Padding on the bottom and
+ * right is implied by the output size: taps that fall outside the input read
+ * zero, which expresses both symmetric padding and diffusers' (0,1,0,1)
+ * downsample padding. */
+typedef struct {
+    int in_ch, in_h, in_w;
+    int out_ch, out_h, out_w;
+    int kernel, stride, pad_top, pad_left;
+} ld_conv_geom;
+
+/* Floats of scratch ld_conv2d needs to process at least one output row at a
+ * time, and at most `budget` floats (bands of rows are sized to fit). */
+size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget);
+
+/* out[co, y, x] = bias[co] + sum weight[co, ci, ky, kx] * in[ci, y*s+ky-pt, x*s+kx-pl].
+ * weight is [out_ch, in_ch, k, k]; bias may be NULL.  scratch holds
+ * scratch_floats floats (from ld_conv2d_scratch_floats). */
+void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, const float *bias,
+               float *out, float *scratch, size_t scratch_floats);
+
+/* GroupNorm over one image (biased variance), then optional SiLU.
+ * in and out may be the same buffer. */
+void ld_group_norm(const float *in, float *out, int channels, size_t plane, int groups,
+                   const float *gamma, const float *beta, float eps, int apply_silu);
+
+/* dst[i] += src[i] */
+void ld_add_inplace(float *dst, const float *src, size_t n);
+
+/* Single-head self-attention over the `tokens` positions of x [C, tokens]:
+ * out = Wo · (softmax(qᵀk/√C) applied to v) + bo, with q = Wq·xn + bq etc.,
+ * where xn is x already normalised by the caller.  Weights are [C, C].
+ * Queries are processed in blocks, so memory is O(tokens·C), never tokens². */
+typedef struct {
+    const float *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo;
+} ld_attn_weights;
+
+size_t ld_attention_scratch_floats(int channels, size_t tokens);
+void ld_attention(const float *xn, int channels, size_t tokens, const ld_attn_weights *w,
+                  float *out, float *scratch);
+
+#endif

@@ -1,0 +1,56 @@
+#include "latentd/common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+const char *ld_status_name(int status)
+{
+    switch (status) {
+    case LD_OK: return "ok";
+    case LD_EINVAL: return "invalid-argument";
+    case LD_ENOMEM: return "out-of-memory";
+    case LD_EIO: return "io-error";
+    case LD_EFORMAT: return "bad-format";
+    case LD_EUNSUPPORTED: return "unsupported";
+    case LD_ETOOLARGE: return "too-large";
+    case LD_ECANCELLED: return "cancelled";
+    default: return "error";
+    }
+}
+
+int ld_fail(char *err, int status, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, LD_ERR_LEN, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+int ld_mul_size(size_t a, size_t b, size_t *out)
+{
+    if (a != 0 && b > SIZE_MAX / a)
+        return -1;
+    *out = a * b;
+    return 0;
+}
+
+void *ld_alloc_aligned(size_t count, size_t elem_size)
+{
+    size_t bytes;
+    if (ld_mul_size(count, elem_size, &bytes) != 0)
+        return NULL;
+    /* aligned_alloc wants a multiple of the alignment */
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    if (rounded < bytes)
+        return NULL;
+    return aligned_alloc(64, rounded ? rounded : 64);
+}
+
+void ld_free_aligned(void *p)
+{
+    free(p);
+}

@@ -1,0 +1,109 @@
+/* Format sniffing, limits and the image buffer, shared by the decoders. */
+#include "latentd/image.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+ld_image_format ld_image_sniff(const uint8_t *data, size_t len)
+{
+    static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    if (len >= 8 && memcmp(data, png_sig, 8) == 0)
+        return LD_IMG_PNG;
+    if (len >= 3 && data[0] == 0xff && data[1] == 0xd8 && data[2] == 0xff)
+        return LD_IMG_JPEG;
+    return LD_IMG_UNKNOWN;
+}
+
+int ld_image_alloc(ld_image *img, uint32_t width, uint32_t height, const ld_image_limits *limits,
+                   char *err)
+{
+    if (width == 0 || height == 0 || width > (1u << 24) || height > (1u << 24))
+        return ld_fail(err, LD_EFORMAT, "bad image size %ux%u", width, height);
+    const uint64_t pixels = (uint64_t)width * height;
+    if (limits && ((limits->max_width && width > limits->max_width) ||
+                   (limits->max_height && height > limits->max_height) ||
+                   (limits->max_pixels && pixels > limits->max_pixels)))
+        return ld_fail(err, LD_ETOOLARGE, "image %ux%u is larger than allowed", width, height);
+    img->width = (int)width;
+    img->height = (int)height;
+    img->rgb = ld_alloc_aligned((size_t)pixels * 3, sizeof(float));
+    if (!img->rgb)
+        return ld_fail(err, LD_ENOMEM, "out of memory for a %ux%u image", width, height);
+    return LD_OK;
+}
+
+void ld_image_free(ld_image *img)
+{
+    if (!img)
+        return;
+    ld_free_aligned(img->rgb);
+    img->rgb = NULL;
+}
+
+int ld_image_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,
+                    ld_image *out, char *err)
+{
+    memset(out, 0, sizeof *out);
+    switch (ld_image_sniff(data, len)) {
+    case LD_IMG_PNG:
+        return ld_png_decode(data, len, limits, out, err);
+    case LD_IMG_JPEG:
+        return ld_jpeg_decode(data, len, limits, out, err);
+    default:
+        return ld_fail(err, LD_EFORMAT, "not a PNG or JPEG image");
+    }
+}
+
+static int read_file(const char *path, uint8_t **data, size_t *len, char *err)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
+    uint8_t *buf = NULL;
+    size_t used = 0, cap = 0;
+    int rc = LD_OK;
+    for (;;) {
+        if (used == cap) {
+            cap = cap ? cap * 2 : 1 << 16;
+            uint8_t *grown = realloc(buf, cap);
+            if (!grown) {
+                rc = ld_fail(err, LD_ENOMEM, "%s: out of memory", path);
+                break;
+            }
+            buf = grown;
+        }
+        size_t got = fread(buf + used, 1, cap - used, fp);
+        used += got;
+        if (got == 0) {
+            if (ferror(fp))
+                rc = ld_fail(err, LD_EIO, "%s: read error", path);
+            break;
+        }
+    }
+    fclose(fp);
+    if (rc != LD_OK) {
+        free(buf);
+        return rc;
+    }
+    *data = buf;
+    *len = used;
+    return LD_OK;
+}
+
+int ld_image_load_file(const char *path, const ld_image_limits *limits, ld_image *out,
+                       char *err)
+{
+    uint8_t *data;
+    size_t len;
+    int rc = read_file(path, &data, &len, err);
+    if (rc != LD_OK)
+        return rc;
+    char inner[LD_ERR_LEN];
+    rc = ld_image_decode(data, len, limits, out, inner);
+    free(data);
+    if (rc != LD_OK)
+        return ld_fail(err, rc, "%s: %s", path, inner);
+    return LD_OK;
+}

@@ -1,0 +1,133 @@
+/* PNG → planar RGB floats with libpng's classic API, reading from memory.
+ * libpng reports errors by longjmp; everything allocated after setjmp is
+ * reached through `volatile` locals so the error path can free it. */
+#include "latentd/image.h"
+
+#include <png.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const uint8_t *data;
+    size_t len, pos;
+    char message[LD_ERR_LEN];
+} png_source;
+
+static void read_from_memory(png_structp png, png_bytep dst, png_size_t count)
+{
+    png_source *src = png_get_io_ptr(png);
+    if (count > src->len - src->pos)
+        png_error(png, "truncated PNG data");
+    memcpy(dst, src->data + src->pos, count);
+    src->pos += count;
+}
+
+static void on_error(png_structp png, png_const_charp msg)
+{
+    png_source *src = png_get_error_ptr(png);
+    snprintf(src->message, sizeof src->message, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+static void on_warning(png_structp png, png_const_charp msg)
+{
+    (void)png;
+    (void)msg; /* warnings (e.g. a bad gamma chunk) do not stop decoding */
+}
+
+/* Ask libpng for 8- or 16-bit RGB or RGBA, whatever the stored format. */
+static void set_transforms(png_structp png, png_infop info)
+{
+    const int color = png_get_color_type(png, info);
+    const int depth = png_get_bit_depth(png, info);
+    if (color == PNG_COLOR_TYPE_PALETTE)
+        png_set_palette_to_rgb(png);
+    if (color == PNG_COLOR_TYPE_GRAY && depth < 8)
+        png_set_expand_gray_1_2_4_to_8(png);
+    if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_GRAY_ALPHA)
+        png_set_gray_to_rgb(png);
+    /* tRNS is not expanded: transparency is dropped, as PIL's convert("RGB") */
+    png_set_interlace_handling(png);
+    png_read_update_info(png, info);
+}
+
+static void rows_to_planar(png_bytep *rows, int channels, int depth, ld_image *img)
+{
+    const size_t plane = (size_t)img->width * img->height;
+    for (int y = 0; y < img->height; y++) {
+        const png_byte *row = rows[y];
+        for (int x = 0; x < img->width; x++) {
+            for (int c = 0; c < 3; c++) {
+                float v;
+                if (depth == 16) {
+                    const png_byte *s = row + 2 * ((size_t)x * channels + c);
+                    v = (float)((s[0] << 8) | s[1]) / 65535.0f;
+                } else {
+                    v = (float)row[(size_t)x * channels + c] / 255.0f;
+                }
+                img->rgb[c * plane + (size_t)y * img->width + x] = v;
+            }
+        }
+    }
+}
+
+static int decode(png_structp png, png_infop info, png_source *src,
+                  const ld_image_limits *limits, ld_image *out, char *err)
+{
+    png_bytep *volatile rows = NULL;
+    png_bytep volatile pixels = NULL;
+    int rc = LD_OK;
+    if (setjmp(png_jmpbuf(png))) {
+        rc = ld_fail(err, LD_EFORMAT, "bad PNG: %s", src->message);
+        goto done;
+    }
+    png_set_read_fn(png, src, read_from_memory);
+    png_read_info(png, info);
+    const png_uint_32 width = png_get_image_width(png, info);
+    const png_uint_32 height = png_get_image_height(png, info);
+    if ((rc = ld_image_alloc(out, width, height, limits, err)) != LD_OK)
+        goto done;
+    set_transforms(png, info);
+    const size_t rowbytes = png_get_rowbytes(png, info);
+    const int channels = png_get_channels(png, info);
+    const int depth = png_get_bit_depth(png, info);
+    pixels = malloc(rowbytes * height);
+    rows = malloc(sizeof(png_bytep) * height);
+    if (!pixels || !rows) {
+        rc = ld_fail(err, LD_ENOMEM, "out of memory decoding a %ux%u PNG", width, height);
+        goto done;
+    }
+    for (png_uint_32 y = 0; y < height; y++)
+        rows[y] = pixels + (size_t)y * rowbytes;
+    png_read_image(png, rows);
+    png_read_end(png, NULL);
+    rows_to_planar(rows, channels, depth, out);
+done:
+    free(rows);
+    free(pixels);
+    if (rc != LD_OK)
+        ld_image_free(out);
+    return rc;
+}
+
+int ld_png_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,
+                  ld_image *out, char *err)
+{
+    memset(out, 0, sizeof *out);
+    if (len < 8 || png_sig_cmp(data, 0, 8) != 0)
+        return ld_fail(err, LD_EFORMAT, "not a PNG image");
+    png_source src = {.data = data, .len = len};
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, on_error, on_warning);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    if (!info) {
+        png_destroy_read_struct(&png, NULL, NULL);
+        return ld_fail(err, LD_ENOMEM, "out of memory starting the PNG decoder");
+    }
+    /* libpng's own guard against decompression bombs in ancillary chunks */
+    png_set_chunk_malloc_max(png, 8u << 20);
+    int rc = decode(png, info, &src, limits, out, err);
+    png_destroy_read_struct(&png, &info, NULL);
+    return rc;
+}

@@ -1,0 +1,71 @@
+/* Single-head self-attention, as in the VAE's mid block.  Scores are computed
+ * for a block of queries at a time (block × tokens), so memory grows with
+ * tokens·C rather than tokens². */
+#include "latentd/nn.h"
+
+#include <cblas.h>
+#include <math.h>
+
+#define QUERY_BLOCK 128
+
+size_t ld_attention_scratch_floats(int channels, size_t tokens)
+{
+    /* q, k, v as [C, tokens] plus one block of scores */
+    return 3 * (size_t)channels * tokens + (size_t)QUERY_BLOCK * tokens;
+}
+
+/* dst[C, T] = W[C, C] · src[C, T] + b */
+static void project(const float *w, const float *b, const float *src, int c, size_t tokens,
+                    float *dst)
+{
+    for (int i = 0; i < c; i++)
+        for (size_t t = 0; t < tokens; t++)
+            dst[(size_t)i * tokens + t] = b[i];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c, (int)tokens, c, 1.0f, w, c, src,
+                (int)tokens, 1.0f, dst, (int)tokens);
+}
+
+static void softmax_rows(float *s, int rows, size_t cols)
+{
+    for (int r = 0; r < rows; r++) {
+        float *row = s + (size_t)r * cols;
+        float max = row[0];
+        for (size_t j = 1; j < cols; j++)
+            if (row[j] > max)
+                max = row[j];
+        double sum = 0.0;
+        for (size_t j = 0; j < cols; j++) {
+            row[j] = expf(row[j] - max);
+            sum += row[j];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (size_t j = 0; j < cols; j++)
+            row[j] *= inv;
+    }
+}
+
+void ld_attention(const float *xn, int c, size_t tokens, const ld_attn_weights *w, float *out,
+                  float *scratch)
+{
+    const int T = (int)tokens;
+    float *q = scratch;
+    float *k = q + (size_t)c * tokens;
+    float *v = k + (size_t)c * tokens;
+    float *scores = v + (size_t)c * tokens;
+    project(w->wq, w->bq, xn, c, tokens, q);
+    project(w->wk, w->bk, xn, c, tokens, k);
+    project(w->wv, w->bv, xn, c, tokens, v);
+    const float scale = 1.0f / sqrtf((float)c);
+    for (int t0 = 0; t0 < T; t0 += QUERY_BLOCK) {
+        const int nq = T - t0 < QUERY_BLOCK ? T - t0 : QUERY_BLOCK;
+        /* scores[nq, T] = scale · q[:, t0:t0+nq]ᵀ · k */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nq, T, c, scale, q + t0, T, k, T,
+                    0.0f, scores, T);
+        softmax_rows(scores, nq, tokens);
+        /* this block's queries are consumed: its columns of q take the result
+         * v · scoresᵀ, [C, nq] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c, nq, T, 1.0f, v, T, scores, T,
+                    0.0f, q + t0, T);
+    }
+    project(w->wo, w->bo, q, c, tokens, out);
+}

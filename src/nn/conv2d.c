@@ -1,0 +1,111 @@
+/* 2-D convolution as im2col + sgemm, one band of output rows at a time so the
+ * column buffer stays bounded whatever the image size. */
+#include "latentd/nn.h"
+
+#include <cblas.h>
+#include <string.h>
+
+static size_t col_rows(const ld_conv_geom *g)
+{
+    return (size_t)g->in_ch * (size_t)g->kernel * (size_t)g->kernel;
+}
+
+static int is_pointwise(const ld_conv_geom *g)
+{
+    return g->kernel == 1 && g->stride == 1 && g->pad_top == 0 && g->pad_left == 0 &&
+           g->out_h == g->in_h && g->out_w == g->in_w;
+}
+
+size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget)
+{
+    if (is_pointwise(g))
+        return 0;
+    size_t row = col_rows(g) * (size_t)g->out_w;
+    size_t rows = budget / row;
+    if (rows < 1)
+        rows = 1;
+    if (rows > (size_t)g->out_h)
+        rows = (size_t)g->out_h;
+    return rows * row;
+}
+
+/* One input row, shifted by kx and strided, into one row of the column matrix. */
+static void gather_row(const float *in_row, int in_w, int out_w, int stride, int x_off,
+                       float *dst)
+{
+    if (!in_row) {
+        memset(dst, 0, sizeof(float) * (size_t)out_w);
+        return;
+    }
+    if (stride == 1) {
+        int x_lo = x_off < 0 ? -x_off : 0;                  /* first x reading column >= 0 */
+        int x_hi = in_w - x_off < out_w ? in_w - x_off : out_w; /* one past last in range */
+        if (x_hi < x_lo)
+            x_hi = x_lo;
+        memset(dst, 0, sizeof(float) * (size_t)x_lo);
+        memcpy(dst + x_lo, in_row + x_lo + x_off, sizeof(float) * (size_t)(x_hi - x_lo));
+        memset(dst + x_hi, 0, sizeof(float) * (size_t)(out_w - x_hi));
+        return;
+    }
+    for (int x = 0; x < out_w; x++) {
+        int ix = x * stride + x_off;
+        dst[x] = (ix >= 0 && ix < in_w) ? in_row[ix] : 0.0f;
+    }
+}
+
+static void im2col_band(const ld_conv_geom *g, const float *in, int y0, int rows, float *col)
+{
+    const int k = g->kernel;
+    const size_t band = (size_t)rows * (size_t)g->out_w;
+    const size_t plane = (size_t)g->in_h * (size_t)g->in_w;
+    for (int ci = 0; ci < g->in_ch; ci++) {
+        for (int ky = 0; ky < k; ky++) {
+            for (int kx = 0; kx < k; kx++) {
+                float *dst = col + ((size_t)(ci * k + ky) * k + kx) * band;
+                for (int r = 0; r < rows; r++) {
+                    int iy = (y0 + r) * g->stride + ky - g->pad_top;
+                    const float *src = (iy >= 0 && iy < g->in_h)
+                                           ? in + ci * plane + (size_t)iy * g->in_w
+                                           : NULL;
+                    gather_row(src, g->in_w, g->out_w, g->stride, kx - g->pad_left,
+                               dst + (size_t)r * g->out_w);
+                }
+            }
+        }
+    }
+}
+
+static void fill_bias(float *out, const float *bias, int channels, size_t stride, size_t count)
+{
+    for (int c = 0; c < channels; c++) {
+        float b = bias ? bias[c] : 0.0f;
+        float *row = out + (size_t)c * stride;
+        for (size_t i = 0; i < count; i++)
+            row[i] = b;
+    }
+}
+
+void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, const float *bias,
+               float *out, float *scratch, size_t scratch_floats)
+{
+    const size_t out_plane = (size_t)g->out_h * (size_t)g->out_w;
+    const int K = (int)col_rows(g);
+    if (is_pointwise(g)) {
+        fill_bias(out, bias, g->out_ch, out_plane, out_plane);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, (int)out_plane, K,
+                    1.0f, weight, K, in, (int)out_plane, 1.0f, out, (int)out_plane);
+        return;
+    }
+    int rows_per_band = (int)(scratch_floats / ((size_t)K * (size_t)g->out_w));
+    if (rows_per_band < 1)
+        rows_per_band = 1; /* caller sized scratch with ld_conv2d_scratch_floats */
+    for (int y0 = 0; y0 < g->out_h; y0 += rows_per_band) {
+        int rows = g->out_h - y0 < rows_per_band ? g->out_h - y0 : rows_per_band;
+        int band = rows * g->out_w;
+        float *dst = out + (size_t)y0 * g->out_w;
+        im2col_band(g, in, y0, rows, scratch);
+        fill_bias(dst, bias, g->out_ch, out_plane, (size_t)band);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, band, K, 1.0f, weight,
+                    K, scratch, band, 1.0f, dst, (int)out_plane);
+    }
+}

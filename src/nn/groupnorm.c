@@ -1,0 +1,56 @@
+/* GroupNorm (+ optional SiLU) over one image in [C, H*W] layout.  Statistics are
+ * accumulated in double: a group of a full-size VAE holds millions of values and
+ * float sums would drift past the fixtures' tolerance. */
+#include "latentd/nn.h"
+
+#include <math.h>
+
+static void group_stats(const float *x, size_t count, double *mean_out, double *var_out)
+{
+    double sum = 0.0, sum_sq = 0.0;
+    for (size_t i = 0; i < count; i++) {
+        double v = x[i];
+        sum += v;
+        sum_sq += v * v;
+    }
+    double mean = sum / (double)count;
+    double var = sum_sq / (double)count - mean * mean;
+    *mean_out = mean;
+    *var_out = var > 0.0 ? var : 0.0;
+}
+
+static inline float silu(float v)
+{
+    return v / (1.0f + expf(-v));
+}
+
+void ld_group_norm(const float *in, float *out, int channels, size_t plane, int groups,
+                   const float *gamma, const float *beta, float eps, int apply_silu)
+{
+    const int per_group = channels / groups;
+    for (int g = 0; g < groups; g++) {
+        const size_t first = (size_t)g * per_group * plane;
+        double mean, var;
+        group_stats(in + first, (size_t)per_group * plane, &mean, &var);
+        const float inv_std = (float)(1.0 / sqrt(var + (double)eps));
+        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
+            /* fold normalisation and affine into one multiply-add per element */
+            const float scale = gamma[c] * inv_std;
+            const float shift = beta[c] - (float)mean * scale;
+            const float *src = in + (size_t)c * plane;
+            float *dst = out + (size_t)c * plane;
+            if (apply_silu)
+                for (size_t i = 0; i < plane; i++)
+                    dst[i] = silu(src[i] * scale + shift);
+            else
+                for (size_t i = 0; i < plane; i++)
+                    dst[i] = src[i] * scale + shift;
+        }
+    }
+}
+
+void ld_add_inplace(float *dst, const float *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] += src[i];
+}

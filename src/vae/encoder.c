@@ -1,0 +1,347 @@
+/* The encoder graph: conv_in → down blocks → mid block → norm/SiLU → conv_out
+ * → quant_conv, over one chunk of images at a time, in three ping-pong
+ * activation buffers planned up front. */
+#include "vae_internal.h"
+#include "latentd/nn.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Column buffer budget for one convolution band (floats): 16 MiB. */
+#define CONV_SCRATCH_BUDGET ((size_t)4 << 20)
+
+typedef struct {
+    size_t act;          /* floats of the largest activation of one image */
+    size_t conv_scratch; /* floats */
+    size_t attn_scratch; /* floats */
+} ws_plan;
+
+typedef struct {
+    const ld_model *m;
+    int n;               /* images in this pass */
+    size_t act;          /* per-image stride of a, b, c */
+    float *a, *b, *c;    /* a holds the running activation */
+    int ch, h, w;        /* a's shape per image */
+    float *conv_scratch;
+    size_t conv_scratch_floats;
+    float *attn_scratch;
+    ld_encode_stats *stats;
+} fwd;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void stat_add(fwd *f, double *slot, double since)
+{
+    if (f->stats)
+        *slot += now_seconds() - since;
+}
+
+static ld_conv_geom geom_for(const ld_conv *conv, int h, int w, int stride)
+{
+    /* stride 2 is diffusers' downsample: pad (0,1,0,1), then no padding */
+    ld_conv_geom g = {.in_ch = conv->in_ch, .in_h = h, .in_w = w, .out_ch = conv->out_ch,
+                      .kernel = conv->kernel, .stride = stride};
+    if (stride == 1) {
+        g.pad_top = g.pad_left = conv->kernel / 2;
+        g.out_h = h;
+        g.out_w = w;
+    } else {
+        g.out_h = h / 2;
+        g.out_w = w / 2;
+    }
+    return g;
+}
+
+/* ---------------- planning ---------------- */
+
+static void plan_conv(ws_plan *p, const ld_conv *conv, int h, int w, int stride)
+{
+    ld_conv_geom g = geom_for(conv, h, w, stride);
+    size_t s = ld_conv2d_scratch_floats(&g, CONV_SCRATCH_BUDGET);
+    size_t in = (size_t)g.in_ch * h * w, out = (size_t)g.out_ch * g.out_h * g.out_w;
+    if (s > p->conv_scratch)
+        p->conv_scratch = s;
+    if (in > p->act)
+        p->act = in;
+    if (out > p->act)
+        p->act = out;
+}
+
+static void plan_resnet(ws_plan *p, const ld_resnet *r, int h, int w)
+{
+    plan_conv(p, &r->conv1, h, w, 1);
+    plan_conv(p, &r->conv2, h, w, 1);
+    if (r->has_shortcut)
+        plan_conv(p, &r->shortcut, h, w, 1);
+}
+
+static void plan_workspace(const ld_model *m, int h, int w, ws_plan *p)
+{
+    const ld_vae_config *cfg = &m->cfg;
+    memset(p, 0, sizeof *p);
+    p->act = (size_t)cfg->in_channels * h * w;
+    plan_conv(p, &m->conv_in, h, w, 1);
+    for (int i = 0; i < cfg->n_levels; i++) {
+        for (int j = 0; j < cfg->layers_per_block; j++)
+            plan_resnet(p, &m->down[i].resnets[j], h, w);
+        if (m->down[i].has_downsample) {
+            plan_conv(p, &m->down[i].downsample, h, w, 2);
+            h /= 2;
+            w /= 2;
+        }
+    }
+    plan_resnet(p, &m->mid_resnet1, h, w);
+    plan_resnet(p, &m->mid_resnet2, h, w);
+    if (cfg->mid_attention)
+        p->attn_scratch = ld_attention_scratch_floats(m->mid_attn.q.in_ch, (size_t)h * w);
+    plan_conv(p, &m->conv_out, h, w, 1);
+    if (cfg->use_quant_conv)
+        plan_conv(p, &m->quant_conv, h, w, 1);
+}
+
+static size_t plan_floats(const ws_plan *p, int chunk)
+{
+    return 3 * (size_t)chunk * p->act + p->conv_scratch + p->attn_scratch;
+}
+
+size_t ld_encode_workspace_bytes(const ld_model *m, int chunk, int h, int w)
+{
+    ws_plan p;
+    plan_workspace(m, h, w, &p);
+    return plan_floats(&p, chunk) * sizeof(float);
+}
+
+/* ---------------- layers over the whole chunk ---------------- */
+
+static void swap(float **x, float **y)
+{
+    float *t = *x;
+    *x = *y;
+    *y = t;
+}
+
+static void conv_all(fwd *f, const ld_conv *conv, const float *src, float *dst, int stride)
+{
+    double t0 = now_seconds();
+    ld_conv_geom g = geom_for(conv, f->h, f->w, stride);
+    for (int i = 0; i < f->n; i++)
+        ld_conv2d(&g, src + i * f->act, conv->weight, conv->bias, dst + i * f->act,
+                  f->conv_scratch, f->conv_scratch_floats);
+    stat_add(f, f->stats ? &f->stats->conv : NULL, t0);
+}
+
+static void norm_all(fwd *f, const ld_norm *norm, const float *src, float *dst, int silu)
+{
+    double t0 = now_seconds();
+    size_t plane = (size_t)f->h * f->w;
+    for (int i = 0; i < f->n; i++)
+        ld_group_norm(src + i * f->act, dst + i * f->act, norm->channels, plane,
+                      f->m->cfg.norm_num_groups, norm->gamma, norm->beta, LD_GN_EPS, silu);
+    stat_add(f, f->stats ? &f->stats->norm : NULL, t0);
+}
+
+static void add_all(fwd *f, float *dst, const float *src, int channels)
+{
+    double t0 = now_seconds();
+    size_t count = (size_t)channels * f->h * f->w;
+    for (int i = 0; i < f->n; i++)
+        ld_add_inplace(dst + i * f->act, src + i * f->act, count);
+    stat_add(f, f->stats ? &f->stats->other : NULL, t0);
+}
+
+/* a ← shortcut(a) + conv2(silu(norm2(conv1(silu(norm1(a)))))) */
+static void resnet_forward(fwd *f, const ld_resnet *r)
+{
+    norm_all(f, &r->norm1, f->a, f->b, 1);
+    conv_all(f, &r->conv1, f->b, f->c, 1);
+    norm_all(f, &r->norm2, f->c, f->b, 1);
+    conv_all(f, &r->conv2, f->b, f->c, 1);
+    if (r->has_shortcut) {
+        conv_all(f, &r->shortcut, f->a, f->b, 1);
+        add_all(f, f->c, f->b, r->conv2.out_ch);
+    } else {
+        add_all(f, f->c, f->a, r->conv2.out_ch);
+    }
+    swap(&f->a, &f->c);
+    f->ch = r->conv2.out_ch;
+}
+
+/* a ← a + attention(group_norm(a)) */
+static void attention_forward(fwd *f, const ld_attn *at)
+{
+    norm_all(f, &at->norm, f->a, f->b, 0);
+    double t0 = now_seconds();
+    const ld_attn_weights w = {at->q.weight, at->q.bias, at->k.weight, at->k.bias,
+                               at->v.weight, at->v.bias, at->out.weight, at->out.bias};
+    for (int i = 0; i < f->n; i++)
+        ld_attention(f->b + i * f->act, f->ch, (size_t)f->h * f->w, &w, f->c + i * f->act,
+                     f->attn_scratch);
+    stat_add(f, f->stats ? &f->stats->attention : NULL, t0);
+    add_all(f, f->a, f->c, f->ch);
+}
+
+static void conv_step(fwd *f, const ld_conv *conv, int stride)
+{
+    conv_all(f, conv, f->a, f->c, stride);
+    swap(&f->a, &f->c);
+    f->ch = conv->out_ch;
+    if (stride == 2) {
+        f->h /= 2;
+        f->w /= 2;
+    }
+}
+
+static void center_input(fwd *f, const float *images, bool center)
+{
+    double t0 = now_seconds();
+    size_t count = (size_t)3 * f->h * f->w;
+    for (int i = 0; i < f->n; i++) {
+        const float *src = images + i * count;
+        float *dst = f->a + i * f->act;
+        for (size_t k = 0; k < count; k++)
+            dst[k] = center ? src[k] * 2.0f - 1.0f : src[k];
+    }
+    f->ch = 3;
+    stat_add(f, f->stats ? &f->stats->other : NULL, t0);
+}
+
+/* Runs the graph; the moments end up in f->a, [n, 2·latent, lh, lw] with
+ * per-image stride f->act. */
+static void encoder_forward(fwd *f, const float *images, bool center)
+{
+    const ld_model *m = f->m;
+    center_input(f, images, center);
+    conv_step(f, &m->conv_in, 1);
+    for (int i = 0; i < m->cfg.n_levels; i++) {
+        for (int j = 0; j < m->cfg.layers_per_block; j++)
+            resnet_forward(f, &m->down[i].resnets[j]);
+        if (m->down[i].has_downsample)
+            conv_step(f, &m->down[i].downsample, 2);
+    }
+    resnet_forward(f, &m->mid_resnet1);
+    if (m->cfg.mid_attention)
+        attention_forward(f, &m->mid_attn);
+    resnet_forward(f, &m->mid_resnet2);
+    norm_all(f, &m->norm_out, f->a, f->a, 1);
+    conv_step(f, &m->conv_out, 1);
+    if (m->cfg.use_quant_conv)
+        conv_step(f, &m->quant_conv, 1);
+}
+
+/* ---------------- chunking ---------------- */
+
+typedef struct {
+    float *block;
+    ws_plan plan;
+    int chunk;
+} workspace;
+
+static bool workspace_alloc(workspace *ws, int chunk, size_t max_memory)
+{
+    size_t floats = plan_floats(&ws->plan, chunk);
+    if (max_memory && floats > max_memory / sizeof(float))
+        return false;
+    ws->block = ld_alloc_aligned(floats, sizeof(float));
+    ws->chunk = chunk;
+    return ws->block != NULL;
+}
+
+/* The largest chunk ≤ want whose workspace can be had, halving on failure. */
+static int workspace_acquire(workspace *ws, int want, size_t max_memory, char *err)
+{
+    for (int chunk = want; chunk >= 1; chunk /= 2)
+        if (workspace_alloc(ws, chunk, max_memory))
+            return LD_OK;
+    size_t need = plan_floats(&ws->plan, 1) * sizeof(float);
+    if (max_memory && need > max_memory)
+        return ld_fail(err, LD_ENOMEM, "encoding one image needs %zu MiB of working memory, "
+                       "over the %zu MiB limit", need >> 20, max_memory >> 20);
+    return ld_fail(err, LD_ENOMEM, "out of memory: encoding one image needs %zu MiB",
+                   need >> 20);
+}
+
+static void fwd_init(fwd *f, const ld_model *m, const workspace *ws, int n, int h, int w,
+                     ld_encode_stats *stats)
+{
+    memset(f, 0, sizeof *f);
+    f->m = m;
+    f->n = n;
+    f->act = ws->plan.act;
+    f->a = ws->block;
+    f->b = f->a + (size_t)ws->chunk * f->act;
+    f->c = f->b + (size_t)ws->chunk * f->act;
+    f->conv_scratch = f->c + (size_t)ws->chunk * f->act;
+    f->conv_scratch_floats = ws->plan.conv_scratch;
+    f->attn_scratch = f->conv_scratch + ws->plan.conv_scratch;
+    f->h = h;
+    f->w = w;
+    f->stats = stats;
+}
+
+void ld_encode_opts_init(ld_encode_opts *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    opts->center_input = true;
+    opts->deterministic = true;
+}
+
+static int check_args(const ld_model *m, int n, int h, int w, const ld_encode_opts *opts,
+                      int *lh, int *lw, char *err)
+{
+    if (n <= 0)
+        return ld_fail(err, LD_EINVAL, "no images to encode");
+    if (!opts->deterministic && !opts->seeds)
+        return ld_fail(err, LD_EINVAL, "sampling needs one seed per image");
+    int rc = ld_model_latent_size(m, h, w, lh, lw, err);
+    if (rc != LD_OK)
+        return rc;
+    if ((size_t)h * (size_t)w > ((size_t)1 << 28))
+        return ld_fail(err, LD_ETOOLARGE, "a %dx%d image is too large", w, h);
+    return LD_OK;
+}
+
+int ld_encode(const ld_model *m, const float *images, int n, int h, int w,
+              const ld_encode_opts *opts, ld_encode_out *out, char *err)
+{
+    ld_encode_opts defaults;
+    if (!opts) {
+        ld_encode_opts_init(&defaults);
+        opts = &defaults;
+    }
+    int lh, lw;
+    int rc = check_args(m, n, h, w, opts, &lh, &lw, err);
+    if (rc != LD_OK)
+        return rc;
+    workspace ws = {0};
+    plan_workspace(m, h, w, &ws.plan);
+    int want = opts->vae_split > 0 && opts->vae_split < n ? opts->vae_split : n;
+    rc = workspace_acquire(&ws, want, opts->max_memory, err);
+    if (rc != LD_OK)
+        return rc;
+    out->chunk_used = ws.chunk;
+    const ld_posterior_ctx post = {&m->cfg, lh, lw, opts->deterministic};
+    const size_t image_floats = (size_t)3 * h * w;
+    for (int done = 0; done < n && rc == LD_OK; done += ws.chunk) {
+        int count = n - done < ws.chunk ? n - done : ws.chunk;
+        fwd f;
+        fwd_init(&f, m, &ws, count, h, w, opts->stats);
+        encoder_forward(&f, images + (size_t)done * image_floats, opts->center_input);
+        /* the moments are in f.a with per-image stride f.act: compact them */
+        const size_t mom = (size_t)2 * m->cfg.latent_channels * lh * lw;
+        for (int i = 1; i < count; i++)
+            memmove(f.a + i * mom, f.a + i * f.act, mom * sizeof(float));
+        ld_posterior(&post, f.a, count, opts->seeds ? opts->seeds + done : NULL, out,
+                     (size_t)done);
+        if (opts->progress && opts->progress(opts->progress_ctx, done + count, n) != 0)
+            rc = ld_fail(err, LD_ECANCELLED, "encoding cancelled after %d of %d images",
+                         done + count, n);
+    }
+    ld_free_aligned(ws.block);
+    return rc;
+}

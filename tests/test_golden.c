@@ -1,0 +1,394 @@
+/* The encoder against the diffusers reference: every model × image of the
+ * fixtures, batching, chunking, the memory-limit fallback and sampling. */
+#include "latentd/encoder.h"
+#include "latentd/image.h"
+#include "testutil.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define TOLERANCE 1e-4 /* the fixtures README: f32 vs their f64 values */
+
+static const char *const images[] = {
+    "astronaut_64", "astronaut_64_gray", "astronaut_64_gray16", "astronaut_64_gray_alpha",
+    "astronaut_64_interlaced", "astronaut_64_palette", "astronaut_64_rgb16",
+    "astronaut_64_rgba", "chelsea_64", "chelsea_60x44", "coffee_64", "coffee_96x128",
+    "rocket_128", "astronaut_256",
+};
+#define N_IMAGES (int)(sizeof images / sizeof images[0])
+
+/* model path (relative to the fixtures) and the expected folder it must match */
+static const char *const models[][2] = {
+    {"models/tiny-sd", "tiny-sd"},
+    {"models/tiny-sd-fp16", "tiny-sd-fp16"},
+    {"models/tiny-sdxl-meanstd", "tiny-sdxl-meanstd"},
+    {"models/tiny-flux16", "tiny-flux16"},
+    {"models/tiny-noattn", "tiny-noattn"},
+    {"models/tiny-sd-ldm/model.safetensors", "tiny-sd"},
+    {"models/tiny-sd-ldm/model-prefixed.safetensors", "tiny-sd"},
+};
+#define N_MODELS (int)(sizeof models / sizeof models[0])
+
+typedef struct {
+    float *latents, *mean, *logvar, *moments;
+    size_t count; /* floats in latents/mean/logvar */
+} result;
+
+static ld_model *load_model(const char *rel)
+{
+    char err[LD_ERR_LEN];
+    ld_model *m = NULL;
+    int rc = ld_model_load(fixture("%s", rel), NULL, &m, err);
+    ck_assert_msg(rc == LD_OK, "%s", err);
+    return m;
+}
+
+static ld_image load_image(const char *name)
+{
+    char err[LD_ERR_LEN];
+    ld_image img;
+    int rc = ld_image_load_file(fixture("images/%s.png", name), NULL, &img, err);
+    ck_assert_msg(rc == LD_OK, "%s", err);
+    return img;
+}
+
+/* n images of one size, stacked into [n, 3, h, w] */
+static float *stack_images(const ld_image *imgs, int n)
+{
+    const size_t each = (size_t)3 * imgs[0].height * imgs[0].width;
+    float *batch = malloc((size_t)n * each * sizeof(float));
+    ck_assert_ptr_nonnull(batch);
+    for (int i = 0; i < n; i++)
+        memcpy(batch + i * each, imgs[i].rgb, each * sizeof(float));
+    return batch;
+}
+
+static result encode(const ld_model *m, const float *batch, int n, int h, int w,
+                     const ld_encode_opts *opts, int *chunk_used)
+{
+    char err[LD_ERR_LEN];
+    int lh, lw;
+    ck_assert_int_eq(ld_model_latent_size(m, h, w, &lh, &lw, err), LD_OK);
+    result r;
+    r.count = (size_t)n * ld_model_config(m)->latent_channels * lh * lw;
+    r.latents = malloc(r.count * sizeof(float));
+    r.mean = malloc(r.count * sizeof(float));
+    r.logvar = malloc(r.count * sizeof(float));
+    r.moments = malloc(2 * r.count * sizeof(float));
+    ck_assert(r.latents && r.mean && r.logvar && r.moments);
+    ld_encode_out out = {r.latents, r.mean, r.logvar, r.moments, 0};
+    int rc = ld_encode(m, batch, n, h, w, opts, &out, err);
+    ck_assert_msg(rc == LD_OK, "%s", err);
+    if (chunk_used)
+        *chunk_used = out.chunk_used;
+    return r;
+}
+
+static void result_free(result *r)
+{
+    free(r->latents);
+    free(r->mean);
+    free(r->logvar);
+    free(r->moments);
+}
+
+static void assert_matches(const result *r, const char *expected_path, const char *what)
+{
+    static const char *const names[] = {"mean", "logvar", "latents"};
+    const float *got[] = {r->mean, r->logvar, r->latents};
+    for (int k = 0; k < 3; k++) {
+        size_t n;
+        int64_t shape[4];
+        float *want = read_tensor(expected_path, names[k], &n, shape);
+        ck_assert_msg(n == r->count, "%s: %s has %zu values, expected %zu", what, names[k],
+                      r->count, n);
+        double e = rel_error(got[k], want, n);
+        ck_assert_msg(e <= TOLERANCE, "%s: %s off by %.3g (tolerance %.0e)", what, names[k], e,
+                      TOLERANCE);
+        free(want);
+    }
+}
+
+START_TEST(every_image_matches_diffusers)
+{
+    ld_model *m = load_model(models[_i][0]);
+    for (int k = 0; k < N_IMAGES; k++) {
+        ld_image img = load_image(images[k]);
+        result r = encode(m, img.rgb, 1, img.height, img.width, NULL, NULL);
+        char what[256];
+        snprintf(what, sizeof what, "%s × %s", models[_i][0], images[k]);
+        assert_matches(&r, fixture("expected/%s/%s.safetensors", models[_i][1], images[k]),
+                       what);
+        result_free(&r);
+        ld_image_free(&img);
+    }
+    ld_model_free(m);
+}
+END_TEST
+
+/* batch3_64 = astronaut, chelsea, coffee as one batch; any vae_split gives it */
+static float *batch3(ld_image imgs[3])
+{
+    static const char *const names[] = {"astronaut_64", "chelsea_64", "coffee_64"};
+    for (int i = 0; i < 3; i++)
+        imgs[i] = load_image(names[i]);
+    return stack_images(imgs, 3);
+}
+
+START_TEST(batch_of_three_matches_at_every_split)
+{
+    ld_model *m = load_model(models[_i][0]);
+    ld_image imgs[3];
+    float *batch = batch3(imgs);
+    for (int split = 0; split <= 4; split++) {
+        ld_encode_opts opts;
+        ld_encode_opts_init(&opts);
+        opts.vae_split = split;
+        int chunk;
+        result r = encode(m, batch, 3, 64, 64, &opts, &chunk);
+        ck_assert_int_eq(chunk, split == 0 || split > 3 ? 3 : split);
+        char what[128];
+        snprintf(what, sizeof what, "%s batch3 vae_split=%d", models[_i][0], split);
+        assert_matches(&r, fixture("expected/%s/batch3_64.safetensors", models[_i][1]), what);
+        result_free(&r);
+    }
+    free(batch);
+    for (int i = 0; i < 3; i++)
+        ld_image_free(&imgs[i]);
+    ld_model_free(m);
+}
+END_TEST
+
+static int count_calls(void *ctx, int done, int total)
+{
+    int *calls = ctx;
+    ck_assert_int_le(done, total);
+    (*calls)++;
+    return 0;
+}
+
+START_TEST(memory_limit_halves_the_chunk)
+{
+    ld_model *m = load_model("models/tiny-sd");
+    ld_image imgs[3];
+    float *batch = batch3(imgs);
+    const size_t one = ld_encode_workspace_bytes(m, 1, 64, 64);
+    const size_t two = ld_encode_workspace_bytes(m, 2, 64, 64);
+    ck_assert_uint_gt(two, one);
+    ld_encode_opts opts;
+    ld_encode_opts_init(&opts);
+    int calls = 0, chunk;
+    opts.progress = count_calls;
+    opts.progress_ctx = &calls;
+    opts.vae_split = 3;
+    opts.max_memory = two; /* 3 does not fit, 3/2 = 1 does (halving, not 2) */
+    result r = encode(m, batch, 3, 64, 64, &opts, &chunk);
+    ck_assert_int_eq(chunk, 1);
+    ck_assert_int_eq(calls, 3); /* one progress report per chunk */
+    assert_matches(&r, fixture("expected/tiny-sd/batch3_64.safetensors"), "limited memory");
+    result_free(&r);
+
+    opts.vae_split = 2; /* a chunk that fits is kept */
+    r = encode(m, batch, 3, 64, 64, &opts, &chunk);
+    ck_assert_int_eq(chunk, 2);
+    assert_matches(&r, fixture("expected/tiny-sd/batch3_64.safetensors"), "chunks of 2");
+    result_free(&r);
+
+    char err[LD_ERR_LEN] = "";
+    float out[3 * 4 * 8 * 8];
+    ld_encode_out o = {out, NULL, NULL, NULL, 0};
+    opts.max_memory = one - 1;
+    ck_assert_int_eq(ld_encode(m, batch, 3, 64, 64, &opts, &o, err), LD_ENOMEM);
+    ck_assert_ptr_nonnull(strstr(err, "working memory"));
+    free(batch);
+    for (int i = 0; i < 3; i++)
+        ld_image_free(&imgs[i]);
+    ld_model_free(m);
+}
+END_TEST
+
+static int cancel_after_first(void *ctx, int done, int total)
+{
+    (void)ctx;
+    (void)total;
+    return done >= 1;
+}
+
+START_TEST(progress_callback_can_cancel)
+{
+    ld_model *m = load_model("models/tiny-noattn");
+    ld_image imgs[3];
+    float *batch = batch3(imgs);
+    ld_encode_opts opts;
+    ld_encode_opts_init(&opts);
+    opts.vae_split = 1;
+    opts.progress = cancel_after_first;
+    float out[3 * 4 * 16 * 16];
+    ld_encode_out o = {out, NULL, NULL, NULL, 0};
+    char err[LD_ERR_LEN];
+    ck_assert_int_eq(ld_encode(m, batch, 3, 64, 64, &opts, &o, err), LD_ECANCELLED);
+    free(batch);
+    for (int i = 0; i < 3; i++)
+        ld_image_free(&imgs[i]);
+    ld_model_free(m);
+}
+END_TEST
+
+/* moments are the unclamped encoder output: their halves are mean and the
+ * logvar before its clamp */
+START_TEST(moments_are_unclamped)
+{
+    ld_model *m = load_model("models/tiny-flux16");
+    ld_image img = load_image("astronaut_64");
+    result r = encode(m, img.rgb, 1, 64, 64, NULL, NULL);
+    const size_t half = r.count;
+    int clamped = 0;
+    for (size_t i = 0; i < half; i++) {
+        ck_assert_float_eq(r.moments[i], r.mean[i]);
+        float raw = r.moments[half + i];
+        float want = raw < -30.0f ? -30.0f : raw > 20.0f ? 20.0f : raw;
+        ck_assert_float_eq(r.logvar[i], want);
+        clamped += raw != want;
+    }
+    ck_assert_int_gt(clamped, 0); /* the fixture pushes logvar beyond the bounds */
+    result_free(&r);
+    ld_image_free(&img);
+    ld_model_free(m);
+}
+END_TEST
+
+static result sample(const ld_model *m, const float *batch, int n, const uint64_t *seeds)
+{
+    ld_encode_opts opts;
+    ld_encode_opts_init(&opts);
+    opts.deterministic = false;
+    opts.seeds = seeds;
+    return encode(m, batch, n, 64, 64, &opts, NULL);
+}
+
+START_TEST(sampling_is_seeded_and_standard_normal)
+{
+    ld_model *m = load_model("models/tiny-sd");
+    ld_image imgs[3];
+    float *batch = batch3(imgs);
+    const uint64_t seeds[3] = {42, 7, 42};
+    result a = sample(m, batch, 3, seeds);
+    result b = sample(m, batch, 3, seeds);
+    const size_t each = a.count / 3;
+    ck_assert_mem_eq(a.latents, b.latents, a.count * sizeof(float)); /* same seed, same noise */
+    /* an image's noise depends on its own seed only, not on its batch */
+    result alone = sample(m, batch, 1, &seeds[0]);
+    ck_assert_mem_eq(alone.latents, a.latents, each * sizeof(float));
+    /* another seed differs */
+    const uint64_t other = 43;
+    result c = sample(m, batch, 1, &other);
+    ck_assert_int_ne(memcmp(c.latents, a.latents, each * sizeof(float)), 0);
+    /* (z - mean)/std is standard normal */
+    const float scale = ld_model_config(m)->scaling_factor;
+    double sum = 0, sum_sq = 0;
+    for (size_t i = 0; i < a.count; i++) {
+        double eps = (a.latents[i] / scale - a.mean[i]) / exp(0.5 * a.logvar[i]);
+        sum += eps;
+        sum_sq += eps * eps;
+    }
+    double mu = sum / a.count, sd = sqrt(sum_sq / a.count - mu * mu);
+    ck_assert_msg(fabs(mu) < 0.15 && fabs(sd - 1.0) < 0.15, "noise mean %g sd %g", mu, sd);
+    result_free(&a);
+    result_free(&b);
+    result_free(&alone);
+    result_free(&c);
+    free(batch);
+    for (int i = 0; i < 3; i++)
+        ld_image_free(&imgs[i]);
+    ld_model_free(m);
+}
+END_TEST
+
+/* center_input_sample off: the caller's [-1,1] input goes in unchanged */
+START_TEST(no_center_takes_input_as_given)
+{
+    ld_model *m = load_model("models/tiny-noattn");
+    ld_image img = load_image("coffee_64");
+    result centred = encode(m, img.rgb, 1, 64, 64, NULL, NULL);
+    const size_t n = (size_t)3 * 64 * 64;
+    for (size_t i = 0; i < n; i++)
+        img.rgb[i] = img.rgb[i] * 2.0f - 1.0f;
+    ld_encode_opts opts;
+    ld_encode_opts_init(&opts);
+    opts.center_input = false;
+    result raw = encode(m, img.rgb, 1, 64, 64, &opts, NULL);
+    ck_assert_double_le(rel_error(raw.mean, centred.mean, centred.count), 1e-6);
+    result_free(&centred);
+    result_free(&raw);
+    ld_image_free(&img);
+    ld_model_free(m);
+}
+END_TEST
+
+/* A single LDM file without config.json: architecture read off the tensors,
+ * SD's default scaling; a pipeline folder with vae/ loads too. */
+START_TEST(other_layouts_load)
+{
+    char *dir = make_temp_dir();
+    char path[4200], err[LD_ERR_LEN];
+    snprintf(path, sizeof path, "%s/vae-ft-mse.safetensors", dir);
+    ck_assert_int_eq(symlink(fixture("models/tiny-sd-ldm/model.safetensors"), path), 0);
+    ld_model *m = NULL;
+    ck_assert_msg(ld_model_load(path, NULL, &m, err) == LD_OK, "%s", err);
+    ck_assert_str_eq(ld_model_config_source(m), "inferred");
+    ck_assert_str_eq(ld_model_layout(m), "ldm");
+    const ld_vae_config *cfg = ld_model_config(m);
+    ck_assert_int_eq(cfg->n_levels, 4);
+    ck_assert_int_eq(cfg->block_out_channels[1], 64);
+    ck_assert(cfg->use_quant_conv && cfg->mid_attention);
+    ld_image img = load_image("chelsea_60x44");
+    result r = encode(m, img.rgb, 1, img.height, img.width, NULL, NULL);
+    assert_matches(&r, fixture("expected/tiny-sd/chelsea_60x44.safetensors"), "inferred");
+    result_free(&r);
+    ld_model_free(m);
+    unlink(path);
+
+    snprintf(path, sizeof path, "%s/vae", dir);
+    ck_assert_int_eq(symlink(fixture("models/tiny-sdxl-meanstd"), path), 0);
+    ck_assert_msg(ld_model_load(dir, NULL, &m, err) == LD_OK, "%s", err);
+    r = encode(m, img.rgb, 1, img.height, img.width, NULL, NULL);
+    assert_matches(&r, fixture("expected/tiny-sdxl-meanstd/chelsea_60x44.safetensors"),
+                   "pipeline folder");
+    result_free(&r);
+    ld_model_free(m);
+    unlink(path);
+    rmdir(dir);
+    free(dir);
+    ld_image_free(&img);
+}
+END_TEST
+
+static Suite *golden_suite(void)
+{
+    Suite *s = suite_create("golden");
+    TCase *tc = tcase_create("fixtures");
+    tcase_set_timeout(tc, 900);
+    tcase_add_loop_test(tc, every_image_matches_diffusers, 0, N_MODELS);
+    tcase_add_loop_test(tc, batch_of_three_matches_at_every_split, 0, N_MODELS);
+    tcase_add_test(tc, memory_limit_halves_the_chunk);
+    tcase_add_test(tc, progress_callback_can_cancel);
+    tcase_add_test(tc, moments_are_unclamped);
+    tcase_add_test(tc, sampling_is_seeded_and_standard_normal);
+    tcase_add_test(tc, no_center_takes_input_as_given);
+    tcase_add_test(tc, other_layouts_load);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(golden_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

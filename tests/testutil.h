@@ -1,0 +1,29 @@
+/* Helpers shared by the tests: fixture paths, tensors read from fixture files,
+ * and the fixtures' error metric. */
+#ifndef LATENTD_TESTUTIL_H
+#define LATENTD_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "latentd/safetensors.h"
+
+/* $LATENTD_FIXTURES/rel (default tests/fixtures/rel), in a static buffer per call slot. */
+const char *fixture(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A float32 copy of tensor `name` from a safetensors file; aborts the test if absent.
+ * shape (may be NULL) receives up to 4 dims. */
+float *read_tensor(const char *path, const char *name, size_t *numel, int64_t shape[4]);
+
+/* max |a-b| / (1 + |b|): the fixtures README's metric, b the expected values. */
+double rel_error(const float *a, const float *b, size_t n);
+
+/* A fresh temporary directory, and a file's whole contents. */
+char *make_temp_dir(void);
+uint8_t *read_all(const char *path, size_t *len);
+void write_all(const char *path, const void *data, size_t len);
+
+/* Deterministic pseudo-random floats in [-1, 1). */
+void fill_random(float *x, size_t n, uint32_t seed);
+
+#endif
