@@ -95,8 +95,8 @@ static int read_file(const char *path, uint8_t **data, size_t *len, char *err)
 int ld_image_load_file(const char *path, const ld_image_limits *limits, ld_image *out,
                        char *err)
 {
-    uint8_t *data;
-    size_t len;
+    uint8_t *data = NULL;
+    size_t len = 0;
     int rc = read_file(path, &data, &len, err);
     if (rc != LD_OK)
         return rc;

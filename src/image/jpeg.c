@@ -1,15 +1,19 @@
 /* JPEG → planar RGB floats with libjpeg(-turbo), when configure found it.
  * libjpeg reports errors through a callback that must not return; it longjmps
  * back here. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
 #include "latentd/image.h"
 
 #include <string.h>
 
 #ifdef HAVE_LIBJPEG
-#include <jpeglib.h>
 #include <setjmp.h>
+#include <stdio.h> /* jpeglib.h needs FILE */
 #include <stdlib.h>
-#include <stdio.h>
+
+#include <jpeglib.h>
 
 typedef struct {
     struct jpeg_error_mgr base;

@@ -53,21 +53,26 @@ static const ld_st_tensor *find_prefixed(const ld_keymap *map, const char *name)
     return ld_st_find(map->file, full);
 }
 
-const ld_st_tensor *ld_keymap_find(const ld_keymap *map, const char *key)
+void ld_keymap_name(const ld_keymap *map, const char *key, char *buf, size_t size)
 {
     char name[256];
     snprintf(name, sizeof name, "%s", key);
-    if (map->ldm) {
+    if (map->ldm)
         for (size_t i = 0; i < sizeof ldm_rules / sizeof ldm_rules[0]; i++)
             replace_once(name, sizeof name, ldm_rules[i][0], ldm_rules[i][1]);
-        return find_prefixed(map, name);
-    }
-    const ld_st_tensor *t = find_prefixed(map, name);
-    if (t)
+    snprintf(buf, size, "%s%s", map->prefix, name);
+}
+
+const ld_st_tensor *ld_keymap_find(const ld_keymap *map, const char *key)
+{
+    char name[320];
+    ld_keymap_name(map, key, name, sizeof name);
+    const ld_st_tensor *t = ld_st_find(map->file, name);
+    if (t || map->ldm)
         return t;
     for (size_t i = 0; i < sizeof legacy_rules / sizeof legacy_rules[0]; i++)
         if (replace_once(name, sizeof name, legacy_rules[i][0], legacy_rules[i][1]))
-            return find_prefixed(map, name);
+            return ld_st_find(map->file, name);
     return NULL;
 }
 

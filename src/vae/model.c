@@ -38,18 +38,28 @@ static void base_name(const char *path, char *dst, size_t size)
     snprintf(dst, size, "%s", basename(copy));
 }
 
+/* dir/name into dst; false when it does not fit. */
+static bool join_path(char *dst, size_t size, const char *dir, const char *name)
+{
+    int len = snprintf(dst, size, "%s/%s", dir, name);
+    return len >= 0 && (size_t)len < size;
+}
+
 /* A folder (a VAE folder, or a pipeline folder with vae/), or a file. */
 static int locate_files(const char *path, model_files *files, char *err)
 {
-    char dir[4096];
+    char dir[4096], nested[4096];
     files->config[0] = '\0';
+    if (strlen(path) >= sizeof dir - 64)
+        return ld_fail(err, LD_EINVAL, "model path is too long");
     base_name(path, files->name, sizeof files->name);
     if (is_dir(path)) {
-        char nested[4096];
-        snprintf(nested, sizeof nested, "%s/vae/config.json", path);
-        snprintf(dir, sizeof dir, is_file(nested) ? "%s/vae" : "%s", path);
-        snprintf(files->weights, sizeof files->weights, "%s/" WEIGHTS_FILE, dir);
-        snprintf(files->config, sizeof files->config, "%s/config.json", dir);
+        join_path(nested, sizeof nested, path, "vae/config.json");
+        snprintf(dir, sizeof dir, "%s", path);
+        if (is_file(nested))
+            join_path(dir, sizeof dir, path, "vae");
+        join_path(files->weights, sizeof files->weights, dir, WEIGHTS_FILE);
+        join_path(files->config, sizeof files->config, dir, "config.json");
         if (!is_file(files->config))
             return ld_fail(err, LD_EIO, "%s: no config.json in this model folder", dir);
         if (!is_file(files->weights))
@@ -60,7 +70,7 @@ static int locate_files(const char *path, model_files *files, char *err)
         return ld_fail(err, LD_EIO, "%s: no such model file or folder", path);
     snprintf(files->weights, sizeof files->weights, "%s", path);
     snprintf(dir, sizeof dir, "%s", path);
-    snprintf(files->config, sizeof files->config, "%s/config.json", dirname(dir));
+    join_path(files->config, sizeof files->config, dirname(dir), "config.json");
     if (!is_file(files->config))
         files->config[0] = '\0';
     return LD_OK;

@@ -63,6 +63,8 @@ typedef struct {
 } ld_keymap;
 
 int ld_keymap_detect(const ld_st_file *file, ld_keymap *map, char *err);
+/* The name a diffusers-style encoder key has in this checkpoint. */
+void ld_keymap_name(const ld_keymap *map, const char *key, char *buf, size_t size);
 /* The tensor for a diffusers-style encoder key, or NULL. */
 const ld_st_tensor *ld_keymap_find(const ld_keymap *map, const char *key);
 

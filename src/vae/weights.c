@@ -43,9 +43,11 @@ static int load_tensor(const ld_keymap *map, const char *key, const int64_t *sha
 {
     const char *path = ld_st_path(map->file);
     const ld_st_tensor *t = ld_keymap_find(map, key);
-    if (!t)
-        return ld_fail(err, LD_EFORMAT, "%s: missing tensor '%s'%s", path, key,
-                       map->ldm ? " (looked under its LDM name)" : "");
+    if (!t) {
+        char name[320];
+        ld_keymap_name(map, key, name, sizeof name);
+        return ld_fail(err, LD_EFORMAT, "%s: missing tensor '%s'", path, name);
+    }
     if (!shape_matches(t, shape, ndim, allow_trailing_ones)) {
         char have[96], want[96];
         shape_text(t->shape, t->ndim, have, sizeof have);

@@ -1,0 +1,12 @@
+#!/bin/sh
+# Installs what latentd needs to build, test and run on Debian (bookworm or later).
+# Run as root (or through sudo).
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    build-essential autoconf automake libtool pkg-config \
+    libmicrohttpd-dev libjansson-dev libpng-dev libopenblas-dev \
+    libjpeg62-turbo-dev libsystemd-dev \
+    check valgrind curl ca-certificates >/dev/null
+echo "install-deps: done"

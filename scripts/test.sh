@@ -1,0 +1,52 @@
+#!/bin/sh
+# Builds latentd out of tree and runs its test suite: plainly, then under
+# AddressSanitizer + UndefinedBehaviorSanitizer, then under valgrind.
+#   scripts/test.sh            all three
+#   scripts/test.sh plain|sanitize|valgrind   one of them
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+[ -x configure ] || autoreconf -fi >/dev/null 2>&1
+jobs=$(nproc 2>/dev/null || echo 2)
+modes=${1:-"plain sanitize valgrind"}
+status=0
+
+summary() { # the Check runners' closing lines, one per test program
+    for log in "$1"/tests/*.log; do
+        printf '%s: %s\n' "$(basename "$log" .log)" "$(grep -E '^[0-9]+%: Checks' "$log" | tail -n 1)"
+    done
+}
+
+run_mode() { # mode, configure flags..., then make variables after --
+    mode=$1; shift
+    dir=build/test-$mode
+    mkdir -p "$dir"
+    echo "== $mode =="
+    flags=""
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do flags="$flags $1"; shift; done
+    [ $# -gt 0 ] && shift
+    (cd "$dir" && eval "\"$top/configure\" -q $flags" && make -s -j"$jobs" all \
+        && make -s -j"$jobs" check "$@") || status=1
+    summary "$dir"
+}
+
+for mode in $modes; do
+    case $mode in
+    plain) run_mode plain ;;
+    sanitize)
+        ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        run_mode sanitize \
+            "CFLAGS='-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all'" \
+            "LDFLAGS='-fsanitize=address,undefined'" ;;
+    valgrind)
+        # CK_FORK=no keeps each test in the process valgrind watches; one BLAS
+        # thread and the quick golden set keep it to minutes (valgrind runs
+        # the vector code ~200x slower; the sanitizer run covers the full set)
+        CK_FORK=no OPENBLAS_NUM_THREADS=1 LATENTD_TEST_QUICK=1 run_mode valgrind "CFLAGS='-O1 -g'" -- \
+            LOG_COMPILER=valgrind \
+            AM_LOG_FLAGS="--quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-origins=no" ;;
+    *) echo "unknown mode $mode" >&2; exit 2 ;;
+    esac
+done
+[ $status -eq 0 ] && echo "all test runs passed" || echo "SOME TEST RUNS FAILED"
+exit $status

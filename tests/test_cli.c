@@ -1,0 +1,158 @@
+/* latent-encode as a user runs it: real files in, a safetensors file out,
+ * compared with the fixtures; errors give a non-zero status and one line. */
+#include "latentd/safetensors.h"
+#include "testutil.h"
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char *dir;
+
+static void setup(void) { dir = make_temp_dir(); }
+static void teardown(void)
+{
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    free(dir);
+}
+
+/* Run latent-encode with args; returns its exit status; stderr → dir/stderr. */
+static int run_cli(const char *args)
+{
+    const char *build = getenv("LATENTD_BUILDDIR");
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s/latent-encode' %s 2>stderr", dir,
+             build ? build : ".", args);
+    int status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void assert_tensor_matches(const char *out, const char *name, const char *expected,
+                                  const char *expected_name, int64_t batch, int64_t index)
+{
+    size_t n_got, n_want;
+    int64_t shape[4];
+    float *got = read_tensor(out, name, &n_got, shape);
+    float *want = read_tensor(expected, expected_name, &n_want, NULL);
+    ck_assert_int_eq(shape[0], batch);
+    const size_t per = n_got / (size_t)batch;
+    ck_assert_uint_eq(per, n_want);
+    double e = rel_error(got + per * (size_t)index, want, per);
+    ck_assert_msg(e <= 1e-4, "%s[%lld] off by %g", name, (long long)index, e);
+    free(got);
+    free(want);
+}
+
+START_TEST(stacks_same_size_images_in_order)
+{
+    char args[8192];
+    snprintf(args, sizeof args, "-q -m '%s' -o out.safetensors --vae-split 2 --moments '%s' '%s' '%s'",
+             fixture("models/tiny-sd"), fixture("images/coffee_64.png"),
+             fixture("images/astronaut_64.png"), fixture("images/chelsea_64.png"));
+    ck_assert_int_eq(run_cli(args), 0);
+    char out[4300];
+    snprintf(out, sizeof out, "%s/out.safetensors", dir);
+    static const char *const order[] = {"coffee_64", "astronaut_64", "chelsea_64"};
+    for (int i = 0; i < 3; i++) {
+        const char *exp = fixture("expected/tiny-sd/%s.safetensors", order[i]);
+        assert_tensor_matches(out, "latents", exp, "latents", 3, i);
+        assert_tensor_matches(out, "mean", exp, "mean", 3, i);
+        assert_tensor_matches(out, "logvar", exp, "logvar", 3, i);
+    }
+    char err[LD_ERR_LEN];
+    ld_st_file *f;
+    ck_assert_int_eq(ld_st_open(out, &f, err), LD_OK);
+    ck_assert_int_eq(ld_st_find(f, "moments")->shape[1], 8);
+    ck_assert_str_eq(ld_st_metadata(f, "model"), "tiny-sd");
+    ck_assert_str_eq(ld_st_metadata(f, "scaling"), "z * 0.18215");
+    ld_st_close(f);
+}
+END_TEST
+
+START_TEST(mixed_sizes_get_one_set_each)
+{
+    char args[8192];
+    snprintf(args, sizeof args, "-q -m '%s' -o - '%s' '%s' '%s' > out.st",
+             fixture("models/tiny-sdxl-meanstd"), fixture("images/chelsea_60x44.png"),
+             fixture("images/astronaut_64.png"), fixture("images/coffee_96x128.png"));
+    ck_assert_int_eq(run_cli(args), 0);
+    char out[4300];
+    snprintf(out, sizeof out, "%s/out.st", dir);
+    static const char *const order[] = {"chelsea_60x44", "astronaut_64", "coffee_96x128"};
+    for (int i = 0; i < 3; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "latents.%d", i);
+        assert_tensor_matches(out, name, fixture("expected/tiny-sdxl-meanstd/%s.safetensors", order[i]),
+                              "latents", 1, 0);
+    }
+}
+END_TEST
+
+START_TEST(sampling_with_a_seed_repeats)
+{
+    char args[8192];
+    for (int k = 0; k < 2; k++) {
+        snprintf(args, sizeof args, "-q -m '%s' --sample --seed 5 -o s%d.st '%s'",
+                 fixture("models/tiny-noattn"), k, fixture("images/rocket_128.png"));
+        ck_assert_int_eq(run_cli(args), 0);
+    }
+    char a[4300], b[4300];
+    snprintf(a, sizeof a, "%s/s0.st", dir);
+    snprintf(b, sizeof b, "%s/s1.st", dir);
+    size_t la, lb;
+    uint8_t *da = read_all(a, &la), *db = read_all(b, &lb);
+    ck_assert_uint_eq(la, lb);
+    ck_assert_mem_eq(da, db, la);
+    free(da);
+    free(db);
+}
+END_TEST
+
+START_TEST(errors_exit_nonzero_with_one_line)
+{
+    char args[8192], line[1024];
+    snprintf(args, sizeof args, "-q -m '%s' -o x.st '%s'", fixture("models/tiny-sd"),
+             fixture("README.md"));
+    ck_assert_int_eq(run_cli(args), 1);
+    char path[4300];
+    snprintf(path, sizeof path, "%s/stderr", dir);
+    FILE *fp = fopen(path, "r");
+    ck_assert_ptr_nonnull(fp);
+    ck_assert_ptr_nonnull(fgets(line, sizeof line, fp));
+    ck_assert_ptr_nonnull(strstr(line, "not a PNG"));
+    ck_assert_ptr_null(fgets(line, sizeof line, fp)); /* one line */
+    fclose(fp);
+    snprintf(args, sizeof args, "-q -m /no/such/model '%s'", fixture("images/coffee_64.png"));
+    ck_assert_int_eq(run_cli(args), 1);
+    ck_assert_int_eq(run_cli("-q"), 2); /* usage */
+    snprintf(args, sizeof args, "-m '%s' --vae-split zero '%s'", fixture("models/tiny-sd"),
+             fixture("images/coffee_64.png"));
+    ck_assert_int_eq(run_cli(args), 2);
+}
+END_TEST
+
+static Suite *cli_suite(void)
+{
+    Suite *s = suite_create("latent-encode");
+    TCase *tc = tcase_create("cli");
+    tcase_set_timeout(tc, 600);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, stacks_same_size_images_in_order);
+    tcase_add_test(tc, mixed_sizes_get_one_set_each);
+    tcase_add_test(tc, sampling_with_a_seed_repeats);
+    tcase_add_test(tc, errors_exit_nonzero_with_one_line);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(cli_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,203 @@
+/* The kernels against direct loops in double precision. */
+#include "latentd/nn.h"
+#include "testutil.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double conv_ref(const ld_conv_geom *g, const float *in, const float *w, const float *b,
+                       int co, int y, int x)
+{
+    double acc = b ? b[co] : 0.0;
+    for (int ci = 0; ci < g->in_ch; ci++)
+        for (int ky = 0; ky < g->kernel; ky++)
+            for (int kx = 0; kx < g->kernel; kx++) {
+                int iy = y * g->stride + ky - g->pad_top, ix = x * g->stride + kx - g->pad_left;
+                if (iy < 0 || iy >= g->in_h || ix < 0 || ix >= g->in_w)
+                    continue;
+                acc += (double)w[((co * g->in_ch + ci) * g->kernel + ky) * g->kernel + kx] *
+                       in[(ci * g->in_h + iy) * g->in_w + ix];
+            }
+    return acc;
+}
+
+static void check_conv(ld_conv_geom g, size_t budget)
+{
+    const size_t nin = (size_t)g.in_ch * g.in_h * g.in_w;
+    const size_t nout = (size_t)g.out_ch * g.out_h * g.out_w;
+    const size_t nw = (size_t)g.out_ch * g.in_ch * g.kernel * g.kernel;
+    float *in = malloc(nin * 4), *w = malloc(nw * 4), *b = malloc(g.out_ch * 4),
+          *out = malloc(nout * 4);
+    fill_random(in, nin, 1);
+    fill_random(w, nw, 2);
+    fill_random(b, (size_t)g.out_ch, 3);
+    size_t scratch_n = ld_conv2d_scratch_floats(&g, budget);
+    float *scratch = malloc(scratch_n * 4 + 4);
+    ld_conv2d(&g, in, w, b, out, scratch, scratch_n);
+    for (int co = 0; co < g.out_ch; co++)
+        for (int y = 0; y < g.out_h; y++)
+            for (int x = 0; x < g.out_w; x++) {
+                double want = conv_ref(&g, in, w, b, co, y, x);
+                double got = out[(co * g.out_h + y) * g.out_w + x];
+                ck_assert_msg(fabs(got - want) <= 1e-4 * (1 + fabs(want)),
+                              "co %d y %d x %d: %g vs %g", co, y, x, got, want);
+            }
+    free(in);
+    free(w);
+    free(b);
+    free(out);
+    free(scratch);
+}
+
+START_TEST(conv_3x3_same_padding_in_bands)
+{
+    ld_conv_geom g = {5, 11, 9, 7, 11, 9, 3, 1, 1, 1};
+    check_conv(g, 1 << 20);      /* one band */
+    check_conv(g, 5 * 9 * 9 * 2); /* two rows per band */
+    check_conv(g, 1);            /* one row per band */
+}
+END_TEST
+
+START_TEST(conv_downsample_pads_right_and_bottom)
+{
+    /* diffusers: pad (0,1,0,1) then 3x3 stride 2, no padding: n -> floor(n/2) */
+    ld_conv_geom odd = {4, 15, 11, 6, 7, 5, 3, 2, 0, 0};
+    check_conv(odd, 1 << 20);
+    check_conv(odd, 1);
+    ld_conv_geom even = {3, 8, 8, 2, 4, 4, 3, 2, 0, 0};
+    check_conv(even, 1 << 20);
+}
+END_TEST
+
+START_TEST(conv_pointwise)
+{
+    ld_conv_geom g = {6, 5, 7, 9, 5, 7, 1, 1, 0, 0};
+    ck_assert_uint_eq(ld_conv2d_scratch_floats(&g, 1 << 20), 0);
+    check_conv(g, 1 << 20);
+}
+END_TEST
+
+START_TEST(group_norm_matches_definition)
+{
+    const int C = 12, G = 4, HW = 37;
+    float x[12 * 37], y[12 * 37], gamma[12], beta[12];
+    fill_random(x, sizeof x / 4, 5);
+    for (int i = 0; i < C * HW; i++)
+        x[i] = x[i] * 3 + 10; /* a large mean, to catch cancellation */
+    fill_random(gamma, C, 6);
+    fill_random(beta, C, 7);
+    for (int silu = 0; silu <= 1; silu++) {
+        ld_group_norm(x, y, C, HW, G, gamma, beta, 1e-6f, silu);
+        for (int g = 0; g < G; g++) {
+            double mean = 0, var = 0;
+            const int n = C / G * HW;
+            for (int i = 0; i < n; i++)
+                mean += x[g * n + i];
+            mean /= n;
+            for (int i = 0; i < n; i++)
+                var += (x[g * n + i] - mean) * (x[g * n + i] - mean);
+            var /= n; /* biased */
+            for (int i = 0; i < n; i++) {
+                int c = (g * n + i) / HW;
+                double v = (x[g * n + i] - mean) / sqrt(var + 1e-6) * gamma[c] + beta[c];
+                if (silu)
+                    v = v / (1 + exp(-v));
+                ck_assert_double_eq_tol(y[g * n + i], v, 1e-5);
+            }
+        }
+    }
+    /* in place gives the same */
+    float z[12 * 37];
+    memcpy(z, x, sizeof x);
+    ld_group_norm(z, z, C, HW, G, gamma, beta, 1e-6f, 1);
+    ck_assert_mem_eq(z, y, sizeof y);
+}
+END_TEST
+
+START_TEST(attention_matches_definition)
+{
+    const int C = 8;
+    const size_t T = 300; /* more than one block of queries */
+    float *x = malloc(C * T * 4), *out = malloc(C * T * 4), *w[4], *b[4];
+    fill_random(x, C * T, 11);
+    for (int k = 0; k < 4; k++) {
+        w[k] = malloc(C * C * 4);
+        b[k] = malloc(C * 4);
+        fill_random(w[k], C * C, 20 + k);
+        fill_random(b[k], C, 30 + k);
+    }
+    ld_attn_weights aw = {w[0], b[0], w[1], b[1], w[2], b[2], w[3], b[3]};
+    float *scratch = malloc(ld_attention_scratch_floats(C, T) * 4);
+    ld_attention(x, C, T, &aw, out, scratch);
+    double *q = malloc(C * T * 8), *k = malloc(C * T * 8), *v = malloc(C * T * 8);
+    double *proj[3] = {q, k, v};
+    for (int p = 0; p < 3; p++)
+        for (int c = 0; c < C; c++)
+            for (size_t t = 0; t < T; t++) {
+                double acc = b[p][c];
+                for (int j = 0; j < C; j++)
+                    acc += (double)w[p][c * C + j] * x[j * T + t];
+                proj[p][c * T + t] = acc;
+            }
+    double *s = malloc(T * 8), o[8];
+    for (size_t t = 0; t < T; t++) {
+        double max = -INFINITY, sum = 0;
+        for (size_t u = 0; u < T; u++) {
+            double d = 0;
+            for (int c = 0; c < C; c++)
+                d += q[c * T + t] * k[c * T + u];
+            s[u] = d / sqrt(C);
+            max = fmax(max, s[u]);
+        }
+        for (size_t u = 0; u < T; u++)
+            sum += s[u] = exp(s[u] - max);
+        for (int c = 0; c < C; c++) {
+            o[c] = 0;
+            for (size_t u = 0; u < T; u++)
+                o[c] += s[u] / sum * v[c * T + u];
+        }
+        for (int c = 0; c < C; c++) {
+            double want = b[3][c];
+            for (int j = 0; j < C; j++)
+                want += (double)w[3][c * C + j] * o[j];
+            ck_assert_double_eq_tol(out[c * T + t], want, 1e-4 * (1 + fabs(want)));
+        }
+    }
+    free(s);
+    free(q);
+    free(k);
+    free(v);
+    free(scratch);
+    for (int p = 0; p < 4; p++) {
+        free(w[p]);
+        free(b[p]);
+    }
+    free(x);
+    free(out);
+}
+END_TEST
+
+static Suite *nn_suite(void)
+{
+    Suite *s = suite_create("nn");
+    TCase *tc = tcase_create("kernels");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, conv_3x3_same_padding_in_bands);
+    tcase_add_test(tc, conv_downsample_pads_right_and_bottom);
+    tcase_add_test(tc, conv_pointwise);
+    tcase_add_test(tc, group_norm_matches_definition);
+    tcase_add_test(tc, attention_matches_definition);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(nn_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
