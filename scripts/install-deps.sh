@@ -8,5 +8,5 @@ apt-get install -y -qq --no-install-recommends \
     build-essential autoconf automake libtool pkg-config \
     libmicrohttpd-dev libjansson-dev libpng-dev libopenblas-dev \
     libjpeg62-turbo-dev libsystemd-dev \
-    check valgrind curl ca-certificates >/dev/null
+    check valgrind curl ca-certificates libcurl4-openssl-dev >/dev/null
 echo "install-deps: done"

@@ -1,0 +1,271 @@
+#include "request.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "latentd/base64.h"
+
+void srv_options_defaults(srv_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->deterministic = true;
+    o->center = true;
+    o->outputs = OUT_LATENTS | OUT_MEAN | OUT_LOGVAR;
+    o->format = FMT_JSON;
+}
+
+static int parse_bool(const char *key, const char *value, bool *out, char *err)
+{
+    if (!strcasecmp(value, "true") || !strcmp(value, "1") || !strcasecmp(value, "yes"))
+        *out = true;
+    else if (!strcasecmp(value, "false") || !strcmp(value, "0") || !strcasecmp(value, "no"))
+        *out = false;
+    else
+        return ld_fail(err, LD_EINVAL, "%s: want true or false, got '%.40s'", key, value);
+    return LD_OK;
+}
+
+static int output_bit(const char *name, size_t len, unsigned *bit)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } names[] = {{"latents", OUT_LATENTS}, {"mean", OUT_MEAN}, {"logvar", OUT_LOGVAR},
+                 {"moments", OUT_MOMENTS}};
+    for (size_t i = 0; i < 4; i++)
+        if (strlen(names[i].name) == len && !strncmp(names[i].name, name, len)) {
+            *bit = names[i].bit;
+            return 0;
+        }
+    return -1;
+}
+
+/* "latents,mean" */
+static int parse_outputs(const char *value, unsigned *out, char *err)
+{
+    unsigned bits = 0;
+    const char *p = value;
+    while (*p) {
+        size_t len = strcspn(p, ", ");
+        unsigned bit;
+        if (len && output_bit(p, len, &bit) != 0)
+            return ld_fail(err, LD_EINVAL, "outputs: unknown '%.*s' (latents, mean, logvar, "
+                           "moments)", (int)(len > 40 ? 40 : len), p);
+        if (len)
+            bits |= bit;
+        p += len;
+        p += strspn(p, ", ");
+    }
+    if (!bits)
+        return ld_fail(err, LD_EINVAL, "outputs: name at least one of latents, mean, logvar, "
+                       "moments");
+    *out = bits;
+    return LD_OK;
+}
+
+static int parse_seed(const char *value, uint64_t *out, char *err)
+{
+    char *end;
+    if (!*value || *value == '-')
+        return ld_fail(err, LD_EINVAL, "seed: want a non-negative integer");
+    *out = strtoull(value, &end, 10);
+    if (*end)
+        return ld_fail(err, LD_EINVAL, "seed: want a non-negative integer");
+    return LD_OK;
+}
+
+int srv_options_set(srv_options *o, const char *key, const char *value, char *err)
+{
+    if (!strcmp(key, "deterministic"))
+        return parse_bool(key, value, &o->deterministic, err);
+    if (!strcmp(key, "center_input_sample"))
+        return parse_bool(key, value, &o->center, err);
+    if (!strcmp(key, "seed")) {
+        o->has_seed = true;
+        return parse_seed(value, &o->seed, err);
+    }
+    if (!strcmp(key, "outputs"))
+        return parse_outputs(value, &o->outputs, err);
+    if (!strcmp(key, "format")) {
+        if (!strcmp(value, "json"))
+            o->format = FMT_JSON;
+        else if (!strcmp(value, "safetensors"))
+            o->format = FMT_SAFETENSORS;
+        else if (!strcmp(value, "npy"))
+            o->format = FMT_NPY;
+        else
+            return ld_fail(err, LD_EINVAL, "format: want json, safetensors or npy");
+        return LD_OK;
+    }
+    if (!strcmp(key, "tensor_encoding")) {
+        if (strcmp(value, "list") && strcmp(value, "base64"))
+            return ld_fail(err, LD_EINVAL, "tensor_encoding: want base64 or list");
+        o->list_encoding = !strcmp(value, "list");
+        return LD_OK;
+    }
+    return ld_fail(err, LD_EINVAL, "unknown option '%.40s'", key);
+}
+
+void srv_options_from_accept(srv_options *o, const char *accept)
+{
+    if (!accept)
+        return;
+    if (strstr(accept, "application/octet-stream") || strstr(accept, "application/safetensors"))
+        o->format = FMT_SAFETENSORS;
+    else if (strstr(accept, "application/x-npy"))
+        o->format = FMT_NPY;
+}
+
+int srv_blobs_add(srv_blobs *b, const uint8_t *data, size_t len)
+{
+    if (b->count == b->cap) {
+        int cap = b->cap ? b->cap * 2 : 4;
+        uint8_t **d = realloc(b->data, (size_t)cap * sizeof *d);
+        if (!d)
+            return LD_ENOMEM;
+        b->data = d;
+        size_t *l = realloc(b->len, (size_t)cap * sizeof *l);
+        if (!l)
+            return LD_ENOMEM;
+        b->len = l;
+        b->cap = cap;
+    }
+    b->data[b->count] = malloc(len ? len : 1);
+    if (!b->data[b->count])
+        return LD_ENOMEM;
+    memcpy(b->data[b->count], data, len);
+    b->len[b->count++] = len;
+    return LD_OK;
+}
+
+int srv_blobs_append(srv_blobs *b, const uint8_t *data, size_t len)
+{
+    if (b->count == 0)
+        return srv_blobs_add(b, data, len);
+    const int last = b->count - 1;
+    uint8_t *grown = realloc(b->data[last], b->len[last] + len);
+    if (!grown)
+        return LD_ENOMEM;
+    memcpy(grown + b->len[last], data, len);
+    b->data[last] = grown;
+    b->len[last] += len;
+    return LD_OK;
+}
+
+void srv_blobs_free(srv_blobs *b)
+{
+    for (int i = 0; i < b->count; i++)
+        free(b->data[i]);
+    free(b->data);
+    free(b->len);
+    memset(b, 0, sizeof *b);
+}
+
+/* "data:image/png;base64,...." → the payload after the comma */
+static const char *strip_data_url(const char *s, size_t *len)
+{
+    if (*len >= 5 && !strncmp(s, "data:", 5)) {
+        const char *comma = memchr(s, ',', *len);
+        if (comma) {
+            *len -= (size_t)(comma + 1 - s);
+            return comma + 1;
+        }
+    }
+    return s;
+}
+
+static int add_base64(srv_blobs *blobs, json_t *value, int index, char *err)
+{
+    if (!json_is_string(value))
+        return ld_fail(err, LD_EINVAL, "images[%d] is not a base64 string", index);
+    size_t len = json_string_length(value);
+    const char *text = strip_data_url(json_string_value(value), &len);
+    uint8_t *bytes;
+    size_t n;
+    char inner[LD_ERR_LEN];
+    if (ld_base64_decode(text, len, &bytes, &n, inner) != LD_OK)
+        return ld_fail(err, LD_EINVAL, "images[%d]: %s", index, inner);
+    int rc = srv_blobs_add(blobs, bytes, n);
+    free(bytes);
+    return rc == LD_OK ? LD_OK : ld_fail(err, rc, "out of memory");
+}
+
+static int json_option(srv_options *o, const char *key, json_t *v, char *err)
+{
+    if (!strcmp(key, "deterministic") || !strcmp(key, "center_input_sample")) {
+        if (!json_is_boolean(v))
+            return ld_fail(err, LD_EINVAL, "%s must be true or false", key);
+        *(key[0] == 'd' ? &o->deterministic : &o->center) = json_is_true(v);
+        return LD_OK;
+    }
+    if (!strcmp(key, "seed")) {
+        if (json_is_null(v))
+            return LD_OK;
+        if (!json_is_integer(v) || json_integer_value(v) < 0)
+            return ld_fail(err, LD_EINVAL, "seed must be a non-negative integer");
+        o->has_seed = true;
+        o->seed = (uint64_t)json_integer_value(v);
+        return LD_OK;
+    }
+    if (!strcmp(key, "outputs")) {
+        if (json_is_string(v))
+            return parse_outputs(json_string_value(v), &o->outputs, err);
+        if (!json_is_array(v) || json_array_size(v) == 0)
+            return ld_fail(err, LD_EINVAL, "outputs must be a list of names");
+        unsigned bits = 0, bit;
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            json_t *name = json_array_get(v, i);
+            if (!json_is_string(name) ||
+                output_bit(json_string_value(name), json_string_length(name), &bit) != 0)
+                return ld_fail(err, LD_EINVAL, "outputs[%zu]: want latents, mean, logvar or "
+                               "moments", i);
+            bits |= bit;
+        }
+        o->outputs = bits;
+        return LD_OK;
+    }
+    if (!strcmp(key, "format") || !strcmp(key, "tensor_encoding")) {
+        if (!json_is_string(v))
+            return ld_fail(err, LD_EINVAL, "%s must be a string", key);
+        return srv_options_set(o, key, json_string_value(v), err);
+    }
+    return ld_fail(err, LD_EINVAL, "unknown field '%.40s'", key);
+}
+
+int srv_parse_json(const char *body, size_t len, srv_blobs *blobs, srv_options *o, char *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    if (!root)
+        return ld_fail(err, LD_EINVAL, "bad JSON at line %d column %d: %s", jerr.line,
+                       jerr.column, jerr.text);
+    int rc = LD_OK;
+    if (!json_is_object(root)) {
+        rc = ld_fail(err, LD_EINVAL, "the body must be a JSON object");
+        goto done;
+    }
+    const char *key;
+    json_t *value;
+    json_object_foreach(root, key, value) {
+        if (!strcmp(key, "image")) {
+            rc = add_base64(blobs, value, blobs->count, err);
+        } else if (!strcmp(key, "images")) {
+            if (!json_is_array(value)) {
+                rc = ld_fail(err, LD_EINVAL, "images must be a list of base64 strings");
+                break;
+            }
+            for (size_t i = 0; rc == LD_OK && i < json_array_size(value); i++)
+                rc = add_base64(blobs, json_array_get(value, i), (int)i, err);
+        } else {
+            rc = json_option(o, key, value, err);
+        }
+        if (rc != LD_OK)
+            break;
+    }
+done:
+    json_decref(root);
+    return rc;
+}

@@ -1,0 +1,265 @@
+#include "response.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "latentd/base64.h"
+#include "latentd/safetensors.h"
+
+static const char *const kind_names[] = {"latents", "mean", "logvar", "moments"};
+#define N_KINDS 4
+
+/* One kind of tensor for images [first, first+count), stacked. */
+typedef struct {
+    int kind;     /* index into kind_names */
+    int64_t shape[4];
+    float *data;  /* malloc'd */
+} tensor;
+
+static const float *item_slice(const srv_item *it, int kind)
+{
+    const float *slices[] = {it->latents, it->mean, it->logvar, it->moments};
+    return slices[kind];
+}
+
+static int gather(const ld_model *model, const srv_job *job, int first, int count, int kind,
+                  tensor *t)
+{
+    const srv_item *it = &job->items[first];
+    const int channels = ld_model_config(model)->latent_channels * (kind == 3 ? 2 : 1);
+    const size_t per = (size_t)channels * it->lh * it->lw;
+    t->kind = kind;
+    t->shape[0] = count;
+    t->shape[1] = channels;
+    t->shape[2] = it->lh;
+    t->shape[3] = it->lw;
+    t->data = malloc((size_t)count * per * sizeof(float));
+    if (!t->data)
+        return LD_ENOMEM;
+    for (int i = 0; i < count; i++)
+        memcpy(t->data + i * per, item_slice(&job->items[first + i], kind), per * sizeof(float));
+    return LD_OK;
+}
+
+static size_t tensor_numel(const tensor *t)
+{
+    return (size_t)(t->shape[0] * t->shape[1] * t->shape[2] * t->shape[3]);
+}
+
+static bool same_size(const srv_job *job)
+{
+    for (int i = 1; i < job->n_items; i++)
+        if (job->items[i].lh != job->items[0].lh || job->items[i].lw != job->items[0].lw ||
+            job->items[i].image.width != job->items[0].image.width ||
+            job->items[i].image.height != job->items[0].image.height)
+            return false;
+    return true;
+}
+
+static json_t *shape_json(const int64_t shape[4])
+{
+    return json_pack("[IIII]", (json_int_t)shape[0], (json_int_t)shape[1], (json_int_t)shape[2],
+                     (json_int_t)shape[3]);
+}
+
+/* nested lists [N][C][h][w] */
+static json_t *nested_list(const float *data, const int64_t *shape, int ndim)
+{
+    json_t *arr = json_array();
+    size_t stride = 1;
+    for (int d = 1; d < ndim; d++)
+        stride *= (size_t)shape[d];
+    for (int64_t i = 0; arr && i < shape[0]; i++) {
+        json_t *v = ndim == 1 ? json_real(data[i]) : nested_list(data + i * stride, shape + 1, ndim - 1);
+        if (json_array_append_new(arr, v) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+static json_t *tensor_json(const tensor *t, bool list)
+{
+    json_t *data;
+    if (list) {
+        data = nested_list(t->data, t->shape, 4);
+    } else {
+        /* little-endian float32: x86 and arm64 hosts are LE already */
+        char *b64 = ld_base64_encode((const uint8_t *)t->data, tensor_numel(t) * sizeof(float), NULL);
+        data = b64 ? json_string(b64) : NULL;
+        free(b64);
+    }
+    if (!data)
+        return NULL;
+    return json_pack("{s:o, s:s, s:o}", "shape", shape_json(t->shape), "dtype", "float32", "data",
+                     data);
+}
+
+/* the requested tensors of images [first, first+count) into obj */
+static int add_tensors(json_t *obj, const ld_model *model, const srv_job *job, int first,
+                       int count, const srv_options *o)
+{
+    for (int k = 0; k < N_KINDS; k++) {
+        if (!(o->outputs & (1u << k)))
+            continue;
+        tensor t;
+        if (gather(model, job, first, count, k, &t) != LD_OK)
+            return LD_ENOMEM;
+        json_t *tj = tensor_json(&t, o->list_encoding);
+        if (!json_object_get(obj, "shape") && k != 3)
+            json_object_set_new(obj, "shape", shape_json(t.shape));
+        free(t.data);
+        if (!tj || json_object_set_new(obj, kind_names[k], tj) != 0)
+            return LD_ENOMEM;
+    }
+    return LD_OK;
+}
+
+static int render_json(const ld_model *model, const srv_job *job, const srv_options *o,
+                       srv_body *body)
+{
+    json_t *root = json_pack("{s:s, s:s, s:i, s:b, s:b, s:s}", "model", ld_model_name(model),
+                             "scaling", ld_model_scaling(model), "latent_channels",
+                             ld_model_config(model)->latent_channels, "deterministic",
+                             job->deterministic, "center_input_sample", job->center, "dtype",
+                             "float32");
+    if (!root)
+        return LD_ENOMEM;
+    if (!job->deterministic)
+        json_object_set_new(root, "seed", json_integer((json_int_t)job->seed));
+    int rc = LD_OK;
+    if (same_size(job)) {
+        rc = add_tensors(root, model, job, 0, job->n_items, o);
+    } else {
+        json_t *results = json_array();
+        json_object_set_new(root, "results", results);
+        for (int i = 0; rc == LD_OK && i < job->n_items; i++) {
+            json_t *one = json_object();
+            if (!one || json_array_append_new(results, one) != 0)
+                rc = LD_ENOMEM;
+            else
+                rc = add_tensors(one, model, job, i, 1, o);
+        }
+    }
+    if (rc != LD_OK) {
+        json_decref(root);
+        return rc;
+    }
+    return srv_render_json(root, body);
+}
+
+static int render_safetensors(const ld_model *model, const srv_job *job, const srv_options *o,
+                              srv_body *body, char *err)
+{
+    const bool stacked = same_size(job);
+    const int sets = stacked ? 1 : job->n_items;
+    tensor *ts = calloc((size_t)sets * N_KINDS, sizeof *ts);
+    ld_st_out *outs = calloc((size_t)sets * N_KINDS, sizeof *outs);
+    char(*names)[32] = calloc((size_t)sets * N_KINDS, sizeof *names);
+    int rc = ts && outs && names ? LD_OK : LD_ENOMEM, n = 0;
+    for (int s = 0; rc == LD_OK && s < sets; s++)
+        for (int k = 0; rc == LD_OK && k < N_KINDS; k++) {
+            if (!(o->outputs & (1u << k)))
+                continue;
+            rc = gather(model, job, stacked ? 0 : s, stacked ? job->n_items : 1, k, &ts[n]);
+            if (stacked)
+                snprintf(names[n], sizeof names[n], "%s", kind_names[k]);
+            else
+                snprintf(names[n], sizeof names[n], "%s.%d", kind_names[k], s);
+            outs[n] = (ld_st_out){names[n], 4, {0}, ts[n].data};
+            memcpy(outs[n].shape, ts[n].shape, sizeof ts[n].shape);
+            n++;
+        }
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)job->seed);
+    const ld_st_meta meta[] = {
+        {"format", "pt"},
+        {"model", ld_model_name(model)},
+        {"scaling", ld_model_scaling(model)},
+        {"latents", job->deterministic ? "mode" : "sample"},
+        {"seed", job->deterministic ? "none" : seed},
+    };
+    uint8_t *buf = NULL;
+    if (rc == LD_OK)
+        rc = ld_st_serialize(outs, (size_t)n, meta, 5, &buf, &body->len, err);
+    for (int i = 0; ts && i < n; i++)
+        free(ts[i].data);
+    free(ts);
+    free(outs);
+    free(names);
+    body->data = (char *)buf;
+    body->content_type = "application/octet-stream";
+    return rc;
+}
+
+/* NumPy .npy version 1.0: magic, header dict padded to 64 bytes, raw LE data */
+static int render_npy(const ld_model *model, const srv_job *job, srv_body *body)
+{
+    tensor t;
+    if (gather(model, job, 0, job->n_items, 0, &t) != LD_OK)
+        return LD_ENOMEM;
+    char header[128];
+    int hl = snprintf(header, sizeof header,
+                      "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld, %lld, %lld), }",
+                      (long long)t.shape[0], (long long)t.shape[1], (long long)t.shape[2],
+                      (long long)t.shape[3]);
+    size_t total_header = ((size_t)10 + (size_t)hl + 1 + 63) / 64 * 64;
+    size_t data_bytes = tensor_numel(&t) * sizeof(float);
+    char *buf = malloc(total_header + data_bytes);
+    if (!buf) {
+        free(t.data);
+        return LD_ENOMEM;
+    }
+    const uint16_t dict_len = (uint16_t)(total_header - 10);
+    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    buf[8] = (char)(dict_len & 0xff);
+    buf[9] = (char)(dict_len >> 8);
+    memset(buf + 10, ' ', dict_len);
+    memcpy(buf + 10, header, (size_t)hl);
+    buf[total_header - 1] = '\n';
+    memcpy(buf + total_header, t.data, data_bytes);
+    free(t.data);
+    body->data = buf;
+    body->len = total_header + data_bytes;
+    body->content_type = "application/x-npy";
+    return LD_OK;
+}
+
+int srv_render_result(const ld_model *model, const srv_job *job, const srv_options *o,
+                      srv_body *body, char *err)
+{
+    memset(body, 0, sizeof *body);
+    switch (o->format) {
+    case FMT_SAFETENSORS:
+        return render_safetensors(model, job, o, body, err);
+    case FMT_NPY:
+        if (!same_size(job))
+            return ld_fail(err, LD_EUNSUPPORTED, "format=npy holds one array: send images of "
+                           "one size, or ask for json or safetensors");
+        return render_npy(model, job, body) == LD_OK ? LD_OK : ld_fail(err, LD_ENOMEM, "out of memory");
+    default:
+        return render_json(model, job, o, body) == LD_OK ? LD_OK
+                                                         : ld_fail(err, LD_ENOMEM, "out of memory");
+    }
+}
+
+int srv_render_json(void *value, srv_body *body)
+{
+    json_t *root = value;
+    body->data = root ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(root);
+    if (!body->data)
+        return LD_ENOMEM;
+    body->len = strlen(body->data);
+    body->content_type = "application/json";
+    return LD_OK;
+}
+
+int srv_render_error(const char *code, const char *message, srv_body *body)
+{
+    return srv_render_json(json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message),
+                           body);
+}

@@ -1,0 +1,269 @@
+#include "settings.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void srv_config_defaults(srv_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    snprintf(cfg->listen_host, sizeof cfg->listen_host, "127.0.0.1");
+    cfg->port = 8787;
+    cfg->vae_split = 4;
+    cfg->workers = 1;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->threads = cores > 0 ? (int)cores : 1;
+    cfg->max_batch_delay_ms = 10;
+    cfg->max_queue = 64;
+    cfg->max_body_bytes = 64u << 20;
+    cfg->max_image_pixels = 1024 * 1024;
+    cfg->max_images_per_request = 32;
+    cfg->request_timeout_ms = 120000;
+    cfg->max_connections = 128;
+    cfg->log_level = LOG_INFO;
+    cfg->drain_timeout_ms = 60000;
+}
+
+static int parse_long(const char *value, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_listen(srv_config *cfg, const char *value, char *err)
+{
+    const char *colon = strrchr(value, ':');
+    long port;
+    if (!colon || parse_long(colon + 1, 0, 65535, &port) != 0) /* 0: any free port */
+        return ld_fail(err, LD_EINVAL, "listen: want HOST:PORT, got '%s'", value);
+    size_t host_len = (size_t)(colon - value);
+    if (host_len == 0 || host_len >= sizeof cfg->listen_host)
+        return ld_fail(err, LD_EINVAL, "listen: bad host in '%s'", value);
+    /* [::1]:8787 */
+    if (value[0] == '[' && host_len > 2 && value[host_len - 1] == ']') {
+        value++;
+        host_len -= 2;
+    }
+    memcpy(cfg->listen_host, value, host_len);
+    cfg->listen_host[host_len] = '\0';
+    cfg->port = (int)port;
+    return LD_OK;
+}
+
+static int parse_level(const char *value, srv_log_level *out)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (strcmp(value, names[i]) == 0) {
+            *out = (srv_log_level)i;
+            return 0;
+        }
+    return -1;
+}
+
+static int copy_string(char *dst, size_t size, const char *key, const char *value, char *err)
+{
+    if (strlen(value) >= size)
+        return ld_fail(err, LD_EINVAL, "%s: value too long", key);
+    memcpy(dst, value, strlen(value) + 1);
+    return LD_OK;
+}
+
+typedef struct {
+    const char *key;
+    size_t offset;
+    long min, max;
+} int_setting;
+
+#define INT_SETTING(name, lo, hi) {#name, offsetof(srv_config, name), lo, hi}
+static const int_setting int_settings[] = {
+    INT_SETTING(vae_split, 1, 1024),
+    INT_SETTING(workers, 1, 256),
+    INT_SETTING(threads, 1, 1024),
+    INT_SETTING(max_batch_delay_ms, 0, 60000),
+    INT_SETTING(max_queue, 1, 1 << 20),
+    INT_SETTING(max_images_per_request, 1, 1 << 16),
+    INT_SETTING(request_timeout_ms, 1, 24 * 3600 * 1000),
+    INT_SETTING(max_connections, 1, 1 << 16),
+    INT_SETTING(drain_timeout_ms, 0, 24 * 3600 * 1000),
+};
+
+/* One setting by name, from the file or a flag. */
+static int set_option(srv_config *cfg, const char *key, const char *value, char *err)
+{
+    long v;
+    for (size_t i = 0; i < sizeof int_settings / sizeof int_settings[0]; i++) {
+        const int_setting *s = &int_settings[i];
+        if (strcmp(key, s->key) != 0)
+            continue;
+        if (parse_long(value, s->min, s->max, &v) != 0)
+            return ld_fail(err, LD_EINVAL, "%s: want an integer from %ld to %ld, got '%s'", key,
+                           s->min, s->max, value);
+        *(int *)((char *)cfg + s->offset) = (int)v;
+        return LD_OK;
+    }
+    if (strcmp(key, "listen") == 0)
+        return parse_listen(cfg, value, err);
+    if (strcmp(key, "model") == 0)
+        return copy_string(cfg->model, sizeof cfg->model, key, value, err);
+    if (strcmp(key, "api_key_file") == 0)
+        return copy_string(cfg->api_key_file, sizeof cfg->api_key_file, key, value, err);
+    if (strcmp(key, "log_file") == 0)
+        return copy_string(cfg->log_file, sizeof cfg->log_file, key, value, err);
+    if (strcmp(key, "log_level") == 0)
+        return parse_level(value, &cfg->log_level) == 0
+                   ? LD_OK
+                   : ld_fail(err, LD_EINVAL, "log_level: want error, warn, info or debug");
+    if (strcmp(key, "max_body_bytes") == 0 || strcmp(key, "max_image_pixels") == 0) {
+        if (parse_long(value, 1, 1L << 40, &v) != 0)
+            return ld_fail(err, LD_EINVAL, "%s: want a positive integer, got '%s'", key, value);
+        if (key[4] == 'b')
+            cfg->max_body_bytes = (size_t)v;
+        else
+            cfg->max_image_pixels = (uint64_t)v;
+        return LD_OK;
+    }
+    return ld_fail(err, LD_EINVAL, "unknown setting '%s'", key);
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *end = s + strlen(s);
+    while (end > s && isspace((unsigned char)end[-1]))
+        *--end = '\0';
+    return s;
+}
+
+int srv_config_load_file(srv_config *cfg, const char *path, char *err)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
+    char line[8192], inner[LD_ERR_LEN];
+    int rc = LD_OK, lineno = 0;
+    while (rc == LD_OK && fgets(line, sizeof line, fp)) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *text = trim(line);
+        if (!*text)
+            continue;
+        char *eq = strchr(text, '=');
+        if (!eq) {
+            rc = ld_fail(err, LD_EINVAL, "%s:%d: want 'key = value'", path, lineno);
+            break;
+        }
+        *eq = '\0';
+        if ((rc = set_option(cfg, trim(text), trim(eq + 1), inner)) != LD_OK)
+            ld_fail(err, rc, "%s:%d: %s", path, lineno, inner);
+    }
+    fclose(fp);
+    return rc;
+}
+
+void srv_config_usage(FILE *fp)
+{
+    fprintf(fp,
+            "usage: latentd [-c FILE] [--model PATH] [--listen HOST:PORT] [--vae-split N]\n"
+            "               [--workers N] [--threads N] [--max-batch-delay-ms N]\n"
+            "               [--max-queue N] [--log-level LEVEL] [--log-file PATH]\n"
+            "               [--api-key-file PATH] [--set key=value]...\n"
+            "Flags override the file; --set takes any setting of latentd.conf.\n");
+}
+
+/* Flags named like the file's keys, with '-' for '_'. */
+static const struct option flags[] = {
+    {"config", required_argument, 0, 'c'},
+    {"model", required_argument, 0, 0},
+    {"listen", required_argument, 0, 0},
+    {"vae-split", required_argument, 0, 0},
+    {"workers", required_argument, 0, 0},
+    {"threads", required_argument, 0, 0},
+    {"max-batch-delay-ms", required_argument, 0, 0},
+    {"max-queue", required_argument, 0, 0},
+    {"log-level", required_argument, 0, 0},
+    {"log-file", required_argument, 0, 0},
+    {"api-key-file", required_argument, 0, 0},
+    {"set", required_argument, 0, 's'},
+    {"help", no_argument, 0, 'h'},
+    {0, 0, 0, 0},
+};
+
+static int apply_flag(srv_config *cfg, const char *name, const char *value, char *err)
+{
+    char key[64];
+    snprintf(key, sizeof key, "%s", name);
+    for (char *p = key; *p; p++)
+        if (*p == '-')
+            *p = '_';
+    return set_option(cfg, key, value, err);
+}
+
+int srv_config_from_args(srv_config *cfg, int argc, char **argv, char *err)
+{
+    int c, index;
+    /* first pass: the file, so that flags override it whatever their order */
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", flags, &index)) != -1) {
+        if (c == 'h')
+            return 1;
+        if (c == '?')
+            return ld_fail(err, LD_EINVAL, "bad command line (see --help)");
+        if (c == 'c') {
+            int rc = srv_config_load_file(cfg, optarg, err);
+            if (rc != LD_OK)
+                return rc;
+        }
+    }
+    if (optind < argc)
+        return ld_fail(err, LD_EINVAL, "unexpected argument '%s'", argv[optind]);
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", flags, &index)) != -1) {
+        int rc = LD_OK;
+        if (c == 0) {
+            rc = apply_flag(cfg, flags[index].name, optarg, err);
+        } else if (c == 's') {
+            char kv[8192];
+            snprintf(kv, sizeof kv, "%s", optarg);
+            char *eq = strchr(kv, '=');
+            rc = eq ? (*eq = '\0', set_option(cfg, trim(kv), trim(eq + 1), err))
+                    : ld_fail(err, LD_EINVAL, "--set wants key=value");
+        }
+        if (rc != LD_OK)
+            return rc;
+    }
+    return LD_OK;
+}
+
+int srv_config_finish(srv_config *cfg, char *err)
+{
+    if (!cfg->model[0])
+        return ld_fail(err, LD_EINVAL, "no model: set 'model' in the config or pass --model");
+    if (!cfg->api_key_file[0])
+        return LD_OK;
+    FILE *fp = fopen(cfg->api_key_file, "r");
+    if (!fp)
+        return ld_fail(err, LD_EIO, "%s: %s", cfg->api_key_file, strerror(errno));
+    char line[sizeof cfg->api_key + 2] = "";
+    if (!fgets(line, sizeof line, fp))
+        line[0] = '\0';
+    fclose(fp);
+    const char *key = trim(line);
+    if (strlen(key) < 8 || strlen(key) >= sizeof cfg->api_key)
+        return ld_fail(err, LD_EINVAL, "%s: the API key must be 8 to %zu characters",
+                       cfg->api_key_file, sizeof cfg->api_key - 1);
+    snprintf(cfg->api_key, sizeof cfg->api_key, "%s", key);
+    return LD_OK;
+}

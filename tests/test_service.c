@@ -1,0 +1,692 @@
+/* The daemon as its clients use it: the real latentd on a loopback port with a
+ * fixture model, driven over HTTP with libcurl.  Answers are checked against
+ * the fixtures' expected values. */
+#include "latentd/base64.h"
+#include "latentd/safetensors.h"
+#include "testutil.h"
+
+#include <check.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <png.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---------------- the daemon ---------------- */
+
+typedef struct {
+    pid_t pid;
+    int port;
+    char log[4200];
+    char dir[4200];
+} daemon_t;
+
+/* Start latentd with extra flags (NULL-terminated); waits until it listens. */
+static daemon_t start_daemon(const char *model, const char *const *extra)
+{
+    daemon_t d = {0};
+    char *dir = make_temp_dir();
+    snprintf(d.dir, sizeof d.dir, "%s", dir);
+    free(dir);
+    snprintf(d.log, sizeof d.log, "%s/latentd.log", d.dir);
+    const char *build = getenv("LATENTD_BUILDDIR");
+    char bin[4200];
+    snprintf(bin, sizeof bin, "%s/latentd", build ? build : ".");
+    const char *argv[40] = {bin, "--model", fixture("%s", model), "--listen", "127.0.0.1:0",
+                            "--log-file", d.log, "--threads", "1"};
+    int argc = 9;
+    for (int i = 0; extra && extra[i] && argc < 38; i++)
+        argv[argc++] = extra[i];
+    d.pid = fork();
+    ck_assert_int_ge(d.pid, 0);
+    if (d.pid == 0) {
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    for (int tries = 0; tries < 500 && !d.port; tries++) {
+        usleep(10000);
+        FILE *fp = fopen(d.log, "r");
+        char line[1024];
+        while (fp && fgets(line, sizeof line, fp)) {
+            const char *at = strstr(line, "listening on 127.0.0.1:");
+            if (at)
+                d.port = atoi(at + strlen("listening on 127.0.0.1:"));
+        }
+        if (fp)
+            fclose(fp);
+    }
+    ck_assert_msg(d.port > 0, "latentd did not start (see %s)", d.log);
+    return d;
+}
+
+/* SIGTERM and wait; returns the exit status. */
+static int stop_daemon(daemon_t *d)
+{
+    kill(d->pid, SIGTERM);
+    int status;
+    ck_assert_int_eq(waitpid(d->pid, &status, 0), d->pid);
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
+    ck_assert_int_eq(system(cmd), 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* ---------------- HTTP ---------------- */
+
+typedef struct {
+    long status;
+    char *body;
+    size_t len;
+    char headers[4096];
+} reply;
+
+static size_t on_data(char *p, size_t size, size_t n, void *ud)
+{
+    reply *r = ud;
+    char *grown = realloc(r->body, r->len + size * n + 1);
+    ck_assert_ptr_nonnull(grown);
+    r->body = grown;
+    memcpy(r->body + r->len, p, size * n);
+    r->len += size * n;
+    r->body[r->len] = '\0';
+    return size * n;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    reply *r = ud;
+    strncat(r->headers, p, sizeof r->headers - strlen(r->headers) - 1 < size * n
+                               ? sizeof r->headers - strlen(r->headers) - 1
+                               : size * n);
+    return size * n;
+}
+
+/* body NULL: GET; form non-NULL: multipart. */
+static reply http(const daemon_t *d, const char *path, const char *type, const void *body,
+                  size_t len, curl_mime *form, const char *header)
+{
+    reply r = {0};
+    CURL *c = curl_easy_init();
+    char url[512];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", d->port, path);
+    struct curl_slist *hs = NULL;
+    char ct[256];
+    if (type) {
+        snprintf(ct, sizeof ct, "Content-Type: %s", type);
+        hs = curl_slist_append(hs, ct);
+    }
+    if (header)
+        hs = curl_slist_append(hs, header);
+    hs = curl_slist_append(hs, "Expect:");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hs);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
+    if (form) {
+        curl_easy_setopt(c, CURLOPT_MIMEPOST, form);
+    } else if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
+    }
+    CURLcode rc = curl_easy_perform(c);
+    ck_assert_msg(rc == CURLE_OK, "%s: %s", path, curl_easy_strerror(rc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(hs);
+    curl_easy_cleanup(c);
+    return r;
+}
+
+static char *image_b64(const char *name)
+{
+    size_t len;
+    uint8_t *png = read_all(fixture("images/%s.png", name), &len);
+    char *b64 = ld_base64_encode(png, len, NULL);
+    free(png);
+    return b64;
+}
+
+/* {"images": [b64...], <extra>} */
+static char *json_request(const char *const *names, int n, const char *extra)
+{
+    size_t cap = 1 << 20, used = 0;
+    char *buf = malloc(cap);
+    used += (size_t)snprintf(buf, cap, "{\"images\": [");
+    for (int i = 0; i < n; i++) {
+        char *b64 = image_b64(names[i]);
+        while (used + strlen(b64) + 64 > cap)
+            buf = realloc(buf, cap *= 2);
+        used += (size_t)snprintf(buf + used, cap - used, "%s\"%s\"", i ? "," : "", b64);
+        free(b64);
+    }
+    snprintf(buf + used, cap - used, "]%s%s}", extra ? ", " : "", extra ? extra : "");
+    return buf;
+}
+
+static reply post_json(const daemon_t *d, const char *path, const char *const *names, int n,
+                       const char *extra)
+{
+    char *body = json_request(names, n, extra);
+    reply r = http(d, path, "application/json", body, strlen(body), NULL, NULL);
+    free(body);
+    return r;
+}
+
+/* ---------------- checking answers ---------------- */
+
+static float *tensor_from_json(json_t *t, size_t *count)
+{
+    ck_assert_str_eq(json_string_value(json_object_get(t, "dtype")), "float32");
+    const char *data = json_string_value(json_object_get(t, "data"));
+    ck_assert_ptr_nonnull(data);
+    uint8_t *bytes;
+    size_t n;
+    char err[LD_ERR_LEN];
+    ck_assert_int_eq(ld_base64_decode(data, strlen(data), &bytes, &n, err), LD_OK);
+    *count = n / sizeof(float);
+    return (float *)bytes;
+}
+
+/* values[index·per .. ] against the expected file's tensor */
+static void assert_slice(const float *values, size_t total, int batch, int index,
+                         const char *model, const char *image, const char *name)
+{
+    size_t n;
+    float *want = read_tensor(fixture("expected/%s/%s.safetensors", model, image), name, &n, NULL);
+    ck_assert_uint_eq(total, n * (size_t)batch);
+    double e = rel_error(values + n * (size_t)index, want, n);
+    ck_assert_msg(e <= 1e-4, "%s %s[%d] off by %g", image, name, index, e);
+    free(want);
+}
+
+static json_t *parse(const reply *r)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(r->body, r->len, 0, &jerr);
+    ck_assert_msg(root != NULL, "not JSON: %.200s", r->body);
+    return root;
+}
+
+static void assert_error(const reply *r, long status, const char *code)
+{
+    ck_assert_msg(r->status == status, "want %ld got %ld: %.300s", status, r->status, r->body);
+    json_t *root = parse(r);
+    json_t *e = json_object_get(root, "error");
+    ck_assert_ptr_nonnull(e);
+    ck_assert_str_eq(json_string_value(json_object_get(e, "code")), code);
+    ck_assert(json_string_length(json_object_get(e, "message")) > 0);
+    json_decref(root);
+}
+
+/* ---------------- tests ---------------- */
+
+START_TEST(json_in_json_out)
+{
+    daemon_t d = start_daemon("models/tiny-sdxl-meanstd", NULL);
+    static const char *const names[] = {"coffee_64", "astronaut_64_palette", "chelsea_64"};
+    reply r = post_json(&d, "/v1/encode", names, 3, NULL);
+    ck_assert_msg(r.status == 200, "%s", r.body);
+    ck_assert_ptr_nonnull(strstr(r.headers, "application/json"));
+    json_t *root = parse(&r);
+    ck_assert_str_eq(json_string_value(json_object_get(root, "model")), "tiny-sdxl-meanstd");
+    static const char *const kinds[] = {"latents", "mean", "logvar"};
+    for (int k = 0; k < 3; k++) {
+        size_t n;
+        float *v = tensor_from_json(json_object_get(root, kinds[k]), &n);
+        for (int i = 0; i < 3; i++)
+            assert_slice(v, n, 3, i, "tiny-sdxl-meanstd", names[i], kinds[k]);
+        free(v);
+    }
+    ck_assert_ptr_null(json_object_get(root, "moments")); /* not asked for */
+    json_decref(root);
+    free(r.body);
+    /* a single "image", a data: URL, tensor_encoding=list */
+    char *b64 = image_b64("rocket_128");
+    char *body = malloc(strlen(b64) + 200);
+    sprintf(body, "{\"image\": \"data:image/png;base64,%s\", \"tensor_encoding\": \"list\", "
+                  "\"outputs\": [\"mean\"]}", b64);
+    r = http(&d, "/v1/encode", "application/json", body, strlen(body), NULL, NULL);
+    ck_assert_msg(r.status == 200, "%s", r.body);
+    root = parse(&r);
+    json_t *mean = json_object_get(json_object_get(root, "mean"), "data");
+    ck_assert_int_eq(json_array_size(mean), 1);
+    json_t *plane = json_array_get(json_array_get(mean, 0), 2);
+    ck_assert_int_eq(json_array_size(plane), 16); /* 128 / 8 rows */
+    ck_assert_ptr_null(json_object_get(root, "latents"));
+    json_decref(root);
+    free(r.body);
+    free(body);
+    free(b64);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+START_TEST(multipart_and_raw_bodies)
+{
+    daemon_t d = start_daemon("models/tiny-flux16", NULL);
+    CURL *c = curl_easy_init();
+    curl_mime *form = curl_mime_init(c);
+    curl_mimepart *p = curl_mime_addpart(form);
+    curl_mime_name(p, "image");
+    curl_mime_filedata(p, fixture("images/astronaut_64_rgb16.png"));
+    p = curl_mime_addpart(form);
+    curl_mime_name(p, "image");
+    curl_mime_filedata(p, fixture("images/chelsea_64.png"));
+    p = curl_mime_addpart(form);
+    curl_mime_name(p, "outputs");
+    curl_mime_data(p, "latents,moments", CURL_ZERO_TERMINATED);
+    p = curl_mime_addpart(form);
+    curl_mime_name(p, "format");
+    curl_mime_data(p, "safetensors", CURL_ZERO_TERMINATED);
+    reply r = http(&d, "/v1/encode", NULL, NULL, 0, form, NULL);
+    curl_mime_free(form);
+    curl_easy_cleanup(c);
+    ck_assert_msg(r.status == 200, "%s", r.body);
+    char path[4300], err[LD_ERR_LEN];
+    snprintf(path, sizeof path, "%s/out.safetensors", d.dir);
+    write_all(path, r.body, r.len);
+    ld_st_file *f;
+    ck_assert_msg(ld_st_open(path, &f, err) == LD_OK, "%s", err);
+    ck_assert_ptr_null(ld_st_find(f, "mean"));
+    ck_assert_int_eq(ld_st_find(f, "moments")->shape[1], 32);
+    ld_st_close(f);
+    size_t n;
+    float *lat = read_tensor(path, "latents", &n, NULL);
+    assert_slice(lat, n, 2, 0, "tiny-flux16", "astronaut_64_rgb16", "latents");
+    assert_slice(lat, n, 2, 1, "tiny-flux16", "chelsea_64", "latents");
+    free(lat);
+    free(r.body);
+
+    /* raw PNG body, options in the query, npy out */
+    size_t len;
+    uint8_t *png = read_all(fixture("images/coffee_96x128.png"), &len);
+    r = http(&d, "/v1/encode?format=npy", "image/png", png, len, NULL, NULL);
+    ck_assert_msg(r.status == 200, "%s", r.body);
+    ck_assert(r.len > 128 && !memcmp(r.body, "\x93NUMPY\x01\x00", 8));
+    const size_t header = 10 + (size_t)((uint8_t)r.body[8] | (uint8_t)r.body[9] << 8);
+    ck_assert_uint_eq(header % 64, 0);
+    ck_assert_ptr_nonnull(strstr(r.body + 10, "'shape': (1, 16, 12, 16)"));
+    assert_slice((float *)(r.body + header), (r.len - header) / 4, 1, 0, "tiny-flux16",
+                 "coffee_96x128", "latents");
+    free(r.body);
+    /* Accept: application/octet-stream asks for safetensors too */
+    r = http(&d, "/v1/encode", "application/octet-stream", png, len, NULL,
+             "Accept: application/octet-stream");
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(strstr(r.body + 8, "\"latents\""));
+    free(r.body);
+    free(png);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+START_TEST(mixed_sizes_answer_per_image)
+{
+    daemon_t d = start_daemon("models/tiny-noattn", NULL);
+    static const char *const names[] = {"chelsea_60x44", "coffee_64", "coffee_96x128"};
+    reply r = post_json(&d, "/v1/encode", names, 3, NULL);
+    ck_assert_msg(r.status == 200, "%s", r.body);
+    json_t *root = parse(&r);
+    json_t *results = json_object_get(root, "results");
+    ck_assert_int_eq(json_array_size(results), 3);
+    for (int i = 0; i < 3; i++) {
+        size_t n;
+        float *v = tensor_from_json(json_object_get(json_array_get(results, (size_t)i), "latents"), &n);
+        assert_slice(v, n, 1, 0, "tiny-noattn", names[i], "latents");
+        free(v);
+    }
+    json_decref(root);
+    free(r.body);
+    r = post_json(&d, "/v1/encode?format=safetensors", names, 3, NULL);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(strstr(r.body + 8, "\"latents.2\""));
+    free(r.body);
+    r = post_json(&d, "/v1/encode?format=npy", names, 3, NULL);
+    assert_error(&r, 422, "format-unsuitable");
+    free(r.body);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+/* a w×h gray PNG written with libpng's simplified API */
+static void *tiny_png(int w, int h, size_t *len)
+{
+    png_image img = {.version = PNG_IMAGE_VERSION, .width = (png_uint_32)w,
+                     .height = (png_uint_32)h, .format = PNG_FORMAT_GRAY};
+    uint8_t pixels[64 * 64] = {0};
+    png_alloc_size_t size = 0;
+    ck_assert(png_image_write_to_memory(&img, NULL, &size, 0, pixels, 0, NULL));
+    void *buf = malloc(size);
+    ck_assert(png_image_write_to_memory(&img, buf, &size, 0, pixels, 0, NULL));
+    *len = size;
+    return buf;
+}
+
+START_TEST(bad_requests_get_clear_errors)
+{
+    static const char *const flags[] = {"--set", "max_body_bytes=60000", "--set",
+                                        "max_image_pixels=10000", NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    reply r = http(&d, "/v1/encode", "application/json", "{\"images\": [\"@@@\"]}", 19, NULL, NULL);
+    assert_error(&r, 400, "bad-request");
+    free(r.body);
+    r = http(&d, "/v1/encode", "application/json", "{\"images\": [", 12, NULL, NULL);
+    assert_error(&r, 400, "bad-request");
+    free(r.body);
+    r = http(&d, "/v1/encode", "application/json", "{\"images\": [], \"seed\": -1}", 26, NULL, NULL);
+    assert_error(&r, 400, "bad-request");
+    free(r.body);
+    r = http(&d, "/v1/encode", "application/json", "{\"images\": []}", 14, NULL, NULL);
+    assert_error(&r, 400, "no-image");
+    free(r.body);
+    r = http(&d, "/v1/encode", "text/plain", "hello", 5, NULL, NULL);
+    assert_error(&r, 415, "unsupported-media-type");
+    free(r.body);
+    /* a broken PNG (cut in half) and a non-image */
+    size_t len;
+    uint8_t *png = read_all(fixture("images/coffee_64.png"), &len);
+    r = http(&d, "/v1/encode", "image/png", png, len / 2, NULL, NULL);
+    assert_error(&r, 400, "bad-image");
+    free(r.body);
+    r = http(&d, "/v1/encode", "image/png", "GIF89a", 6, NULL, NULL);
+    assert_error(&r, 400, "bad-image");
+    free(r.body);
+    /* over the pixel limit (128x96 > 10000) and over the body limit */
+    uint8_t *big = read_all(fixture("images/coffee_96x128.png"), &len);
+    r = http(&d, "/v1/encode", "image/png", big, len, NULL, NULL);
+    assert_error(&r, 413, "image-too-large");
+    free(r.body);
+    free(big);
+    big = read_all(fixture("images/astronaut_256.png"), &len);
+    r = http(&d, "/v1/encode", "image/png", big, len, NULL, NULL);
+    assert_error(&r, 413, "body-too-large");
+    free(r.body);
+    free(big);
+    /* too small for three downsamples */
+    void *tiny = tiny_png(4, 16, &len);
+    r = http(&d, "/v1/encode", "image/png", tiny, len, NULL, NULL);
+    assert_error(&r, 422, "bad-image-size");
+    free(r.body);
+    free(tiny);
+    /* multipart cut short: the closing boundary never comes */
+    const char *mp = "--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+                     "Content-Type: image/png\r\n\r\n";
+    size_t mplen = strlen(mp);
+    char *trunc = malloc(mplen + 200);
+    memcpy(trunc, mp, mplen);
+    memcpy(trunc + mplen, png, 200);
+    r = http(&d, "/v1/encode", "multipart/form-data; boundary=XyZ", trunc, mplen + 200, NULL, NULL);
+    assert_error(&r, 400, "bad-request");
+    free(r.body);
+    free(trunc);
+    free(png);
+    /* unknown option, unknown path, wrong method */
+    r = http(&d, "/v1/encode?colour=blue", "image/png", "x", 1, NULL, NULL);
+    assert_error(&r, 400, "bad-request");
+    free(r.body);
+    r = http(&d, "/v2/encode", NULL, NULL, 0, NULL, NULL);
+    assert_error(&r, 404, "not-found");
+    free(r.body);
+    r = http(&d, "/v1/encode", NULL, NULL, 0, NULL, NULL);
+    assert_error(&r, 405, "method-not-allowed");
+    free(r.body);
+    /* and the daemon is still fine */
+    r = http(&d, "/healthz", NULL, NULL, 0, NULL, NULL);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+START_TEST(queue_limit_timeout_and_auth)
+{
+    char keyfile[4300];
+    char *dir = make_temp_dir();
+    snprintf(keyfile, sizeof keyfile, "%s/key", dir);
+    write_all(keyfile, "s3cret-key-123\n", 15);
+    static const char *flags[] = {"--max-queue", "2", "--max-batch-delay-ms", "300",
+                                  "--set", "request_timeout_ms=50", "--api-key-file", NULL, NULL};
+    flags[7] = keyfile;
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    static const char *const three[] = {"coffee_64", "coffee_64", "coffee_64"};
+    char *body = json_request(three, 3, NULL);
+    reply r = http(&d, "/v1/encode", "application/json", body, strlen(body), NULL, NULL);
+    assert_error(&r, 401, "unauthorized");
+    free(r.body);
+    r = http(&d, "/v1/encode", "application/json", body, strlen(body), NULL,
+             "Authorization: Bearer wrong-key-1234");
+    assert_error(&r, 401, "unauthorized");
+    free(r.body);
+    /* three images never fit a queue of two: refused whole, with Retry-After */
+    r = http(&d, "/v1/encode", "application/json", body, strlen(body), NULL,
+             "Authorization: Bearer s3cret-key-123");
+    assert_error(&r, 503, "queue-full");
+    ck_assert_ptr_nonnull(strcasestr(r.headers, "Retry-After: 1"));
+    free(r.body);
+    free(body);
+    /* one image waits 300 ms for a batch to fill: past its 50 ms deadline */
+    static const char *const one[] = {"coffee_64"};
+    body = json_request(one, 1, NULL);
+    r = http(&d, "/v1/encode", "application/json", body, strlen(body), NULL,
+             "X-API-Key: s3cret-key-123");
+    assert_error(&r, 504, "timeout");
+    free(r.body);
+    free(body);
+    r = http(&d, "/metrics", NULL, NULL, 0, NULL, NULL); /* open without a key */
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(strstr(r.body, "latentd_requests_total{status=\"503\"} 1"));
+    ck_assert_ptr_nonnull(strstr(r.body, "latentd_requests_total{status=\"504\"} 1"));
+    free(r.body);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+    unlink(keyfile);
+    rmdir(dir);
+    free(dir);
+}
+END_TEST
+
+/* ---- many clients at once ---- */
+
+typedef struct {
+    const daemon_t *d;
+    int id;
+    int failures;
+    char why[256];
+} client;
+
+static const char *const pool[] = {"astronaut_64", "chelsea_64", "coffee_64"};
+
+/* Client k sends 3 requests, each of 1 or 2 images of the pool; deterministic
+ * ones must equal the fixtures, sampled ones the single-request answer. */
+static void *client_main(void *arg)
+{
+    client *cl = arg;
+    for (int round = 0; round < 3; round++) {
+        const int n = 1 + (cl->id + round) % 2;
+        const char *names[2] = {pool[(cl->id + round) % 3], pool[(cl->id + round + 1) % 3]};
+        reply r = post_json(cl->d, "/v1/encode", names, n, NULL);
+        if (r.status != 200) {
+            cl->failures++;
+            snprintf(cl->why, sizeof cl->why, "status %ld: %.200s", r.status, r.body);
+            free(r.body);
+            continue;
+        }
+        json_t *root = json_loadb(r.body, r.len, 0, NULL);
+        size_t cnt;
+        float *v = tensor_from_json(json_object_get(root, "latents"), &cnt);
+        for (int i = 0; i < n; i++) {
+            size_t m;
+            float *want = read_tensor(fixture("expected/tiny-sd/%s.safetensors", names[i]),
+                                      "latents", &m, NULL);
+            if (cnt != m * (size_t)n || rel_error(v + m * (size_t)i, want, m) > 1e-4) {
+                cl->failures++;
+                snprintf(cl->why, sizeof cl->why, "client %d: image %d mixed up", cl->id, i);
+            }
+            free(want);
+        }
+        free(v);
+        json_decref(root);
+        free(r.body);
+    }
+    return NULL;
+}
+
+START_TEST(concurrent_clients_batch_without_mixups)
+{
+    static const char *const flags[] = {"--vae-split", "4", "--max-batch-delay-ms", "30",
+                                        "--max-queue", "256", NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    enum { CLIENTS = 16 };
+    pthread_t threads[CLIENTS];
+    client clients[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        clients[i] = (client){&d, i, 0, ""};
+        pthread_create(&threads[i], NULL, client_main, &clients[i]);
+    }
+    for (int i = 0; i < CLIENTS; i++) {
+        pthread_join(threads[i], NULL);
+        ck_assert_msg(clients[i].failures == 0, "%s", clients[i].why);
+    }
+    reply r = http(&d, "/metrics", NULL, NULL, 0, NULL, NULL);
+    const char *ones = strstr(r.body, "latentd_batch_size_bucket{le=\"1\"} ");
+    const char *all = strstr(r.body, "latentd_batch_size_count ");
+    ck_assert(ones && all);
+    long single = atol(ones + strlen("latentd_batch_size_bucket{le=\"1\"} "));
+    long batches = atol(all + strlen("latentd_batch_size_count "));
+    ck_assert_msg(single < batches, "no batch larger than one formed (%ld of %ld)", single, batches);
+    ck_assert_ptr_nonnull(strstr(r.body, "latentd_images_encoded_total 72"));
+    free(r.body);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+static json_t *sample_request(const daemon_t *d, const char *const *names, int n, const char *opts)
+{
+    reply r = post_json(d, "/v1/encode", names, n, opts);
+    ck_assert_msg(r.status == 200, "%s", r.body);
+    json_t *root = parse(&r);
+    free(r.body);
+    return root;
+}
+
+/* Sampling draws each request's noise from its own seed: the answer is the
+ * same whoever shares the batch. */
+START_TEST(sampling_depends_on_the_seed_only)
+{
+    static const char *const flags[] = {"--max-batch-delay-ms", "50", NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    static const char *const two[] = {"astronaut_64", "chelsea_64"};
+    json_t *a = sample_request(&d, two, 2, "\"deterministic\": false, \"seed\": 77");
+    ck_assert_int_eq(json_integer_value(json_object_get(a, "seed")), 77);
+    json_t *b = sample_request(&d, two, 2, "\"deterministic\": false, \"seed\": 77");
+    json_t *c = sample_request(&d, two, 2, "\"deterministic\": false, \"seed\": 78");
+    json_t *fresh = sample_request(&d, two, 2, "\"deterministic\": false");
+    ck_assert(json_is_integer(json_object_get(fresh, "seed")));
+    size_t n;
+    float *va = tensor_from_json(json_object_get(a, "latents"), &n);
+    float *vb = tensor_from_json(json_object_get(b, "latents"), &n);
+    float *vc = tensor_from_json(json_object_get(c, "latents"), &n);
+    ck_assert_mem_eq(va, vb, n * sizeof(float));
+    ck_assert_int_ne(memcmp(va, vc, n * sizeof(float)), 0);
+    /* the same seed answers the same while other requests share its batch */
+    pthread_t noise[4];
+    client others[4];
+    for (int i = 0; i < 4; i++) {
+        others[i] = (client){&d, i, 0, ""};
+        pthread_create(&noise[i], NULL, client_main, &others[i]);
+    }
+    json_t *busy = sample_request(&d, two, 2, "\"deterministic\": false, \"seed\": 77");
+    for (int i = 0; i < 4; i++)
+        pthread_join(noise[i], NULL);
+    float *vbusy = tensor_from_json(json_object_get(busy, "latents"), &n);
+    ck_assert_mem_eq(va, vbusy, n * sizeof(float));
+    free(va);
+    free(vb);
+    free(vc);
+    free(vbusy);
+    json_decref(a);
+    json_decref(b);
+    json_decref(c);
+    json_decref(fresh);
+    json_decref(busy);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+static void *slow_request(void *arg)
+{
+    client *cl = arg;
+    static const char *const one[] = {"astronaut_256"};
+    reply r = post_json(cl->d, "/v1/encode", one, 1, NULL);
+    cl->failures = r.status != 200;
+    snprintf(cl->why, sizeof cl->why, "status %ld", r.status);
+    free(r.body);
+    return NULL;
+}
+
+START_TEST(sigterm_drains_accepted_requests)
+{
+    static const char *const flags[] = {"--max-batch-delay-ms", "400", NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    reply r = http(&d, "/readyz", NULL, NULL, 0, NULL, NULL);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    r = http(&d, "/v1/model", NULL, NULL, 0, NULL, NULL);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"latent_channels\":4"));
+    free(r.body);
+    client cl = {&d, 0, 0, ""};
+    pthread_t t;
+    pthread_create(&t, NULL, slow_request, &cl);
+    usleep(200000); /* accepted, waiting for its batch */
+    kill(d.pid, SIGTERM);
+    pthread_join(t, NULL);
+    ck_assert_msg(cl.failures == 0, "the accepted request was lost: %s", cl.why);
+    int status;
+    ck_assert_int_eq(waitpid(d.pid, &status, 0), d.pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    FILE *fp = fopen(d.log, "r");
+    char line[1024];
+    int stopped = 0;
+    while (fgets(line, sizeof line, fp))
+        stopped |= strstr(line, " stopped") != NULL;
+    fclose(fp);
+    ck_assert(stopped);
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d.dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+static Suite *service_suite(void)
+{
+    Suite *s = suite_create("latentd");
+    TCase *tc = tcase_create("http");
+    tcase_set_timeout(tc, 900);
+    tcase_add_test(tc, json_in_json_out);
+    tcase_add_test(tc, multipart_and_raw_bodies);
+    tcase_add_test(tc, mixed_sizes_answer_per_image);
+    tcase_add_test(tc, bad_requests_get_clear_errors);
+    tcase_add_test(tc, queue_limit_timeout_and_auth);
+    tcase_add_test(tc, concurrent_clients_batch_without_mixups);
+    tcase_add_test(tc, sampling_depends_on_the_seed_only);
+    tcase_add_test(tc, sigterm_drains_accepted_requests);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    SRunner *sr = srunner_create(service_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    curl_global_cleanup();
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
