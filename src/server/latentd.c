@@ -92,13 +92,16 @@ static int serve(srv_config *cfg)
     srv_state st = {.cfg = cfg};
     srv_metrics_init(&st.metrics);
     ld_model *model = NULL;
-    const double t0 = (double)clock() / CLOCKS_PER_SEC;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = ld_model_load(cfg->model, NULL, &model, err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rc == LD_OK) {
         st.model = model;
         srv_log(LOG_INFO, "model %s (%s layout, config %s, latents %s) loaded in %.2f s",
                 ld_model_name(model), ld_model_layout(model), ld_model_config_source(model),
-                ld_model_scaling(model), (double)clock() / CLOCKS_PER_SEC - t0);
+                ld_model_scaling(model),
+                (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
         set_threads(cfg);
         const srv_queue_params qp = {cfg->vae_split, cfg->workers, cfg->max_batch_delay_ms,
                                      cfg->max_queue};
