@@ -23,7 +23,9 @@ static double conv_ref(const ld_conv_geom *g, const float *in, const float *w, c
     return acc;
 }
 
-static void check_conv(ld_conv_geom g, size_t budget)
+typedef enum { ALGO_DEFAULT, ALGO_IM2COL, ALGO_WINOGRAD } conv_algo;
+
+static void check_conv_with(ld_conv_geom g, size_t budget, conv_algo algo)
 {
     const size_t nin = (size_t)g.in_ch * g.in_h * g.in_w;
     const size_t nout = (size_t)g.out_ch * g.out_h * g.out_w;
@@ -33,9 +35,16 @@ static void check_conv(ld_conv_geom g, size_t budget)
     fill_random(in, nin, 1);
     fill_random(w, nw, 2);
     fill_random(b, (size_t)g.out_ch, 3);
-    size_t scratch_n = ld_conv2d_scratch_floats(&g, budget);
+    size_t scratch_n = algo == ALGO_IM2COL     ? ld_conv2d_im2col_scratch_floats(&g, budget)
+                       : algo == ALGO_WINOGRAD ? ld_winograd_scratch_floats(&g, budget)
+                                               : ld_conv2d_scratch_floats(&g, budget);
     float *scratch = malloc(scratch_n * 4 + 4);
-    ld_conv2d(&g, in, w, b, out, scratch, scratch_n);
+    if (algo == ALGO_IM2COL)
+        ld_conv2d_im2col(&g, in, w, b, out, scratch, scratch_n);
+    else if (algo == ALGO_WINOGRAD)
+        ld_conv2d_winograd(&g, in, w, b, out, scratch, scratch_n);
+    else
+        ld_conv2d(&g, in, w, b, out, scratch, scratch_n);
     for (int co = 0; co < g.out_ch; co++)
         for (int y = 0; y < g.out_h; y++)
             for (int x = 0; x < g.out_w; x++) {
@@ -51,12 +60,25 @@ static void check_conv(ld_conv_geom g, size_t budget)
     free(scratch);
 }
 
+static void check_conv(ld_conv_geom g, size_t budget)
+{
+    check_conv_with(g, budget, ALGO_DEFAULT);
+}
+
 START_TEST(conv_3x3_same_padding_in_bands)
 {
-    ld_conv_geom g = {5, 11, 9, 7, 11, 9, 3, 1, 1, 1};
-    check_conv(g, 1 << 20);      /* one band */
-    check_conv(g, 5 * 9 * 9 * 2); /* two rows per band */
-    check_conv(g, 1);            /* one row per band */
+    /* odd sizes leave partial Winograd tiles on the right and bottom */
+    const ld_conv_geom shapes[] = {{5, 11, 9, 7, 11, 9, 3, 1, 1, 1}, {4, 8, 6, 3, 8, 6, 3, 1, 1, 1},
+                                   {2, 1, 1, 3, 1, 1, 3, 1, 1, 1}};
+    for (int s = 0; s < 3; s++) {
+        ck_assert(ld_winograd_applies(&shapes[s]));
+        for (conv_algo a = ALGO_IM2COL; a <= ALGO_WINOGRAD; a++) {
+            check_conv_with(shapes[s], 1 << 20, a); /* one band */
+            check_conv_with(shapes[s], 1, a);       /* one row of output or tiles per band */
+        }
+    }
+    check_conv_with(shapes[0], 5 * 9 * 9 * 2, ALGO_IM2COL); /* two rows per band */
+    check_conv_with(shapes[0], 16 * 12 * 5 * 2 + 16 * 7 * 5, ALGO_WINOGRAD); /* two tile rows */
 }
 END_TEST
 

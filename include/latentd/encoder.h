@@ -35,6 +35,11 @@ typedef struct {
 
 typedef struct ld_model ld_model;
 
+/* Once per process, before encoding: the encoder splits its own work between
+ * threads (ld_encode_opts.threads) and runs BLAS one thread per call, so the
+ * two never oversubscribe the cores. */
+void ld_encoder_init(void);
+
 /* Options for loading.  The scaling overrides apply to a single-file
  * checkpoint that has no config.json beside it (a config always wins). */
 typedef struct {
@@ -74,6 +79,7 @@ typedef int (*ld_progress_fn)(void *ctx, int images_done, int images_total);
 
 typedef struct {
     int vae_split;          /* at most this many images per forward pass; <= 0: all */
+    int threads;            /* threads this call uses; <= 0: one per core */
     bool center_input;      /* x*2-1 before the encoder (center_input_sample); default on */
     bool deterministic;     /* latents from the mode (mean); else a sample */
     const uint64_t *seeds;  /* sampling: one seed per image (the noise depends on it alone) */

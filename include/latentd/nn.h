@@ -6,6 +6,17 @@
 
 #include <stddef.h>
 
+/* Threads: call ld_nn_init() once per process (BLAS then runs one thread per
+ * call), and ld_nn_set_threads(n) in each thread that runs the encoder: the
+ * kernels then split their work n ways. */
+void ld_nn_init(void);
+void ld_nn_set_threads(int threads);
+int ld_nn_threads(void);
+/* C = alpha·A·B + beta·C (row-major, no transposes), rows of A split between
+ * the threads. */
+void ld_sgemm_split_rows(int m, int n, int k, float alpha, const float *a, int lda,
+                         const float *b, int ldb, float beta, float *c, int ldc);
+
 /* Geometry of a 2-D convolution over one image.  Padding on the bottom and
  * right is implied by the output size: taps that fall outside the input read
  * zero, which expresses both symmetric padding and diffusers' (0,1,0,1)
@@ -25,6 +36,17 @@ size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget);
  * scratch_floats floats (from ld_conv2d_scratch_floats). */
 void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, const float *bias,
                float *out, float *scratch, size_t scratch_floats);
+
+/* The two algorithms behind ld_conv2d, for tests and benchmarks.  Winograd
+ * F(2x2,3x3) serves 3x3 stride-1 "same" convolutions (2.25x fewer
+ * multiplications); im2col + sgemm serves everything. */
+int ld_winograd_applies(const ld_conv_geom *g);
+size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget);
+void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const float *weight,
+                        const float *bias, float *out, float *scratch, size_t scratch_floats);
+size_t ld_conv2d_im2col_scratch_floats(const ld_conv_geom *g, size_t budget);
+void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const float *weight,
+                      const float *bias, float *out, float *scratch, size_t scratch_floats);
 
 /* GroupNorm over one image (biased variance), then optional SiLU.
  * in and out may be the same buffer. */

@@ -16,6 +16,7 @@ typedef struct {
     const char *model_path;
     const char *output;
     int vae_split;
+    int threads;
     bool sample;
     bool has_seed;
     uint64_t seed;
@@ -57,6 +58,7 @@ static void usage(FILE *fp)
             "  --scaling-factor F, --shift-factor F\n"
             "                       scaling for a single-file checkpoint without config.json\n"
             "  --max-memory MB      working-memory limit; batches are split to fit\n"
+            "  --threads N          compute threads (default: one per core)\n"
             "  -q, --quiet          no progress bar\n");
 }
 
@@ -70,7 +72,7 @@ static int parse_number(const char *text, double *out)
 static int parse_args(int argc, char **argv, cli_args *a)
 {
     enum { OPT_SPLIT = 256, OPT_SAMPLE, OPT_SEED, OPT_NO_CENTER, OPT_MOMENTS, OPT_SCALE,
-           OPT_SHIFT, OPT_MEM };
+           OPT_SHIFT, OPT_MEM, OPT_THREADS };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
@@ -81,6 +83,7 @@ static int parse_args(int argc, char **argv, cli_args *a)
         {"scaling-factor", required_argument, 0, OPT_SCALE},
         {"shift-factor", required_argument, 0, OPT_SHIFT},
         {"max-memory", required_argument, 0, OPT_MEM},
+        {"threads", required_argument, 0, OPT_THREADS},
         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->output = "latents.safetensors";
@@ -97,6 +100,11 @@ static int parse_args(int argc, char **argv, cli_args *a)
             if (parse_number(optarg, &num) || num < 1 || num > 1 << 20 || num != (int)num)
                 return fprintf(stderr, "latent-encode: --vae-split wants a positive integer\n"), -1;
             a->vae_split = (int)num;
+            break;
+        case OPT_THREADS:
+            if (parse_number(optarg, &num) || num < 1 || num > 1024 || num != (int)num)
+                return fprintf(stderr, "latent-encode: --threads wants a positive integer\n"), -1;
+            a->threads = (int)num;
             break;
         case OPT_SAMPLE: a->sample = true; break;
         case OPT_SEED: {
@@ -193,6 +201,7 @@ static int encode_group(const ld_model *model, const cli_args *a, cli_item *item
     ld_encode_opts opts;
     ld_encode_opts_init(&opts);
     opts.vae_split = a->vae_split;
+    opts.threads = a->threads;
     opts.center_input = a->center;
     opts.deterministic = !a->sample;
     opts.seeds = a->sample ? seeds : NULL;
@@ -356,6 +365,7 @@ int main(int argc, char **argv)
     }
     char err[LD_ERR_LEN] = "";
     ld_model *model = NULL;
+    ld_encoder_init();
     cli_item *items = calloc((size_t)a.n_images, sizeof *items);
     int rc = items ? ld_model_load(a.model_path, &a.load, &model, err)
                    : ld_fail(err, LD_ENOMEM, "out of memory");

@@ -6,12 +6,25 @@
 #include <cblas.h>
 #include <math.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #define QUERY_BLOCK 128
+
+static int thread_index(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
 
 size_t ld_attention_scratch_floats(int channels, size_t tokens)
 {
-    /* q, k, v as [C, tokens] plus one block of scores */
-    return 3 * (size_t)channels * tokens + (size_t)QUERY_BLOCK * tokens;
+    /* q, k, v as [C, tokens] plus one block of scores per thread */
+    return 3 * (size_t)channels * tokens + (size_t)ld_nn_threads() * QUERY_BLOCK * tokens;
 }
 
 /* dst[C, T] = W[C, C] · src[C, T] + b */
@@ -21,8 +34,7 @@ static void project(const float *w, const float *b, const float *src, int c, siz
     for (int i = 0; i < c; i++)
         for (size_t t = 0; t < tokens; t++)
             dst[(size_t)i * tokens + t] = b[i];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c, (int)tokens, c, 1.0f, w, c, src,
-                (int)tokens, 1.0f, dst, (int)tokens);
+    ld_sgemm_split_rows(c, (int)tokens, c, 1.0f, w, c, src, (int)tokens, 1.0f, dst, (int)tokens);
 }
 
 static void softmax_rows(float *s, int rows, size_t cols)
@@ -51,13 +63,19 @@ void ld_attention(const float *xn, int c, size_t tokens, const ld_attn_weights *
     float *q = scratch;
     float *k = q + (size_t)c * tokens;
     float *v = k + (size_t)c * tokens;
-    float *scores = v + (size_t)c * tokens;
+    float *scratch_scores = v + (size_t)c * tokens;
     project(w->wq, w->bq, xn, c, tokens, q);
     project(w->wk, w->bk, xn, c, tokens, k);
     project(w->wv, w->bv, xn, c, tokens, v);
     const float scale = 1.0f / sqrtf((float)c);
-    for (int t0 = 0; t0 < T; t0 += QUERY_BLOCK) {
+    const int blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    /* query blocks are independent: each thread takes whole blocks, with its
+     * own rows of scores */
+#pragma omp parallel for schedule(dynamic)
+    for (int blk = 0; blk < blocks; blk++) {
+        const int t0 = blk * QUERY_BLOCK;
         const int nq = T - t0 < QUERY_BLOCK ? T - t0 : QUERY_BLOCK;
+        float *scores = scratch_scores + (size_t)thread_index() * QUERY_BLOCK * tokens;
         /* scores[nq, T] = scale · q[:, t0:t0+nq]ᵀ · k */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nq, T, c, scale, q + t0, T, k, T,
                     0.0f, scores, T);

@@ -2,7 +2,6 @@
  * column buffer stays bounded whatever the image size. */
 #include "latentd/nn.h"
 
-#include <cblas.h>
 #include <string.h>
 
 static size_t col_rows(const ld_conv_geom *g)
@@ -16,7 +15,7 @@ static int is_pointwise(const ld_conv_geom *g)
            g->out_h == g->in_h && g->out_w == g->in_w;
 }
 
-size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget)
+size_t ld_conv2d_im2col_scratch_floats(const ld_conv_geom *g, size_t budget)
 {
     if (is_pointwise(g))
         return 0;
@@ -58,6 +57,7 @@ static void im2col_band(const ld_conv_geom *g, const float *in, int y0, int rows
     const int k = g->kernel;
     const size_t band = (size_t)rows * (size_t)g->out_w;
     const size_t plane = (size_t)g->in_h * (size_t)g->in_w;
+#pragma omp parallel for schedule(static)
     for (int ci = 0; ci < g->in_ch; ci++) {
         for (int ky = 0; ky < k; ky++) {
             for (int kx = 0; kx < k; kx++) {
@@ -85,15 +85,15 @@ static void fill_bias(float *out, const float *bias, int channels, size_t stride
     }
 }
 
-void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, const float *bias,
-               float *out, float *scratch, size_t scratch_floats)
+void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const float *weight,
+                      const float *bias, float *out, float *scratch, size_t scratch_floats)
 {
     const size_t out_plane = (size_t)g->out_h * (size_t)g->out_w;
     const int K = (int)col_rows(g);
     if (is_pointwise(g)) {
         fill_bias(out, bias, g->out_ch, out_plane, out_plane);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, (int)out_plane, K,
-                    1.0f, weight, K, in, (int)out_plane, 1.0f, out, (int)out_plane);
+        ld_sgemm_split_rows(g->out_ch, (int)out_plane, K, 1.0f, weight, K, in, (int)out_plane,
+                            1.0f, out, (int)out_plane);
         return;
     }
     int rows_per_band = (int)(scratch_floats / ((size_t)K * (size_t)g->out_w));
@@ -105,7 +105,28 @@ void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, cons
         float *dst = out + (size_t)y0 * g->out_w;
         im2col_band(g, in, y0, rows, scratch);
         fill_bias(dst, bias, g->out_ch, out_plane, (size_t)band);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, band, K, 1.0f, weight,
-                    K, scratch, band, 1.0f, dst, (int)out_plane);
+        ld_sgemm_split_rows(g->out_ch, band, K, 1.0f, weight, K, scratch, band, 1.0f, dst,
+                            (int)out_plane);
     }
+}
+
+/* Building with -DLD_NO_WINOGRAD gives the im2col-only baseline that the
+ * benchmark compares against. */
+#ifdef LD_NO_WINOGRAD
+#define ld_winograd_applies(g) 0
+#endif
+
+size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget)
+{
+    return ld_winograd_applies(g) ? ld_winograd_scratch_floats(g, budget)
+                                  : ld_conv2d_im2col_scratch_floats(g, budget);
+}
+
+void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, const float *bias,
+               float *out, float *scratch, size_t scratch_floats)
+{
+    if (ld_winograd_applies(g))
+        ld_conv2d_winograd(g, in, weight, bias, out, scratch, scratch_floats);
+    else
+        ld_conv2d_im2col(g, in, weight, bias, out, scratch, scratch_floats);
 }

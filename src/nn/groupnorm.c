@@ -28,6 +28,7 @@ void ld_group_norm(const float *in, float *out, int channels, size_t plane, int 
                    const float *gamma, const float *beta, float eps, int apply_silu)
 {
     const int per_group = channels / groups;
+#pragma omp parallel for schedule(static)
     for (int g = 0; g < groups; g++) {
         const size_t first = (size_t)g * per_group * plane;
         double mean, var;

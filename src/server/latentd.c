@@ -14,9 +14,6 @@
 #ifdef HAVE_LIBSYSTEMD
 #include <systemd/sd-daemon.h>
 #endif
-#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
-void openblas_set_num_threads(int);
-#endif
 
 #include "http.h"
 #include "log.h"
@@ -30,12 +27,9 @@ static void notify(const char *state)
 #endif
 }
 
-/* Workers × BLAS threads should not exceed the cores: say so when they do. */
-static void set_threads(const srv_config *cfg)
+/* Workers × threads should not exceed the cores: say so when they do. */
+static void check_threads(const srv_config *cfg)
 {
-#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
-    openblas_set_num_threads(cfg->threads);
-#endif
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (cores > 0 && (long)cfg->workers * cfg->threads > cores)
         srv_log(LOG_WARN, "%d workers x %d BLAS threads oversubscribe %ld cores", cfg->workers,
@@ -102,9 +96,9 @@ static int serve(srv_config *cfg)
                 ld_model_name(model), ld_model_layout(model), ld_model_config_source(model),
                 ld_model_scaling(model),
                 (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
-        set_threads(cfg);
-        const srv_queue_params qp = {cfg->vae_split, cfg->workers, cfg->max_batch_delay_ms,
-                                     cfg->max_queue};
+        check_threads(cfg);
+        const srv_queue_params qp = {cfg->vae_split, cfg->workers, cfg->threads,
+                                     cfg->max_batch_delay_ms, cfg->max_queue};
         rc = srv_queue_new(model, &qp, &st.metrics, &st.queue, err);
     }
     if (rc == LD_OK)
@@ -149,6 +143,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "latentd: %s\n", err);
         return 2;
     }
+    ld_encoder_init();
     rc = serve(&cfg);
     srv_log_close();
     return rc;

@@ -273,6 +273,7 @@ static void run_batch(srv_queue *q, entry **batch, int n)
         ld_encode_opts opts;
         ld_encode_opts_init(&opts);
         opts.vae_split = q->params.vae_split;
+        opts.threads = q->params.threads;
         opts.center_input = first->center;
         opts.deterministic = first->deterministic;
         opts.seeds = b.seeds;

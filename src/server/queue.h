@@ -52,7 +52,7 @@ bool srv_job_wait(srv_job *job, const struct timespec *deadline);
 typedef struct srv_queue srv_queue;
 
 typedef struct {
-    int vae_split, workers, max_batch_delay_ms, max_queue;
+    int vae_split, workers, threads, max_batch_delay_ms, max_queue;
 } srv_queue_params;
 
 int srv_queue_new(const ld_model *model, const srv_queue_params *params, srv_metrics *metrics,

@@ -16,7 +16,7 @@ typedef struct {
     char model[4096];
     int vae_split;          /* images per forward pass */
     int workers;            /* encoder threads */
-    int threads;            /* BLAS threads per worker */
+    int threads;            /* compute threads per worker */
     int max_batch_delay_ms; /* how long a batch waits to fill */
     int max_queue;          /* images waiting, at most */
     size_t max_body_bytes;

@@ -284,6 +284,11 @@ static void fwd_init(fwd *f, const ld_model *m, const workspace *ws, int n, int 
     f->stats = stats;
 }
 
+void ld_encoder_init(void)
+{
+    ld_nn_init();
+}
+
 void ld_encode_opts_init(ld_encode_opts *opts)
 {
     memset(opts, 0, sizeof *opts);
@@ -318,6 +323,8 @@ int ld_encode(const ld_model *m, const float *images, int n, int h, int w,
     int rc = check_args(m, n, h, w, opts, &lh, &lw, err);
     if (rc != LD_OK)
         return rc;
+    if (opts->threads > 0)
+        ld_nn_set_threads(opts->threads); /* this thread's team size, before planning */
     workspace ws = {0};
     plan_workspace(m, h, w, &ws.plan);
     int want = opts->vae_split > 0 && opts->vae_split < n ? opts->vae_split : n;

@@ -1,0 +1,251 @@
+/* bench-encode: images/s, per-stage time and peak RSS of the encoder.
+ *
+ *   bench-encode [--model PATH | --random-sd] [--size N] [--batch N] [--reps N]
+ *                [--threads N]
+ *
+ * --random-sd writes a full-size SD VAE encoder (block_out_channels
+ * 128,256,512,512, 2 layers per block, latent 4) with random weights to a
+ * temporary folder and loads it like any checkpoint: speed does not depend on
+ * the weights' values.  Compare with bench/torch_encoder.py on the same machine. */
+#include "latentd/encoder.h"
+#include "latentd/safetensors.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+
+typedef struct {
+    ld_st_out *outs;
+    float **bufs;
+    char **names;
+    size_t n, cap;
+    uint32_t rng;
+} tensor_list;
+
+static float uniform(uint32_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return (float)((double)*s / 4294967296.0 * 2.0 - 1.0);
+}
+
+static void add(tensor_list *l, const char *name, int ndim, const int64_t *shape, float fill,
+                float bound)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 64;
+        l->outs = realloc(l->outs, l->cap * sizeof *l->outs);
+        l->bufs = realloc(l->bufs, l->cap * sizeof *l->bufs);
+        l->names = realloc(l->names, l->cap * sizeof *l->names);
+        if (!l->outs || !l->bufs || !l->names)
+            abort();
+    }
+    size_t count = 1;
+    for (int d = 0; d < ndim; d++)
+        count *= (size_t)shape[d];
+    float *data = malloc(count * sizeof(float));
+    if (!data)
+        abort();
+    for (size_t i = 0; i < count; i++)
+        data[i] = bound > 0 ? bound * uniform(&l->rng) : fill;
+    l->names[l->n] = strdup(name);
+    l->bufs[l->n] = data;
+    l->outs[l->n] = (ld_st_out){l->names[l->n], ndim, {0}, data};
+    memcpy(l->outs[l->n].shape, shape, (size_t)ndim * sizeof *shape);
+    l->n++;
+}
+
+static void add_conv(tensor_list *l, const char *key, int in, int out, int k)
+{
+    char name[256];
+    const float bound = 1.0f / sqrtf((float)(in * k * k)); /* PyTorch's default init */
+    int64_t w[4] = {out, in, k, k}, b[1] = {out};
+    snprintf(name, sizeof name, "%s.weight", key);
+    add(l, name, 4, w, 0, bound);
+    snprintf(name, sizeof name, "%s.bias", key);
+    add(l, name, 1, b, 0, bound);
+}
+
+static void add_norm(tensor_list *l, const char *key, int c)
+{
+    char name[256];
+    int64_t s[1] = {c};
+    snprintf(name, sizeof name, "%s.weight", key);
+    add(l, name, 1, s, 1.0f, 0);
+    snprintf(name, sizeof name, "%s.bias", key);
+    add(l, name, 1, s, 0.0f, 0);
+}
+
+static void add_resnet(tensor_list *l, const char *key, int in, int out)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.norm1", key);
+    add_norm(l, name, in);
+    snprintf(name, sizeof name, "%s.conv1", key);
+    add_conv(l, name, in, out, 3);
+    snprintf(name, sizeof name, "%s.norm2", key);
+    add_norm(l, name, out);
+    snprintf(name, sizeof name, "%s.conv2", key);
+    add_conv(l, name, out, out, 3);
+    if (in != out) {
+        snprintf(name, sizeof name, "%s.conv_shortcut", key);
+        add_conv(l, name, in, out, 1);
+    }
+}
+
+/* The SD 1.x/2.x VAE encoder's tensors, diffusers names. */
+static int write_random_sd(const char *dir, char *err)
+{
+    static const int blocks[4] = {128, 256, 512, 512};
+    tensor_list l = {.rng = 12345};
+    char name[256];
+    add_conv(&l, "encoder.conv_in", 3, 128, 3);
+    int in = 128;
+    for (int i = 0; i < 4; i++) {
+        for (int j = 0; j < 2; j++) {
+            snprintf(name, sizeof name, "encoder.down_blocks.%d.resnets.%d", i, j);
+            add_resnet(&l, name, j ? blocks[i] : in, blocks[i]);
+        }
+        if (i < 3) {
+            snprintf(name, sizeof name, "encoder.down_blocks.%d.downsamplers.0.conv", i);
+            add_conv(&l, name, blocks[i], blocks[i], 3);
+        }
+        in = blocks[i];
+    }
+    add_resnet(&l, "encoder.mid_block.resnets.0", 512, 512);
+    add_norm(&l, "encoder.mid_block.attentions.0.group_norm", 512);
+    add_conv(&l, "encoder.mid_block.attentions.0.to_q", 512, 512, 1);
+    add_conv(&l, "encoder.mid_block.attentions.0.to_k", 512, 512, 1);
+    add_conv(&l, "encoder.mid_block.attentions.0.to_v", 512, 512, 1);
+    add_conv(&l, "encoder.mid_block.attentions.0.to_out.0", 512, 512, 1);
+    add_resnet(&l, "encoder.mid_block.resnets.1", 512, 512);
+    add_norm(&l, "encoder.conv_norm_out", 512);
+    add_conv(&l, "encoder.conv_out", 512, 8, 3);
+    add_conv(&l, "quant_conv", 8, 8, 1);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
+    int rc = ld_st_write(path, l.outs, l.n, NULL, 0, err);
+    for (size_t i = 0; i < l.n; i++) {
+        free(l.bufs[i]);
+        free(l.names[i]);
+    }
+    free(l.bufs);
+    free(l.names);
+    free(l.outs);
+    if (rc != LD_OK)
+        return rc;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *fp = fopen(path, "w");
+    if (!fp)
+        return ld_fail(err, LD_EIO, "%s: cannot create", path);
+    fprintf(fp, "{\"_class_name\": \"AutoencoderKL\", \"block_out_channels\": [128, 256, 512, 512],"
+                " \"layers_per_block\": 2, \"latent_channels\": 4, \"norm_num_groups\": 32,"
+                " \"scaling_factor\": 0.18215}\n");
+    fclose(fp);
+    return LD_OK;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_path = NULL;
+    int size = 512, batch = 1, reps = 3, threads = 0, random_sd = 0;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"random-sd", no_argument, 0, 'r'},
+        {"size", required_argument, 0, 's'},  {"batch", required_argument, 0, 'b'},
+        {"reps", required_argument, 0, 'n'},  {"threads", required_argument, 0, 't'},
+        {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "m:rs:b:n:t:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_path = optarg; break;
+        case 'r': random_sd = 1; break;
+        case 's': size = atoi(optarg); break;
+        case 'b': batch = atoi(optarg); break;
+        case 'n': reps = atoi(optarg); break;
+        case 't': threads = atoi(optarg); break;
+        default:
+            fprintf(stderr, "usage: bench-encode [--model PATH | --random-sd] [--size N] "
+                            "[--batch N] [--reps N] [--threads N]\n");
+            return 2;
+        }
+    }
+    ld_encoder_init();
+    char err[LD_ERR_LEN], dir[] = "/tmp/latentd-bench-XXXXXX";
+    if (random_sd || !model_path) {
+        if (!mkdtemp(dir) || write_random_sd(dir, err) != LD_OK) {
+            fprintf(stderr, "bench-encode: %s\n", err);
+            return 1;
+        }
+        model_path = dir;
+    }
+    ld_model *model;
+    if (ld_model_load(model_path, NULL, &model, err) != LD_OK) {
+        fprintf(stderr, "bench-encode: %s\n", err);
+        return 1;
+    }
+    if (model_path == dir) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "bench-encode: could not remove %s\n", dir);
+    }
+    int lh, lw;
+    if (ld_model_latent_size(model, size, size, &lh, &lw, err) != LD_OK) {
+        fprintf(stderr, "bench-encode: %s\n", err);
+        return 1;
+    }
+    const size_t pixels = (size_t)batch * 3 * size * size;
+    const size_t latent = (size_t)batch * ld_model_config(model)->latent_channels * lh * lw;
+    float *images = malloc(pixels * sizeof(float)), *latents = malloc(latent * sizeof(float));
+    uint32_t s = 99;
+    for (size_t i = 0; i < pixels; i++)
+        images[i] = 0.5f + 0.5f * uniform(&s);
+    ld_encode_opts eo;
+    ld_encode_opts_init(&eo);
+    eo.vae_split = batch;
+    eo.threads = threads;
+    ld_encode_out out = {latents, NULL, NULL, NULL, 0};
+    if (ld_encode(model, images, batch, size, size, &eo, &out, err) != LD_OK) { /* warm-up */
+        fprintf(stderr, "bench-encode: %s\n", err);
+        return 1;
+    }
+    ld_encode_stats stats = {0};
+    eo.stats = &stats;
+    double best = INFINITY, total = 0;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        ld_encode(model, images, batch, size, size, &eo, &out, err);
+        double t = now() - t0;
+        total += t;
+        if (t < best)
+            best = t;
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("model        %s\n", ld_model_name(model));
+    printf("input        %d x %dx%d, %d reps\n", batch, size, size, reps);
+    printf("images/s     %.4f (best pass %.3f s, mean %.3f s)\n", batch / best, best, total / reps);
+    printf("per stage    conv %.3f s, norm %.3f s, attention %.3f s, other %.3f s (per pass)\n",
+           stats.conv / reps, stats.norm / reps, stats.attention / reps, stats.other / reps);
+    printf("workspace    %.1f MiB for a pass of %d\n",
+           ld_encode_workspace_bytes(model, batch, size, size) / 1048576.0, batch);
+    printf("peak RSS     %.1f MiB\n", ru.ru_maxrss / 1024.0);
+    free(images);
+    free(latents);
+    ld_model_free(model);
+    return 0;
+}

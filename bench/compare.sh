@@ -1,0 +1,22 @@
+#!/bin/sh
+# latentd's encoder and PyTorch's on the same work, one after the other on this
+# machine, and their ratio.  Needs a build (scripts/build.sh) and, for the
+# baseline, Debian's python3-torch.
+#   bench/compare.sh [SIZE] [BATCH] [REPS] [THREADS]
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+size=${1:-512} batch=${2:-1} reps=${3:-3} threads=${4:-2}
+make -s -C "$top/build/release" bench/bench-encode
+ours=$("$top/build/release/bench/bench-encode" --random-sd --size "$size" --batch "$batch" \
+       --reps "$reps" --threads "$threads")
+echo "$ours"
+if python3 -c 'import torch' 2>/dev/null; then
+    theirs=$(python3 "$top/bench/torch_encoder.py" --size "$size" --batch "$batch" --reps "$reps" \
+             --threads "$threads")
+    echo "$theirs"
+    a=$(echo "$ours" | awk '/^images\/s/ {print $2}')
+    b=$(echo "$theirs" | awk '/^images\/s/ {print $2}')
+    echo "ratio        latentd / torch = $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}') x images/s"
+else
+    echo "python3-torch is not installed: no baseline"
+fi
