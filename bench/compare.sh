@@ -10,8 +10,9 @@ make -s -C "$top/build/release" bench/bench-encode
 ours=$("$top/build/release/bench/bench-encode" --random-sd --size "$size" --batch "$batch" \
        --reps "$reps" --threads "$threads")
 echo "$ours"
-if python3 -c 'import torch' 2>/dev/null; then
-    theirs=$(python3 "$top/bench/torch_encoder.py" --size "$size" --batch "$batch" --reps "$reps" \
+python=${PYTHON:-/usr/bin/python3}
+if "$python" -c 'import torch' 2>/dev/null; then
+    theirs=$("$python" "$top/bench/torch_encoder.py" --size "$size" --batch "$batch" --reps "$reps" \
              --threads "$threads")
     echo "$theirs"
     a=$(echo "$ours" | awk '/^images\/s/ {print $2}')

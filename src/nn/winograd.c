@@ -14,10 +14,24 @@
 #include <cblas.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int thread_index(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 typedef struct {
     int tiles_w, tiles_h;
     size_t weights;     /* floats of U: 16·Co·Ci */
     size_t per_tile_row; /* floats of V and M for one row of tiles */
+    size_t row_buffers;  /* floats of padded rows, 8 per thread */
 } wino_plan;
 
 static wino_plan plan(const ld_conv_geom *g)
@@ -27,6 +41,7 @@ static wino_plan plan(const ld_conv_geom *g)
     p.tiles_h = (g->out_h + 1) / 2;
     p.weights = (size_t)16 * g->out_ch * g->in_ch;
     p.per_tile_row = (size_t)16 * (size_t)(g->in_ch + g->out_ch) * (size_t)p.tiles_w;
+    p.row_buffers = (size_t)ld_nn_threads() * 8 * (size_t)(2 * p.tiles_w + 2);
     return p;
 }
 
@@ -44,7 +59,7 @@ size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget)
         rows = 1;
     if (rows > (size_t)p.tiles_h)
         rows = (size_t)p.tiles_h;
-    return p.weights + rows * p.per_tile_row;
+    return p.weights + p.row_buffers + rows * p.per_tile_row;
 }
 
 /* U[p][co][ci] = (G g Gᵀ)[p] */
@@ -74,86 +89,96 @@ static void transform_weights(const ld_conv_geom *g, const float *w, float *u)
     }
 }
 
-/* The 4x4 patch whose top-left input pixel is (y0, x0), zero outside. */
-static void load_patch(const float *plane, int h, int w, int y0, int x0, float d[16])
+/* One input row, zero-padded: padded[x + 1] = row[x], zeros around, so a
+ * tile's columns start at padded[2·tx]. */
+static void pad_row(const float *plane, int h, int w, int y, int padded_w, float *padded)
 {
-    const int inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= h && x0 + 4 <= w;
-    for (int r = 0; r < 4; r++) {
-        const int y = y0 + r;
-        if (inside) {
-            memcpy(d + 4 * r, plane + (size_t)y * w + x0, 4 * sizeof(float));
-            continue;
-        }
-        for (int c = 0; c < 4; c++) {
-            const int x = x0 + c;
-            d[4 * r + c] = (y >= 0 && y < h && x >= 0 && x < w) ? plane[(size_t)y * w + x] : 0.0f;
-        }
+    if (y < 0 || y >= h) {
+        memset(padded, 0, (size_t)padded_w * sizeof(float));
+        return;
     }
+    padded[0] = 0.0f;
+    memcpy(padded + 1, plane + (size_t)y * w, (size_t)w * sizeof(float));
+    memset(padded + 1 + w, 0, (size_t)(padded_w - 1 - w) * sizeof(float));
 }
 
-/* V[p][ci][t] = (Bᵀ d B)[p] for the tiles of rows [ty0, ty0+rows) */
+/* V[p][ci][t] = (Bᵀ d B)[p] for the tiles of rows [ty0, ty0+rows).  Worked a
+ * whole row of tiles at a time: Bᵀ combines four padded image rows, then B
+ * combines columns, and each of the 16 positions is written as one contiguous
+ * run over the row's tiles. */
 static void transform_input(const ld_conv_geom *g, const wino_plan *p, const float *in, int ty0,
-                            int rows, float *v)
+                            int rows, float *v, float *row_buffers)
 {
     const size_t tiles = (size_t)rows * p->tiles_w;
     const size_t pos_stride = (size_t)g->in_ch * tiles;
     const size_t plane = (size_t)g->in_h * g->in_w;
-#pragma omp parallel for schedule(static)
-    for (int ci = 0; ci < g->in_ch; ci++) {
-        const float *src = in + ci * plane;
-        float *dst = v + (size_t)ci * tiles;
-        for (int r = 0; r < rows; r++) {
-            for (int tx = 0; tx < p->tiles_w; tx++) {
-                float d[16], t[16];
-                load_patch(src, g->in_h, g->in_w, 2 * (ty0 + r) - 1, 2 * tx - 1, d);
-                for (int c = 0; c < 4; c++) { /* Bᵀ d */
-                    t[0 + c] = d[0 + c] - d[8 + c];
-                    t[4 + c] = d[4 + c] + d[8 + c];
-                    t[8 + c] = d[8 + c] - d[4 + c];
-                    t[12 + c] = d[4 + c] - d[12 + c];
+    const int padded_w = 2 * p->tiles_w + 2;
+#pragma omp parallel
+    {
+        float *buf = row_buffers + (size_t)thread_index() * 8 * padded_w;
+#pragma omp for schedule(static)
+        for (int ci = 0; ci < g->in_ch; ci++) {
+            const float *src = in + ci * plane;
+            float *d[4] = {buf, buf + padded_w, buf + 2 * padded_w, buf + 3 * padded_w};
+            float *t[4] = {buf + 4 * padded_w, buf + 5 * padded_w, buf + 6 * padded_w,
+                           buf + 7 * padded_w};
+            for (int r = 0; r < rows; r++) {
+                const int y = 2 * (ty0 + r) - 1;
+                for (int k = 0; k < 4; k++)
+                    pad_row(src, g->in_h, g->in_w, y + k, padded_w, d[k]);
+                for (int x = 0; x < padded_w; x++) { /* Bᵀ d, on whole rows */
+                    t[0][x] = d[0][x] - d[2][x];
+                    t[1][x] = d[1][x] + d[2][x];
+                    t[2][x] = d[2][x] - d[1][x];
+                    t[3][x] = d[1][x] - d[3][x];
                 }
-                const size_t at = (size_t)r * p->tiles_w + tx;
-                for (int k = 0; k < 4; k++) { /* (Bᵀ d) B */
-                    const float *row = t + 4 * k;
-                    dst[(k * 4 + 0) * pos_stride + at] = row[0] - row[2];
-                    dst[(k * 4 + 1) * pos_stride + at] = row[1] + row[2];
-                    dst[(k * 4 + 2) * pos_stride + at] = row[2] - row[1];
-                    dst[(k * 4 + 3) * pos_stride + at] = row[1] - row[3];
+                float *dst = v + (size_t)ci * tiles + (size_t)r * p->tiles_w;
+                for (int k = 0; k < 4; k++) { /* (Bᵀ d) B, on every tile of the row */
+                    const float *tk = t[k];
+                    float *o0 = dst + (size_t)(4 * k + 0) * pos_stride;
+                    float *o1 = dst + (size_t)(4 * k + 1) * pos_stride;
+                    float *o2 = dst + (size_t)(4 * k + 2) * pos_stride;
+                    float *o3 = dst + (size_t)(4 * k + 3) * pos_stride;
+                    for (int tx = 0; tx < p->tiles_w; tx++) {
+                        const float *c = tk + 2 * tx;
+                        o0[tx] = c[0] - c[2];
+                        o1[tx] = c[1] + c[2];
+                        o2[tx] = c[2] - c[1];
+                        o3[tx] = c[1] - c[3];
+                    }
                 }
             }
         }
     }
 }
 
-/* out tiles of rows [ty0, ty0+rows) = Aᵀ M A + bias */
+/* out tiles of rows [ty0, ty0+rows) = Aᵀ M A + bias, a row of tiles at a time */
 static void transform_output(const ld_conv_geom *g, const wino_plan *p, const float *m,
                              const float *bias, int ty0, int rows, float *out)
 {
     const size_t tiles = (size_t)rows * p->tiles_w;
     const size_t pos_stride = (size_t)g->out_ch * tiles;
     const size_t plane = (size_t)g->out_h * g->out_w;
+    const int even_w = g->out_w / 2; /* tiles whose two columns are both inside */
 #pragma omp parallel for schedule(static)
     for (int co = 0; co < g->out_ch; co++) {
         const float b = bias ? bias[co] : 0.0f;
-        const float *src = m + (size_t)co * tiles;
-        float *dst = out + co * plane;
         for (int r = 0; r < rows; r++) {
             const int y = 2 * (ty0 + r);
-            for (int tx = 0; tx < p->tiles_w; tx++) {
-                const size_t at = (size_t)r * p->tiles_w + tx;
-                float s[2][4];
-                for (int c = 0; c < 4; c++) { /* Aᵀ M */
-                    const float m0 = src[(0 + c) * pos_stride + at], m1 = src[(4 + c) * pos_stride + at];
-                    const float m2 = src[(8 + c) * pos_stride + at], m3 = src[(12 + c) * pos_stride + at];
-                    s[0][c] = m0 + m1 + m2;
-                    s[1][c] = m1 - m2 - m3;
-                }
-                const int x = 2 * tx;
-                for (int k = 0; k < 2 && y + k < g->out_h; k++) { /* (Aᵀ M) A */
-                    float *row = dst + (size_t)(y + k) * g->out_w + x;
-                    row[0] = s[k][0] + s[k][1] + s[k][2] + b;
-                    if (x + 1 < g->out_w)
-                        row[1] = s[k][1] - s[k][2] - s[k][3] + b;
+            const float *src = m + (size_t)co * tiles + (size_t)r * p->tiles_w;
+            const float *mp[16];
+            for (int q = 0; q < 16; q++)
+                mp[q] = src + (size_t)q * pos_stride;
+            for (int k = 0; k < 2 && y + k < g->out_h; k++) {
+                float *row = out + co * plane + (size_t)(y + k) * g->out_w;
+                for (int tx = 0; tx < p->tiles_w; tx++) {
+                    float s[4]; /* row k of Aᵀ M */
+                    for (int c = 0; c < 4; c++)
+                        s[c] = k == 0 ? mp[c][tx] + mp[4 + c][tx] + mp[8 + c][tx]
+                                      : mp[4 + c][tx] - mp[8 + c][tx] - mp[12 + c][tx];
+                    row[2 * tx] = s[0] + s[1] + s[2] + b;
+                    if (tx < even_w)
+                        row[2 * tx + 1] = s[1] - s[2] - s[3] + b;
                 }
             }
         }
@@ -165,8 +190,9 @@ void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const float *wei
 {
     const wino_plan p = plan(g);
     float *u = scratch;
-    float *band = scratch + p.weights;
-    int rows_per_band = (int)((scratch_floats - p.weights) / p.per_tile_row);
+    float *row_buffers = scratch + p.weights;
+    float *band = row_buffers + p.row_buffers;
+    int rows_per_band = (int)((scratch_floats - p.weights - p.row_buffers) / p.per_tile_row);
     if (rows_per_band < 1)
         rows_per_band = 1; /* the caller sized scratch with ld_winograd_scratch_floats */
     transform_weights(g, weight, u);
@@ -175,7 +201,7 @@ void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const float *wei
         const int tiles = rows * p.tiles_w;
         float *v = band;
         float *m = band + (size_t)16 * g->in_ch * tiles;
-        transform_input(g, &p, in, ty0, rows, v);
+        transform_input(g, &p, in, ty0, rows, v, row_buffers);
         /* the 16 products are independent: one thread each, in turn */
 #pragma omp parallel for schedule(dynamic)
         for (int pos = 0; pos < 16; pos++)
