@@ -1,7 +1,7 @@
 /* bench-encode: images/s, per-stage time and peak RSS of the encoder.
  *
  *   bench-encode [--model PATH | --random-sd] [--size N] [--batch N] [--reps N]
- *                [--threads N]
+ *                [--threads N] [--save-model DIR]
  *
  * --random-sd writes a full-size SD VAE encoder (block_out_channels
  * 128,256,512,512, 2 layers per block, latent 4) with random weights to a
@@ -161,13 +161,13 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-    const char *model_path = NULL;
+    const char *model_path = NULL, *save_dir = NULL;
     int size = 512, batch = 1, reps = 3, threads = 0, random_sd = 0;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"random-sd", no_argument, 0, 'r'},
         {"size", required_argument, 0, 's'},  {"batch", required_argument, 0, 'b'},
         {"reps", required_argument, 0, 'n'},  {"threads", required_argument, 0, 't'},
-        {0, 0, 0, 0}};
+        {"save-model", required_argument, 0, 'S'}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:rs:b:n:t:", opts, NULL)) != -1) {
         switch (c) {
@@ -177,14 +177,22 @@ int main(int argc, char **argv)
         case 'b': batch = atoi(optarg); break;
         case 'n': reps = atoi(optarg); break;
         case 't': threads = atoi(optarg); break;
+        case 'S': save_dir = optarg; break;
         default:
             fprintf(stderr, "usage: bench-encode [--model PATH | --random-sd] [--size N] "
-                            "[--batch N] [--reps N] [--threads N]\n");
+                            "[--batch N] [--reps N] [--threads N] [--save-model DIR]\n");
             return 2;
         }
     }
     ld_encoder_init();
     char err[LD_ERR_LEN], dir[] = "/tmp/latentd-bench-XXXXXX";
+    if (save_dir) { /* the random model alone, for bench/accuracy.py */
+        if (write_random_sd(save_dir, err) != LD_OK) {
+            fprintf(stderr, "bench-encode: %s\n", err);
+            return 1;
+        }
+        return 0;
+    }
     if (random_sd || !model_path) {
         if (!mkdtemp(dir) || write_random_sd(dir, err) != LD_OK) {
             fprintf(stderr, "bench-encode: %s\n", err);

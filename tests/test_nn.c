@@ -78,7 +78,7 @@ START_TEST(conv_3x3_same_padding_in_bands)
         }
     }
     check_conv_with(shapes[0], 5 * 9 * 9 * 2, ALGO_IM2COL); /* two rows per band */
-    check_conv_with(shapes[0], 16 * 12 * 5 * 2 + 16 * 7 * 5 + (size_t)ld_nn_threads() * 8 * 12,
+    check_conv_with(shapes[0], 36 * 12 * 3 * 2 + 36 * 7 * 5 + (size_t)ld_nn_threads() * 12 * 14,
                     ALGO_WINOGRAD); /* two tile rows */
 }
 END_TEST

@@ -38,7 +38,7 @@ void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, cons
                float *out, float *scratch, size_t scratch_floats);
 
 /* The two algorithms behind ld_conv2d, for tests and benchmarks.  Winograd
- * F(2x2,3x3) serves 3x3 stride-1 "same" convolutions (2.25x fewer
+ * F(4x4,3x3) serves 3x3 stride-1 "same" convolutions (4x fewer
  * multiplications); im2col + sgemm serves everything. */
 int ld_winograd_applies(const ld_conv_geom *g);
 size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget);

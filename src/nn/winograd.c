@@ -1,14 +1,21 @@
-/* 3x3 stride-1 "same" convolution by Winograd F(2x2, 3x3) (Lavin & Gray,
- * "Fast Algorithms for Convolutional Neural Networks", 2015): each 2x2 output
- * tile costs 16 multiplications per channel pair instead of 36.
+/* 3x3 stride-1 "same" convolution by Winograd F(4x4, 3x3) (Lavin & Gray,
+ * "Fast Algorithms for Convolutional Neural Networks", 2015): each 4x4 output
+ * tile costs 36 multiplications per channel pair instead of 144.
  *
- *   U = G g Gᵀ        (weights, 4x4 per output/input channel pair)
- *   V = Bᵀ d B        (4x4 input tiles overlapping by 2)
- *   M_p = U_p · V_p   (16 sgemms, one per tile position p: [Co,Ci]·[Ci,tiles])
- *   Y = Aᵀ M A        (2x2 output tiles)
+ *   U = G g Gᵀ        (weights, 6x6 per output/input channel pair)
+ *   V = Bᵀ d B        (6x6 input tiles overlapping by 2)
+ *   M_p = U_p · V_p   (36 sgemms, one per tile position p: [Co,Ci]·[Ci,tiles])
+ *   Y = Aᵀ M A        (4x4 output tiles)
  *
- * The input and product matrices are built one band of tile rows at a time so
- * the scratch stays bounded whatever the image size. */
+ * Interpolation points 0, ±1, ±2, ∞:
+ *   Bᵀ = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+ *         0 4 0 -5 0 1]
+ *   G  = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+ *   Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+ * The transforms work on a whole row of tiles at a time, so each of the 36
+ * positions is read and written as one contiguous run; the input and product
+ * matrices are built one band of tile rows at a time so the scratch stays
+ * bounded whatever the image size. */
 #include "latentd/nn.h"
 
 #include <cblas.h>
@@ -17,6 +24,20 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#define OUT_TILE 4
+#define IN_TILE 6
+#define POSITIONS (IN_TILE * IN_TILE)
+#define CI_BLOCK 64
+
+static const float G[IN_TILE][3] = {
+    {1.0f / 4, 0, 0},
+    {-1.0f / 6, -1.0f / 6, -1.0f / 6},
+    {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+    {1.0f / 24, 1.0f / 12, 1.0f / 6},
+    {1.0f / 24, -1.0f / 12, 1.0f / 6},
+    {0, 0, 1},
+};
 
 static int thread_index(void)
 {
@@ -29,19 +50,21 @@ static int thread_index(void)
 
 typedef struct {
     int tiles_w, tiles_h;
-    size_t weights;     /* floats of U: 16·Co·Ci */
+    int padded_w;        /* one padded input row: 4·tiles_w + 2 */
+    size_t weights;      /* floats of U: 36·Co·Ci */
     size_t per_tile_row; /* floats of V and M for one row of tiles */
-    size_t row_buffers;  /* floats of padded rows, 8 per thread */
+    size_t row_buffers;  /* floats of padded rows, 12 per thread */
 } wino_plan;
 
 static wino_plan plan(const ld_conv_geom *g)
 {
     wino_plan p;
-    p.tiles_w = (g->out_w + 1) / 2;
-    p.tiles_h = (g->out_h + 1) / 2;
-    p.weights = (size_t)16 * g->out_ch * g->in_ch;
-    p.per_tile_row = (size_t)16 * (size_t)(g->in_ch + g->out_ch) * (size_t)p.tiles_w;
-    p.row_buffers = (size_t)ld_nn_threads() * 8 * (size_t)(2 * p.tiles_w + 2);
+    p.tiles_w = (g->out_w + OUT_TILE - 1) / OUT_TILE;
+    p.tiles_h = (g->out_h + OUT_TILE - 1) / OUT_TILE;
+    p.padded_w = OUT_TILE * p.tiles_w + 2;
+    p.weights = (size_t)POSITIONS * g->out_ch * g->in_ch;
+    p.per_tile_row = (size_t)POSITIONS * (size_t)(g->in_ch + g->out_ch) * (size_t)p.tiles_w;
+    p.row_buffers = (size_t)ld_nn_threads() * 2 * IN_TILE * (size_t)p.padded_w;
     return p;
 }
 
@@ -62,35 +85,36 @@ size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget)
     return p.weights + p.row_buffers + rows * p.per_tile_row;
 }
 
-/* U[p][co][ci] = (G g Gᵀ)[p] */
+/* U[p][co][ci] = (G g Gᵀ)[p], a block of input channels at a time so the
+ * writes run along ci instead of leaping between positions. */
 static void transform_weights(const ld_conv_geom *g, const float *w, float *u)
 {
     const size_t pair_stride = (size_t)g->out_ch * g->in_ch;
 #pragma omp parallel for schedule(static)
     for (int co = 0; co < g->out_ch; co++) {
-        for (int ci = 0; ci < g->in_ch; ci++) {
-            const float *k = w + ((size_t)co * g->in_ch + ci) * 9;
-            float gg[4][3]; /* G g */
-            for (int c = 0; c < 3; c++) {
-                gg[0][c] = k[c];
-                gg[1][c] = 0.5f * (k[c] + k[3 + c] + k[6 + c]);
-                gg[2][c] = 0.5f * (k[c] - k[3 + c] + k[6 + c]);
-                gg[3][c] = k[6 + c];
+        for (int ci0 = 0; ci0 < g->in_ch; ci0 += CI_BLOCK) {
+            const int count = g->in_ch - ci0 < CI_BLOCK ? g->in_ch - ci0 : CI_BLOCK;
+            float block[POSITIONS][CI_BLOCK];
+            for (int n = 0; n < count; n++) {
+                const float *k = w + ((size_t)co * g->in_ch + ci0 + n) * 9;
+                float gg[IN_TILE][3]; /* G g */
+                for (int i = 0; i < IN_TILE; i++)
+                    for (int c = 0; c < 3; c++)
+                        gg[i][c] = G[i][0] * k[c] + G[i][1] * k[3 + c] + G[i][2] * k[6 + c];
+                for (int i = 0; i < IN_TILE; i++) /* (G g) Gᵀ */
+                    for (int j = 0; j < IN_TILE; j++)
+                        block[i * IN_TILE + j][n] =
+                            gg[i][0] * G[j][0] + gg[i][1] * G[j][1] + gg[i][2] * G[j][2];
             }
-            float *dst = u + (size_t)co * g->in_ch + ci;
-            for (int r = 0; r < 4; r++) { /* (G g) Gᵀ */
-                const float a = gg[r][0], b = gg[r][1], c = gg[r][2];
-                dst[(r * 4 + 0) * pair_stride] = a;
-                dst[(r * 4 + 1) * pair_stride] = 0.5f * (a + b + c);
-                dst[(r * 4 + 2) * pair_stride] = 0.5f * (a - b + c);
-                dst[(r * 4 + 3) * pair_stride] = c;
-            }
+            for (int pos = 0; pos < POSITIONS; pos++)
+                memcpy(u + pos * pair_stride + (size_t)co * g->in_ch + ci0, block[pos],
+                       (size_t)count * sizeof(float));
         }
     }
 }
 
-/* One input row, zero-padded: padded[x + 1] = row[x], zeros around, so a
- * tile's columns start at padded[2·tx]. */
+/* One input row, zero-padded: padded[x + 1] = row[x], zeros around, so tile
+ * tx's columns start at padded[4·tx]. */
 static void pad_row(const float *plane, int h, int w, int y, int padded_w, float *padded)
 {
     if (y < 0 || y >= h) {
@@ -102,50 +126,66 @@ static void pad_row(const float *plane, int h, int w, int y, int padded_w, float
     memset(padded + 1 + w, 0, (size_t)(padded_w - 1 - w) * sizeof(float));
 }
 
-/* V[p][ci][t] = (Bᵀ d B)[p] for the tiles of rows [ty0, ty0+rows).  Worked a
- * whole row of tiles at a time: Bᵀ combines four padded image rows, then B
- * combines columns, and each of the 16 positions is written as one contiguous
- * run over the row's tiles. */
+/* t[i] = (Bᵀ d)[i] over whole rows */
+static void bt_rows(float *const d[IN_TILE], float *const t[IN_TILE], int n)
+{
+    for (int x = 0; x < n; x++) {
+        const float d0 = d[0][x], d1 = d[1][x], d2 = d[2][x], d3 = d[3][x], d4 = d[4][x],
+                    d5 = d[5][x];
+        t[0][x] = 4 * d0 - 5 * d2 + d4;
+        t[1][x] = -4 * (d1 + d2) + d3 + d4;
+        t[2][x] = 4 * (d1 - d2) - d3 + d4;
+        t[3][x] = 2 * (d3 - d1) - d2 + d4;
+        t[4][x] = 2 * (d1 - d3) - d2 + d4;
+        t[5][x] = 4 * d1 - 5 * d3 + d5;
+    }
+}
+
+/* o[j][tx] = (row · B)[j] for every tile of one transformed row */
+static void bt_cols(const float *row, int tiles, float *const o[IN_TILE])
+{
+    for (int tx = 0; tx < tiles; tx++) {
+        const float *c = row + OUT_TILE * tx;
+        const float d0 = c[0], d1 = c[1], d2 = c[2], d3 = c[3], d4 = c[4], d5 = c[5];
+        o[0][tx] = 4 * d0 - 5 * d2 + d4;
+        o[1][tx] = -4 * (d1 + d2) + d3 + d4;
+        o[2][tx] = 4 * (d1 - d2) - d3 + d4;
+        o[3][tx] = 2 * (d3 - d1) - d2 + d4;
+        o[4][tx] = 2 * (d1 - d3) - d2 + d4;
+        o[5][tx] = 4 * d1 - 5 * d3 + d5;
+    }
+}
+
+/* V[p][ci][t] = (Bᵀ d B)[p] for the tiles of rows [ty0, ty0+rows) */
 static void transform_input(const ld_conv_geom *g, const wino_plan *p, const float *in, int ty0,
                             int rows, float *v, float *row_buffers)
 {
     const size_t tiles = (size_t)rows * p->tiles_w;
     const size_t pos_stride = (size_t)g->in_ch * tiles;
     const size_t plane = (size_t)g->in_h * g->in_w;
-    const int padded_w = 2 * p->tiles_w + 2;
+    const int pw = p->padded_w;
 #pragma omp parallel
     {
-        float *buf = row_buffers + (size_t)thread_index() * 8 * padded_w;
+        float *buf = row_buffers + (size_t)thread_index() * 2 * IN_TILE * pw;
+        float *d[IN_TILE], *t[IN_TILE];
+        for (int k = 0; k < IN_TILE; k++) {
+            d[k] = buf + (size_t)k * pw;
+            t[k] = buf + (size_t)(IN_TILE + k) * pw;
+        }
 #pragma omp for schedule(static)
         for (int ci = 0; ci < g->in_ch; ci++) {
             const float *src = in + ci * plane;
-            float *d[4] = {buf, buf + padded_w, buf + 2 * padded_w, buf + 3 * padded_w};
-            float *t[4] = {buf + 4 * padded_w, buf + 5 * padded_w, buf + 6 * padded_w,
-                           buf + 7 * padded_w};
             for (int r = 0; r < rows; r++) {
-                const int y = 2 * (ty0 + r) - 1;
-                for (int k = 0; k < 4; k++)
-                    pad_row(src, g->in_h, g->in_w, y + k, padded_w, d[k]);
-                for (int x = 0; x < padded_w; x++) { /* Bᵀ d, on whole rows */
-                    t[0][x] = d[0][x] - d[2][x];
-                    t[1][x] = d[1][x] + d[2][x];
-                    t[2][x] = d[2][x] - d[1][x];
-                    t[3][x] = d[1][x] - d[3][x];
-                }
+                const int y = OUT_TILE * (ty0 + r) - 1;
+                for (int k = 0; k < IN_TILE; k++)
+                    pad_row(src, g->in_h, g->in_w, y + k, pw, d[k]);
+                bt_rows(d, t, pw);
                 float *dst = v + (size_t)ci * tiles + (size_t)r * p->tiles_w;
-                for (int k = 0; k < 4; k++) { /* (Bᵀ d) B, on every tile of the row */
-                    const float *tk = t[k];
-                    float *o0 = dst + (size_t)(4 * k + 0) * pos_stride;
-                    float *o1 = dst + (size_t)(4 * k + 1) * pos_stride;
-                    float *o2 = dst + (size_t)(4 * k + 2) * pos_stride;
-                    float *o3 = dst + (size_t)(4 * k + 3) * pos_stride;
-                    for (int tx = 0; tx < p->tiles_w; tx++) {
-                        const float *c = tk + 2 * tx;
-                        o0[tx] = c[0] - c[2];
-                        o1[tx] = c[1] + c[2];
-                        o2[tx] = c[2] - c[1];
-                        o3[tx] = c[1] - c[3];
-                    }
+                for (int i = 0; i < IN_TILE; i++) {
+                    float *o[IN_TILE];
+                    for (int j = 0; j < IN_TILE; j++)
+                        o[j] = dst + (size_t)(i * IN_TILE + j) * pos_stride;
+                    bt_cols(t[i], p->tiles_w, o);
                 }
             }
         }
@@ -159,26 +199,40 @@ static void transform_output(const ld_conv_geom *g, const wino_plan *p, const fl
     const size_t tiles = (size_t)rows * p->tiles_w;
     const size_t pos_stride = (size_t)g->out_ch * tiles;
     const size_t plane = (size_t)g->out_h * g->out_w;
-    const int even_w = g->out_w / 2; /* tiles whose two columns are both inside */
+    const int full_tiles = g->out_w / OUT_TILE; /* tiles whose 4 columns are all inside */
 #pragma omp parallel for schedule(static)
     for (int co = 0; co < g->out_ch; co++) {
         const float b = bias ? bias[co] : 0.0f;
         for (int r = 0; r < rows; r++) {
-            const int y = 2 * (ty0 + r);
+            const int y = OUT_TILE * (ty0 + r);
             const float *src = m + (size_t)co * tiles + (size_t)r * p->tiles_w;
-            const float *mp[16];
-            for (int q = 0; q < 16; q++)
+            const float *mp[POSITIONS];
+            for (int q = 0; q < POSITIONS; q++)
                 mp[q] = src + (size_t)q * pos_stride;
-            for (int k = 0; k < 2 && y + k < g->out_h; k++) {
+            for (int k = 0; k < OUT_TILE && y + k < g->out_h; k++) {
                 float *row = out + co * plane + (size_t)(y + k) * g->out_w;
                 for (int tx = 0; tx < p->tiles_w; tx++) {
-                    float s[4]; /* row k of Aᵀ M */
-                    for (int c = 0; c < 4; c++)
-                        s[c] = k == 0 ? mp[c][tx] + mp[4 + c][tx] + mp[8 + c][tx]
-                                      : mp[4 + c][tx] - mp[8 + c][tx] - mp[12 + c][tx];
-                    row[2 * tx] = s[0] + s[1] + s[2] + b;
-                    if (tx < even_w)
-                        row[2 * tx + 1] = s[1] - s[2] - s[3] + b;
+                    float s[IN_TILE]; /* row k of Aᵀ M */
+                    for (int c = 0; c < IN_TILE; c++) {
+                        const float m0 = mp[c][tx], m1 = mp[6 + c][tx], m2 = mp[12 + c][tx],
+                                    m3 = mp[18 + c][tx], m4 = mp[24 + c][tx], m5 = mp[30 + c][tx];
+                        s[c] = k == 0   ? m0 + m1 + m2 + m3 + m4
+                               : k == 1 ? m1 - m2 + 2 * (m3 - m4)
+                               : k == 2 ? m1 + m2 + 4 * (m3 + m4)
+                                        : m1 - m2 + 8 * (m3 - m4) + m5;
+                    }
+                    const float yv[OUT_TILE] = {
+                        s[0] + s[1] + s[2] + s[3] + s[4] + b,
+                        s[1] - s[2] + 2 * (s[3] - s[4]) + b,
+                        s[1] + s[2] + 4 * (s[3] + s[4]) + b,
+                        s[1] - s[2] + 8 * (s[3] - s[4]) + s[5] + b,
+                    };
+                    float *o = row + OUT_TILE * tx;
+                    if (tx < full_tiles)
+                        memcpy(o, yv, sizeof yv);
+                    else
+                        for (int j = 0; OUT_TILE * tx + j < g->out_w; j++)
+                            o[j] = yv[j];
                 }
             }
         }
@@ -200,11 +254,11 @@ void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const float *wei
         const int rows = p.tiles_h - ty0 < rows_per_band ? p.tiles_h - ty0 : rows_per_band;
         const int tiles = rows * p.tiles_w;
         float *v = band;
-        float *m = band + (size_t)16 * g->in_ch * tiles;
+        float *m = band + (size_t)POSITIONS * g->in_ch * tiles;
         transform_input(g, &p, in, ty0, rows, v, row_buffers);
-        /* the 16 products are independent: one thread each, in turn */
+        /* the 36 products are independent: one thread each, in turn */
 #pragma omp parallel for schedule(dynamic)
-        for (int pos = 0; pos < 16; pos++)
+        for (int pos = 0; pos < POSITIONS; pos++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, tiles, g->in_ch,
                         1.0f, u + (size_t)pos * g->out_ch * g->in_ch, g->in_ch,
                         v + (size_t)pos * g->in_ch * tiles, tiles, 0.0f,
