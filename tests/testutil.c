@@ -92,3 +92,12 @@ void fill_random(float *x, size_t n, uint32_t seed)
         x[i] = (float)((double)s / 2147483648.0 - 1.0);
     }
 }
+
+int run_suite(Suite *suite)
+{
+    SRunner *sr = srunner_create(suite);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <check.h>
+
 #include "latentd/safetensors.h"
 
 /* $LATENTD_FIXTURES/rel (default tests/fixtures/rel), in a static buffer per call slot. */
@@ -25,5 +27,8 @@ void write_all(const char *path, const void *data, size_t len);
 
 /* Deterministic pseudo-random floats in [-1, 1). */
 void fill_random(float *x, size_t n, uint32_t seed);
+
+/* Run a suite and turn its result into an exit status. */
+int run_suite(Suite *suite);
 
 #endif

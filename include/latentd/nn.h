@@ -12,6 +12,8 @@
 void ld_nn_init(void);
 void ld_nn_set_threads(int threads);
 int ld_nn_threads(void);
+/* Which of the team's threads the caller is (0 outside parallel regions). */
+int ld_nn_thread_index(void);
 /* C = alpha·A·B + beta·C (row-major, no transposes), rows of A split between
  * the threads. */
 void ld_sgemm_split_rows(int m, int n, int k, float alpha, const float *a, int lda,

@@ -6,20 +6,7 @@
 #include <cblas.h>
 #include <math.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #define QUERY_BLOCK 128
-
-static int thread_index(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 
 size_t ld_attention_scratch_floats(int channels, size_t tokens)
 {
@@ -75,7 +62,7 @@ void ld_attention(const float *xn, int c, size_t tokens, const ld_attn_weights *
     for (int blk = 0; blk < blocks; blk++) {
         const int t0 = blk * QUERY_BLOCK;
         const int nq = T - t0 < QUERY_BLOCK ? T - t0 : QUERY_BLOCK;
-        float *scores = scratch_scores + (size_t)thread_index() * QUERY_BLOCK * tokens;
+        float *scores = scratch_scores + (size_t)ld_nn_thread_index() * QUERY_BLOCK * tokens;
         /* scores[nq, T] = scale · q[:, t0:t0+nq]ᵀ · k */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nq, T, c, scale, q + t0, T, k, T,
                     0.0f, scores, T);

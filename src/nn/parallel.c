@@ -42,6 +42,15 @@ int ld_nn_threads(void)
 #endif
 }
 
+int ld_nn_thread_index(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 void ld_sgemm_split_rows(int m, int n, int k, float alpha, const float *a, int lda,
                          const float *b, int ldb, float beta, float *c, int ldc)
 {

@@ -21,10 +21,6 @@
 #include <cblas.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #define OUT_TILE 4
 #define IN_TILE 6
 #define POSITIONS (IN_TILE * IN_TILE)
@@ -38,15 +34,6 @@ static const float G[IN_TILE][3] = {
     {1.0f / 24, -1.0f / 12, 1.0f / 6},
     {0, 0, 1},
 };
-
-static int thread_index(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 
 typedef struct {
     int tiles_w, tiles_h;
@@ -166,7 +153,7 @@ static void transform_input(const ld_conv_geom *g, const wino_plan *p, const flo
     const int pw = p->padded_w;
 #pragma omp parallel
     {
-        float *buf = row_buffers + (size_t)thread_index() * 2 * IN_TILE * pw;
+        float *buf = row_buffers + (size_t)ld_nn_thread_index() * 2 * IN_TILE * pw;
         float *d[IN_TILE], *t[IN_TILE];
         for (int k = 0; k < IN_TILE; k++) {
             d[k] = buf + (size_t)k * pw;
