@@ -8,6 +8,7 @@
 #include <check.h>
 #include <curl/curl.h>
 #include <jansson.h>
+#include <math.h>
 #include <png.h>
 #include <pthread.h>
 #include <signal.h>
@@ -315,6 +316,28 @@ START_TEST(multipart_and_raw_bodies)
     ck_assert_ptr_nonnull(strstr(r.body + 10, "'shape': (1, 16, 12, 16)"));
     assert_slice((float *)(r.body + header), (r.len - header) / 4, 1, 0, "tiny-flux16",
                  "coffee_96x128", "latents");
+    free(r.body);
+    /* JPEG, as browsers upload it (tests/fixtures/images/astronaut_64.jpg is
+     * astronaut_64.png saved by Pillow at quality 95): near the PNG's latents */
+    size_t jpg_len;
+    uint8_t *jpg = read_all(fixture("images/astronaut_64.jpg"), &jpg_len);
+    r = http(&d, "/v1/encode?format=safetensors", "image/jpeg", jpg, jpg_len, NULL, NULL);
+    ck_assert_msg(r.status == 200, "%s", r.body);
+    snprintf(path, sizeof path, "%s/jpeg.safetensors", d.dir);
+    write_all(path, r.body, r.len);
+    float *from_jpeg = read_tensor(path, "mean", &n, NULL);
+    float *from_png = read_tensor(fixture("expected/tiny-flux16/astronaut_64.safetensors"), "mean", NULL, NULL);
+    double diff = 0, norm = 0; /* relative L2 distance */
+    for (size_t i = 0; i < n; i++) {
+        diff += (double)(from_jpeg[i] - from_png[i]) * (from_jpeg[i] - from_png[i]);
+        norm += (double)from_png[i] * from_png[i];
+    }
+    /* the random-weight model amplifies the JPEG's 4% input difference to about
+     * 26%; another picture lands near 100% */
+    ck_assert_msg(sqrt(diff / norm) < 0.5, "JPEG latents differ by %g", sqrt(diff / norm));
+    free(from_jpeg);
+    free(from_png);
+    free(jpg);
     free(r.body);
     /* Accept: application/octet-stream asks for safetensors too */
     r = http(&d, "/v1/encode", "application/octet-stream", png, len, NULL,
