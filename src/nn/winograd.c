@@ -179,47 +179,81 @@ static void transform_input(const ld_conv_geom *g, const wino_plan *p, const flo
     }
 }
 
-/* out tiles of rows [ty0, ty0+rows) = Aᵀ M A + bias, a row of tiles at a time */
+/* s[tx] = (row k of Aᵀ) · (m[0][tx], ..., m[5][tx]) for a whole row of tiles */
+static void at_combine(int k, const float *const m[IN_TILE], int tiles, float *sv)
+{
+    const float *m0 = m[0], *m1 = m[1], *m2 = m[2], *m3 = m[3], *m4 = m[4], *m5 = m[5];
+    switch (k) { /* one loop per row of Aᵀ, so each vectorises */
+    case 0:
+        for (int tx = 0; tx < tiles; tx++)
+            sv[tx] = m0[tx] + m1[tx] + m2[tx] + m3[tx] + m4[tx];
+        break;
+    case 1:
+        for (int tx = 0; tx < tiles; tx++)
+            sv[tx] = m1[tx] - m2[tx] + 2 * (m3[tx] - m4[tx]);
+        break;
+    case 2:
+        for (int tx = 0; tx < tiles; tx++)
+            sv[tx] = m1[tx] + m2[tx] + 4 * (m3[tx] + m4[tx]);
+        break;
+    default:
+        for (int tx = 0; tx < tiles; tx++)
+            sv[tx] = m1[tx] - m2[tx] + 8 * (m3[tx] - m4[tx]) + m5[tx];
+        break;
+    }
+}
+
+/* out tiles of rows [ty0, ty0+rows) = Aᵀ M A + bias, a row of tiles at a time:
+ * Aᵀ combines the position runs into six runs per output row, and A combines
+ * those into the row's pixels. */
 static void transform_output(const ld_conv_geom *g, const wino_plan *p, const float *m,
-                             const float *bias, int ty0, int rows, float *out)
+                             const float *bias, int ty0, int rows, float *out,
+                             float *row_buffers)
 {
     const size_t tiles = (size_t)rows * p->tiles_w;
     const size_t pos_stride = (size_t)g->out_ch * tiles;
     const size_t plane = (size_t)g->out_h * g->out_w;
+    const int tw = p->tiles_w;
     const int full_tiles = g->out_w / OUT_TILE; /* tiles whose 4 columns are all inside */
-#pragma omp parallel for schedule(static)
-    for (int co = 0; co < g->out_ch; co++) {
-        const float b = bias ? bias[co] : 0.0f;
-        for (int r = 0; r < rows; r++) {
-            const int y = OUT_TILE * (ty0 + r);
-            const float *src = m + (size_t)co * tiles + (size_t)r * p->tiles_w;
-            const float *mp[POSITIONS];
-            for (int q = 0; q < POSITIONS; q++)
-                mp[q] = src + (size_t)q * pos_stride;
-            for (int k = 0; k < OUT_TILE && y + k < g->out_h; k++) {
-                float *row = out + co * plane + (size_t)(y + k) * g->out_w;
-                for (int tx = 0; tx < p->tiles_w; tx++) {
-                    float s[IN_TILE]; /* row k of Aᵀ M */
-                    for (int c = 0; c < IN_TILE; c++) {
-                        const float m0 = mp[c][tx], m1 = mp[6 + c][tx], m2 = mp[12 + c][tx],
-                                    m3 = mp[18 + c][tx], m4 = mp[24 + c][tx], m5 = mp[30 + c][tx];
-                        s[c] = k == 0   ? m0 + m1 + m2 + m3 + m4
-                               : k == 1 ? m1 - m2 + 2 * (m3 - m4)
-                               : k == 2 ? m1 + m2 + 4 * (m3 + m4)
-                                        : m1 - m2 + 8 * (m3 - m4) + m5;
+#pragma omp parallel
+    {
+        float *sv[IN_TILE];
+        float *buf = row_buffers + (size_t)ld_nn_thread_index() * 2 * IN_TILE * p->padded_w;
+        for (int c = 0; c < IN_TILE; c++)
+            sv[c] = buf + (size_t)c * tw;
+#pragma omp for schedule(static)
+        for (int co = 0; co < g->out_ch; co++) {
+            const float b = bias ? bias[co] : 0.0f;
+            for (int r = 0; r < rows; r++) {
+                const int y = OUT_TILE * (ty0 + r);
+                const float *src = m + (size_t)co * tiles + (size_t)r * tw;
+                for (int k = 0; k < OUT_TILE && y + k < g->out_h; k++) {
+                    for (int c = 0; c < IN_TILE; c++) { /* row k of Aᵀ M, column c */
+                        const float *col[IN_TILE];
+                        for (int i = 0; i < IN_TILE; i++)
+                            col[i] = src + (size_t)(i * IN_TILE + c) * pos_stride;
+                        at_combine(k, col, tw, sv[c]);
                     }
-                    const float yv[OUT_TILE] = {
-                        s[0] + s[1] + s[2] + s[3] + s[4] + b,
-                        s[1] - s[2] + 2 * (s[3] - s[4]) + b,
-                        s[1] + s[2] + 4 * (s[3] + s[4]) + b,
-                        s[1] - s[2] + 8 * (s[3] - s[4]) + s[5] + b,
-                    };
-                    float *o = row + OUT_TILE * tx;
-                    if (tx < full_tiles)
-                        memcpy(o, yv, sizeof yv);
-                    else
+                    float *row = out + co * plane + (size_t)(y + k) * g->out_w;
+                    const float *s0 = sv[0], *s1 = sv[1], *s2 = sv[2], *s3 = sv[3],
+                                *s4 = sv[4], *s5 = sv[5];
+                    for (int tx = 0; tx < full_tiles; tx++) { /* (Aᵀ M) A */
+                        float *o = row + OUT_TILE * tx;
+                        o[0] = s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
+                        o[1] = s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
+                        o[2] = s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
+                        o[3] = s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
+                    }
+                    for (int tx = full_tiles; tx < tw; tx++) { /* a partial last tile */
+                        const float yv[OUT_TILE] = {
+                            s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b,
+                            s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b,
+                            s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b,
+                            s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b,
+                        };
                         for (int j = 0; OUT_TILE * tx + j < g->out_w; j++)
-                            o[j] = yv[j];
+                            row[OUT_TILE * tx + j] = yv[j];
+                    }
                 }
             }
         }
@@ -250,6 +284,6 @@ void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const float *wei
                         1.0f, u + (size_t)pos * g->out_ch * g->in_ch, g->in_ch,
                         v + (size_t)pos * g->in_ch * tiles, tiles, 0.0f,
                         m + (size_t)pos * g->out_ch * tiles, tiles);
-        transform_output(g, &p, m, bias, ty0, rows, out);
+        transform_output(g, &p, m, bias, ty0, rows, out, row_buffers);
     }
 }
