@@ -40,9 +40,9 @@ static void check_conv_with(ld_conv_geom g, size_t budget, conv_algo algo)
                                                : ld_conv2d_scratch_floats(&g, budget);
     float *scratch = malloc(scratch_n * 4 + 4);
     if (algo == ALGO_IM2COL)
-        ld_conv2d_im2col(&g, in, w, b, out, scratch, scratch_n);
+        ld_conv2d_im2col(&g, in, NULL, w, b, out, 0, scratch, scratch_n);
     else if (algo == ALGO_WINOGRAD)
-        ld_conv2d_winograd(&g, in, w, b, out, scratch, scratch_n);
+        ld_conv2d_winograd(&g, in, NULL, w, b, out, 0, scratch, scratch_n);
     else
         ld_conv2d(&g, in, w, b, out, scratch, scratch_n);
     for (int co = 0; co < g.out_ch; co++)
@@ -97,8 +97,53 @@ END_TEST
 START_TEST(conv_pointwise)
 {
     ld_conv_geom g = {6, 5, 7, 9, 5, 7, 1, 1, 0, 0};
-    ck_assert_uint_eq(ld_conv2d_scratch_floats(&g, 1 << 20), 0);
     check_conv(g, 1 << 20);
+}
+END_TEST
+
+/* GroupNorm+SiLU fused into the input, residual accumulated into the output:
+ * equal to normalising a copy, convolving it and adding. */
+START_TEST(conv_with_input_map_and_accumulate)
+{
+    ld_conv_geom g = {8, 9, 7, 5, 9, 7, 3, 1, 1, 1};
+    const size_t nin = 8 * 9 * 7, nout = 5 * 9 * 7, nw = 5 * 8 * 9;
+    float *in = malloc(nin * 4), *w = malloc(nw * 4), *b = malloc(5 * 4), *normed = malloc(nin * 4);
+    float gamma[8], beta[8], scale[8], shift[8];
+    fill_random(in, nin, 41);
+    fill_random(w, nw, 42);
+    fill_random(b, 5, 43);
+    fill_random(gamma, 8, 44);
+    fill_random(beta, 8, 45);
+    ld_group_norm(in, normed, 8, 63, 4, gamma, beta, 1e-6f, 1);
+    ld_group_norm_coeffs(in, 8, 63, 4, gamma, beta, 1e-6f, scale, shift);
+    const ld_input_map map = {scale, shift, 1};
+    for (int algo = 0; algo < 2; algo++) {
+        float *out = malloc(nout * 4), *residual = malloc(nout * 4);
+        fill_random(residual, nout, 46);
+        memcpy(out, residual, nout * 4);
+        size_t n = algo ? ld_winograd_scratch_floats(&g, 1 << 20)
+                        : ld_conv2d_im2col_scratch_floats(&g, 1 << 20);
+        float *scratch = malloc(n * 4);
+        if (algo)
+            ld_conv2d_winograd(&g, in, &map, w, b, out, 1, scratch, n);
+        else
+            ld_conv2d_im2col(&g, in, &map, w, b, out, 1, scratch, n);
+        for (int co = 0; co < 5; co++)
+            for (int y = 0; y < 9; y++)
+                for (int x = 0; x < 7; x++) {
+                    const int at = (co * 9 + y) * 7 + x;
+                    double want = residual[at] + conv_ref(&g, normed, w, b, co, y, x);
+                    ck_assert_msg(fabs(out[at] - want) <= 1e-4 * (1 + fabs(want)),
+                                  "algo %d co %d y %d x %d: %g vs %g", algo, co, y, x, out[at], want);
+                }
+        free(out);
+        free(residual);
+        free(scratch);
+    }
+    free(in);
+    free(w);
+    free(b);
+    free(normed);
 }
 END_TEST
 
@@ -210,6 +255,7 @@ static Suite *nn_suite(void)
     tcase_add_test(tc, conv_3x3_same_padding_in_bands);
     tcase_add_test(tc, conv_downsample_pads_right_and_bottom);
     tcase_add_test(tc, conv_pointwise);
+    tcase_add_test(tc, conv_with_input_map_and_accumulate);
     tcase_add_test(tc, group_norm_matches_definition);
     tcase_add_test(tc, attention_matches_definition);
     suite_add_tcase(s, tc);

@@ -29,6 +29,21 @@ typedef struct {
     int kernel, stride, pad_top, pad_left;
 } ld_conv_geom;
 
+/* A per-channel map applied to a convolution's input as it is read:
+ * x → scale[c]·x + shift[c], then SiLU when silu is set.  This is GroupNorm
+ * (+ SiLU) fused into the next convolution, so the normalised activation
+ * never needs a buffer of its own.  The zero padding stays zero, as when the
+ * normalised tensor is padded. */
+typedef struct {
+    const float *scale, *shift;
+    int silu;
+} ld_input_map;
+
+/* GroupNorm as per-channel scale and shift (biased variance, eps) for one image. */
+void ld_group_norm_coeffs(const float *in, int channels, size_t plane, int groups,
+                          const float *gamma, const float *beta, float eps, float *scale,
+                          float *shift);
+
 /* Floats of scratch ld_conv2d needs to process at least one output row at a
  * time, and at most `budget` floats (bands of rows are sized to fit). */
 size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget);
@@ -38,17 +53,24 @@ size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget);
  * scratch_floats floats (from ld_conv2d_scratch_floats). */
 void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, const float *bias,
                float *out, float *scratch, size_t scratch_floats);
+/* The same with an optional input map (NULL: none) and, when accumulate is
+ * set, out += conv instead of out = conv (a residual added in place). */
+void ld_conv2d_ex(const ld_conv_geom *g, const float *in, const ld_input_map *map,
+                  const float *weight, const float *bias, float *out, int accumulate,
+                  float *scratch, size_t scratch_floats);
 
 /* The two algorithms behind ld_conv2d, for tests and benchmarks.  Winograd
  * F(4x4,3x3) serves 3x3 stride-1 "same" convolutions (4x fewer
  * multiplications); im2col + sgemm serves everything. */
 int ld_winograd_applies(const ld_conv_geom *g);
 size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget);
-void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const float *weight,
-                        const float *bias, float *out, float *scratch, size_t scratch_floats);
+void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const ld_input_map *map,
+                        const float *weight, const float *bias, float *out, int accumulate,
+                        float *scratch, size_t scratch_floats);
 size_t ld_conv2d_im2col_scratch_floats(const ld_conv_geom *g, size_t budget);
-void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const float *weight,
-                      const float *bias, float *out, float *scratch, size_t scratch_floats);
+void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const ld_input_map *map,
+                      const float *weight, const float *bias, float *out, int accumulate,
+                      float *scratch, size_t scratch_floats);
 
 /* GroupNorm over one image (biased variance), then optional SiLU.
  * in and out may be the same buffer. */

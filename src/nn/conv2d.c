@@ -2,11 +2,18 @@
  * column buffer stays bounded whatever the image size. */
 #include "latentd/nn.h"
 
+#include <math.h>
 #include <string.h>
 
 static size_t col_rows(const ld_conv_geom *g)
 {
     return (size_t)g->in_ch * (size_t)g->kernel * (size_t)g->kernel;
+}
+
+static float apply_map(const ld_input_map *map, int c, float x)
+{
+    const float v = x * map->scale[c] + map->shift[c];
+    return map->silu ? v / (1.0f + expf(-v)) : v;
 }
 
 static int is_pointwise(const ld_conv_geom *g)
@@ -17,8 +24,8 @@ static int is_pointwise(const ld_conv_geom *g)
 
 size_t ld_conv2d_im2col_scratch_floats(const ld_conv_geom *g, size_t budget)
 {
-    if (is_pointwise(g))
-        return 0;
+    /* a pointwise conv needs no columns, unless an input map must be applied:
+     * then the columns hold the mapped input (callers size for the worst) */
     size_t row = col_rows(g) * (size_t)g->out_w;
     size_t rows = budget / row;
     if (rows < 1)
@@ -52,7 +59,19 @@ static void gather_row(const float *in_row, int in_w, int out_w, int stride, int
     }
 }
 
-static void im2col_band(const ld_conv_geom *g, const float *in, int y0, int rows, float *col)
+/* the mapped values of a gathered row; the padding columns stay zero */
+static void map_row(const ld_conv_geom *g, const ld_input_map *map, int c, int x_off,
+                    float *dst)
+{
+    for (int x = 0; x < g->out_w; x++) {
+        const int ix = x * g->stride + x_off;
+        if (ix >= 0 && ix < g->in_w)
+            dst[x] = apply_map(map, c, dst[x]);
+    }
+}
+
+static void im2col_band(const ld_conv_geom *g, const float *in, const ld_input_map *map, int y0,
+                        int rows, float *col)
 {
     const int k = g->kernel;
     const size_t band = (size_t)rows * (size_t)g->out_w;
@@ -69,29 +88,38 @@ static void im2col_band(const ld_conv_geom *g, const float *in, int y0, int rows
                                            : NULL;
                     gather_row(src, g->in_w, g->out_w, g->stride, kx - g->pad_left,
                                dst + (size_t)r * g->out_w);
+                    if (map && src)
+                        map_row(g, map, ci, kx - g->pad_left, dst + (size_t)r * g->out_w);
                 }
             }
         }
     }
 }
 
-static void fill_bias(float *out, const float *bias, int channels, size_t stride, size_t count)
+/* out = bias, or out += bias when accumulating (the product is added after) */
+static void start_output(float *out, const float *bias, int channels, size_t stride,
+                         size_t count, int accumulate)
 {
     for (int c = 0; c < channels; c++) {
         float b = bias ? bias[c] : 0.0f;
         float *row = out + (size_t)c * stride;
-        for (size_t i = 0; i < count; i++)
-            row[i] = b;
+        if (accumulate)
+            for (size_t i = 0; i < count; i++)
+                row[i] += b;
+        else
+            for (size_t i = 0; i < count; i++)
+                row[i] = b;
     }
 }
 
-void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const float *weight,
-                      const float *bias, float *out, float *scratch, size_t scratch_floats)
+void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const ld_input_map *map,
+                      const float *weight, const float *bias, float *out, int accumulate,
+                      float *scratch, size_t scratch_floats)
 {
     const size_t out_plane = (size_t)g->out_h * (size_t)g->out_w;
     const int K = (int)col_rows(g);
-    if (is_pointwise(g)) {
-        fill_bias(out, bias, g->out_ch, out_plane, out_plane);
+    if (is_pointwise(g) && !map) {
+        start_output(out, bias, g->out_ch, out_plane, out_plane, accumulate);
         ld_sgemm_split_rows(g->out_ch, (int)out_plane, K, 1.0f, weight, K, in, (int)out_plane,
                             1.0f, out, (int)out_plane);
         return;
@@ -103,8 +131,8 @@ void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const float *weigh
         int rows = g->out_h - y0 < rows_per_band ? g->out_h - y0 : rows_per_band;
         int band = rows * g->out_w;
         float *dst = out + (size_t)y0 * g->out_w;
-        im2col_band(g, in, y0, rows, scratch);
-        fill_bias(dst, bias, g->out_ch, out_plane, (size_t)band);
+        im2col_band(g, in, map, y0, rows, scratch);
+        start_output(dst, bias, g->out_ch, out_plane, (size_t)band, accumulate);
         ld_sgemm_split_rows(g->out_ch, band, K, 1.0f, weight, K, scratch, band, 1.0f, dst,
                             (int)out_plane);
     }
@@ -122,11 +150,18 @@ size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget)
                                   : ld_conv2d_im2col_scratch_floats(g, budget);
 }
 
+void ld_conv2d_ex(const ld_conv_geom *g, const float *in, const ld_input_map *map,
+                  const float *weight, const float *bias, float *out, int accumulate,
+                  float *scratch, size_t scratch_floats)
+{
+    if (ld_winograd_applies(g))
+        ld_conv2d_winograd(g, in, map, weight, bias, out, accumulate, scratch, scratch_floats);
+    else
+        ld_conv2d_im2col(g, in, map, weight, bias, out, accumulate, scratch, scratch_floats);
+}
+
 void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, const float *bias,
                float *out, float *scratch, size_t scratch_floats)
 {
-    if (ld_winograd_applies(g))
-        ld_conv2d_winograd(g, in, weight, bias, out, scratch, scratch_floats);
-    else
-        ld_conv2d_im2col(g, in, weight, bias, out, scratch, scratch_floats);
+    ld_conv2d_ex(g, in, NULL, weight, bias, out, 0, scratch, scratch_floats);
 }

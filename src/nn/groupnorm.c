@@ -24,6 +24,24 @@ static inline float silu(float v)
     return v / (1.0f + expf(-v));
 }
 
+void ld_group_norm_coeffs(const float *in, int channels, size_t plane, int groups,
+                          const float *gamma, const float *beta, float eps, float *scale,
+                          float *shift)
+{
+    const int per_group = channels / groups;
+#pragma omp parallel for schedule(static)
+    for (int g = 0; g < groups; g++) {
+        double mean, var;
+        group_stats(in + (size_t)g * per_group * plane, (size_t)per_group * plane, &mean, &var);
+        const float inv_std = (float)(1.0 / sqrt(var + (double)eps));
+        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
+            /* normalisation and affine folded into one multiply-add per element */
+            scale[c] = gamma[c] * inv_std;
+            shift[c] = beta[c] - (float)mean * scale[c];
+        }
+    }
+}
+
 void ld_group_norm(const float *in, float *out, int channels, size_t plane, int groups,
                    const float *gamma, const float *beta, float eps, int apply_silu)
 {
@@ -35,7 +53,6 @@ void ld_group_norm(const float *in, float *out, int channels, size_t plane, int 
         group_stats(in + first, (size_t)per_group * plane, &mean, &var);
         const float inv_std = (float)(1.0 / sqrt(var + (double)eps));
         for (int c = g * per_group; c < (g + 1) * per_group; c++) {
-            /* fold normalisation and affine into one multiply-add per element */
             const float scale = gamma[c] * inv_std;
             const float shift = beta[c] - (float)mean * scale;
             const float *src = in + (size_t)c * plane;

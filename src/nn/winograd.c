@@ -19,6 +19,7 @@
 #include "latentd/nn.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <string.h>
 
 #define OUT_TILE 4
@@ -100,16 +101,28 @@ static void transform_weights(const ld_conv_geom *g, const float *w, float *u)
     }
 }
 
-/* One input row, zero-padded: padded[x + 1] = row[x], zeros around, so tile
- * tx's columns start at padded[4·tx]. */
-static void pad_row(const float *plane, int h, int w, int y, int padded_w, float *padded)
+/* One input row of channel c, zero-padded: padded[x + 1] = row[x] (through
+ * the input map, if any), zeros around, so tile tx's columns start at
+ * padded[4·tx]. */
+static void pad_row(const float *plane, int h, int w, int y, int padded_w,
+                    const ld_input_map *map, int c, float *padded)
 {
     if (y < 0 || y >= h) {
         memset(padded, 0, (size_t)padded_w * sizeof(float));
         return;
     }
     padded[0] = 0.0f;
-    memcpy(padded + 1, plane + (size_t)y * w, (size_t)w * sizeof(float));
+    const float *row = plane + (size_t)y * w;
+    if (!map) {
+        memcpy(padded + 1, row, (size_t)w * sizeof(float));
+    } else {
+        const float scale = map->scale[c], shift = map->shift[c];
+        for (int x = 0; x < w; x++)
+            padded[1 + x] = row[x] * scale + shift;
+        if (map->silu)
+            for (int x = 0; x < w; x++)
+                padded[1 + x] = padded[1 + x] / (1.0f + expf(-padded[1 + x]));
+    }
     memset(padded + 1 + w, 0, (size_t)(padded_w - 1 - w) * sizeof(float));
 }
 
@@ -144,8 +157,9 @@ static void bt_cols(const float *row, int tiles, float *const o[IN_TILE])
 }
 
 /* V[p][ci][t] = (Bᵀ d B)[p] for the tiles of rows [ty0, ty0+rows) */
-static void transform_input(const ld_conv_geom *g, const wino_plan *p, const float *in, int ty0,
-                            int rows, float *v, float *row_buffers)
+static void transform_input(const ld_conv_geom *g, const wino_plan *p, const float *in,
+                            const ld_input_map *map, int ty0, int rows, float *v,
+                            float *row_buffers)
 {
     const size_t tiles = (size_t)rows * p->tiles_w;
     const size_t pos_stride = (size_t)g->in_ch * tiles;
@@ -165,7 +179,7 @@ static void transform_input(const ld_conv_geom *g, const wino_plan *p, const flo
             for (int r = 0; r < rows; r++) {
                 const int y = OUT_TILE * (ty0 + r) - 1;
                 for (int k = 0; k < IN_TILE; k++)
-                    pad_row(src, g->in_h, g->in_w, y + k, pw, d[k]);
+                    pad_row(src, g->in_h, g->in_w, y + k, pw, map, ci, d[k]);
                 bt_rows(d, t, pw);
                 float *dst = v + (size_t)ci * tiles + (size_t)r * p->tiles_w;
                 for (int i = 0; i < IN_TILE; i++) {
@@ -208,7 +222,7 @@ static void at_combine(int k, const float *const m[IN_TILE], int tiles, float *s
  * those into the row's pixels. */
 static void transform_output(const ld_conv_geom *g, const wino_plan *p, const float *m,
                              const float *bias, int ty0, int rows, float *out,
-                             float *row_buffers)
+                             int accumulate, float *row_buffers)
 {
     const size_t tiles = (size_t)rows * p->tiles_w;
     const size_t pos_stride = (size_t)g->out_ch * tiles;
@@ -237,13 +251,24 @@ static void transform_output(const ld_conv_geom *g, const wino_plan *p, const fl
                     float *row = out + co * plane + (size_t)(y + k) * g->out_w;
                     const float *s0 = sv[0], *s1 = sv[1], *s2 = sv[2], *s3 = sv[3],
                                 *s4 = sv[4], *s5 = sv[5];
-                    for (int tx = 0; tx < full_tiles; tx++) { /* (Aᵀ M) A */
-                        float *o = row + OUT_TILE * tx;
-                        o[0] = s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
-                        o[1] = s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
-                        o[2] = s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
-                        o[3] = s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
-                    }
+                    /* out = (Aᵀ M) A + b, or out += when a residual is added in place;
+                     * never read an output that is not being accumulated into */
+                    if (accumulate)
+                        for (int tx = 0; tx < full_tiles; tx++) {
+                            float *o = row + OUT_TILE * tx;
+                            o[0] += s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
+                            o[1] += s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
+                            o[2] += s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
+                            o[3] += s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
+                        }
+                    else
+                        for (int tx = 0; tx < full_tiles; tx++) {
+                            float *o = row + OUT_TILE * tx;
+                            o[0] = s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
+                            o[1] = s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
+                            o[2] = s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
+                            o[3] = s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
+                        }
                     for (int tx = full_tiles; tx < tw; tx++) { /* a partial last tile */
                         const float yv[OUT_TILE] = {
                             s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b,
@@ -252,7 +277,8 @@ static void transform_output(const ld_conv_geom *g, const wino_plan *p, const fl
                             s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b,
                         };
                         for (int j = 0; OUT_TILE * tx + j < g->out_w; j++)
-                            row[OUT_TILE * tx + j] = yv[j];
+                            row[OUT_TILE * tx + j] = accumulate ? row[OUT_TILE * tx + j] + yv[j]
+                                                                : yv[j];
                     }
                 }
             }
@@ -260,8 +286,9 @@ static void transform_output(const ld_conv_geom *g, const wino_plan *p, const fl
     }
 }
 
-void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const float *weight,
-                        const float *bias, float *out, float *scratch, size_t scratch_floats)
+void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const ld_input_map *map,
+                        const float *weight, const float *bias, float *out, int accumulate,
+                        float *scratch, size_t scratch_floats)
 {
     const wino_plan p = plan(g);
     float *u = scratch;
@@ -276,7 +303,7 @@ void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const float *wei
         const int tiles = rows * p.tiles_w;
         float *v = band;
         float *m = band + (size_t)POSITIONS * g->in_ch * tiles;
-        transform_input(g, &p, in, ty0, rows, v, row_buffers);
+        transform_input(g, &p, in, map, ty0, rows, v, row_buffers);
         /* the 36 products are independent: one thread each, in turn */
 #pragma omp parallel for schedule(dynamic)
         for (int pos = 0; pos < POSITIONS; pos++)
@@ -284,6 +311,6 @@ void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const float *wei
                         1.0f, u + (size_t)pos * g->out_ch * g->in_ch, g->in_ch,
                         v + (size_t)pos * g->in_ch * tiles, tiles, 0.0f,
                         m + (size_t)pos * g->out_ch * tiles, tiles);
-        transform_output(g, &p, m, bias, ty0, rows, out, row_buffers);
+        transform_output(g, &p, m, bias, ty0, rows, out, accumulate, row_buffers);
     }
 }

@@ -12,17 +12,25 @@
 #define CONV_SCRATCH_BUDGET ((size_t)4 << 20)
 
 typedef struct {
-    size_t act;          /* floats of the largest activation of one image */
+    size_t act;          /* floats of the largest activation of one image (buffers a, c) */
+    size_t act_b;        /* floats of buffer b: shortcut outputs and the mid block */
+    size_t max_channels; /* for the norm coefficients */
     size_t conv_scratch; /* floats */
     size_t attn_scratch; /* floats */
 } ws_plan;
 
+/* A chunk's activations: per-image slices of one buffer. */
+typedef struct {
+    float *p;
+    size_t stride; /* floats per image */
+} fbuf;
+
 typedef struct {
     const ld_model *m;
     int n;               /* images in this pass */
-    size_t act;          /* per-image stride of a, b, c */
-    float *a, *b, *c;    /* a holds the running activation */
+    fbuf a, b, c;        /* a holds the running activation */
     int ch, h, w;        /* a's shape per image */
+    float *scale, *shift; /* GroupNorm folded into per-channel coefficients */
     float *conv_scratch;
     size_t conv_scratch_floats;
     float *attn_scratch;
@@ -60,25 +68,29 @@ static ld_conv_geom geom_for(const ld_conv *conv, int h, int w, int stride)
 
 /* ---------------- planning ---------------- */
 
+static void grow(size_t *slot, size_t value)
+{
+    if (value > *slot)
+        *slot = value;
+}
+
 static void plan_conv(ws_plan *p, const ld_conv *conv, int h, int w, int stride)
 {
     ld_conv_geom g = geom_for(conv, h, w, stride);
-    size_t s = ld_conv2d_scratch_floats(&g, CONV_SCRATCH_BUDGET);
-    size_t in = (size_t)g.in_ch * h * w, out = (size_t)g.out_ch * g.out_h * g.out_w;
-    if (s > p->conv_scratch)
-        p->conv_scratch = s;
-    if (in > p->act)
-        p->act = in;
-    if (out > p->act)
-        p->act = out;
+    grow(&p->conv_scratch, ld_conv2d_scratch_floats(&g, CONV_SCRATCH_BUDGET));
+    grow(&p->act, (size_t)g.in_ch * h * w);
+    grow(&p->act, (size_t)g.out_ch * g.out_h * g.out_w);
+    grow(&p->max_channels, (size_t)g.in_ch);
 }
 
 static void plan_resnet(ws_plan *p, const ld_resnet *r, int h, int w)
 {
     plan_conv(p, &r->conv1, h, w, 1);
     plan_conv(p, &r->conv2, h, w, 1);
-    if (r->has_shortcut)
+    if (r->has_shortcut) {
         plan_conv(p, &r->shortcut, h, w, 1);
+        grow(&p->act_b, (size_t)r->shortcut.out_ch * h * w);
+    }
 }
 
 static void plan_workspace(const ld_model *m, int h, int w, ws_plan *p)
@@ -98,8 +110,11 @@ static void plan_workspace(const ld_model *m, int h, int w, ws_plan *p)
     }
     plan_resnet(p, &m->mid_resnet1, h, w);
     plan_resnet(p, &m->mid_resnet2, h, w);
-    if (cfg->mid_attention)
-        p->attn_scratch = ld_attention_scratch_floats(m->mid_attn.q.in_ch, (size_t)h * w);
+    if (cfg->mid_attention) {
+        const int c = m->mid_attn.q.in_ch;
+        p->attn_scratch = ld_attention_scratch_floats(c, (size_t)h * w);
+        grow(&p->act_b, (size_t)c * h * w); /* the normalised input */
+    }
     plan_conv(p, &m->conv_out, h, w, 1);
     if (cfg->use_quant_conv)
         plan_conv(p, &m->quant_conv, h, w, 1);
@@ -107,7 +122,8 @@ static void plan_workspace(const ld_model *m, int h, int w, ws_plan *p)
 
 static size_t plan_floats(const ws_plan *p, int chunk)
 {
-    return 3 * (size_t)chunk * p->act + p->conv_scratch + p->attn_scratch;
+    return (size_t)chunk * (2 * p->act + p->act_b) + 2 * p->max_channels + p->conv_scratch +
+           p->attn_scratch;
 }
 
 size_t ld_encode_workspace_bytes(const ld_model *m, int chunk, int h, int w)
@@ -119,76 +135,86 @@ size_t ld_encode_workspace_bytes(const ld_model *m, int chunk, int h, int w)
 
 /* ---------------- layers over the whole chunk ---------------- */
 
-static void swap(float **x, float **y)
+static void swap(fbuf *x, fbuf *y)
 {
-    float *t = *x;
+    fbuf t = *x;
     *x = *y;
     *y = t;
 }
 
-static void conv_all(fwd *f, const ld_conv *conv, const float *src, float *dst, int stride)
+static float *slice(fbuf b, int i)
 {
-    double t0 = now_seconds();
+    return b.p + (size_t)i * b.stride;
+}
+
+/* dst = conv(src), or dst += conv(src) when accumulating; with `norm`, the
+ * input passes through that GroupNorm and SiLU as it is read. */
+static void conv_all(fwd *f, const ld_conv *conv, fbuf src, fbuf dst, int stride,
+                     const ld_norm *norm, int accumulate)
+{
     ld_conv_geom g = geom_for(conv, f->h, f->w, stride);
-    for (int i = 0; i < f->n; i++)
-        ld_conv2d(&g, src + i * f->act, conv->weight, conv->bias, dst + i * f->act,
-                  f->conv_scratch, f->conv_scratch_floats);
-    stat_add(f, f->stats ? &f->stats->conv : NULL, t0);
+    const ld_input_map map = {f->scale, f->shift, 1};
+    for (int i = 0; i < f->n; i++) {
+        double t0 = now_seconds();
+        if (norm)
+            ld_group_norm_coeffs(slice(src, i), norm->channels, (size_t)f->h * f->w,
+                                 f->m->cfg.norm_num_groups, norm->gamma, norm->beta, LD_GN_EPS,
+                                 f->scale, f->shift);
+        double t1 = now_seconds();
+        ld_conv2d_ex(&g, slice(src, i), norm ? &map : NULL, conv->weight, conv->bias,
+                     slice(dst, i), accumulate, f->conv_scratch, f->conv_scratch_floats);
+        if (f->stats) {
+            f->stats->norm += t1 - t0;
+            f->stats->conv += now_seconds() - t1;
+        }
+    }
 }
 
-static void norm_all(fwd *f, const ld_norm *norm, const float *src, float *dst, int silu)
+static void copy_all(fwd *f, fbuf src, fbuf dst, size_t count)
 {
     double t0 = now_seconds();
-    size_t plane = (size_t)f->h * f->w;
     for (int i = 0; i < f->n; i++)
-        ld_group_norm(src + i * f->act, dst + i * f->act, norm->channels, plane,
-                      f->m->cfg.norm_num_groups, norm->gamma, norm->beta, LD_GN_EPS, silu);
-    stat_add(f, f->stats ? &f->stats->norm : NULL, t0);
-}
-
-static void add_all(fwd *f, float *dst, const float *src, int channels)
-{
-    double t0 = now_seconds();
-    size_t count = (size_t)channels * f->h * f->w;
-    for (int i = 0; i < f->n; i++)
-        ld_add_inplace(dst + i * f->act, src + i * f->act, count);
+        memcpy(slice(dst, i), slice(src, i), count * sizeof(float));
     stat_add(f, f->stats ? &f->stats->other : NULL, t0);
 }
 
-/* a ← shortcut(a) + conv2(silu(norm2(conv1(silu(norm1(a)))))) */
+/* a ← shortcut(a) + conv2(silu(norm2(conv1(silu(norm1(a)))))), the norms
+ * fused into the convolutions and the residual added in place */
 static void resnet_forward(fwd *f, const ld_resnet *r)
 {
-    norm_all(f, &r->norm1, f->a, f->b, 1);
-    conv_all(f, &r->conv1, f->b, f->c, 1);
-    norm_all(f, &r->norm2, f->c, f->b, 1);
-    conv_all(f, &r->conv2, f->b, f->c, 1);
+    conv_all(f, &r->conv1, f->a, f->c, 1, &r->norm1, 0);
     if (r->has_shortcut) {
-        conv_all(f, &r->shortcut, f->a, f->b, 1);
-        add_all(f, f->c, f->b, r->conv2.out_ch);
+        conv_all(f, &r->shortcut, f->a, f->b, 1, NULL, 0);
+        conv_all(f, &r->conv2, f->c, f->b, 1, &r->norm2, 1);
+        copy_all(f, f->b, f->a, (size_t)r->conv2.out_ch * f->h * f->w);
     } else {
-        add_all(f, f->c, f->a, r->conv2.out_ch);
+        conv_all(f, &r->conv2, f->c, f->a, 1, &r->norm2, 1);
     }
-    swap(&f->a, &f->c);
     f->ch = r->conv2.out_ch;
 }
 
 /* a ← a + attention(group_norm(a)) */
 static void attention_forward(fwd *f, const ld_attn *at)
 {
-    norm_all(f, &at->norm, f->a, f->b, 0);
+    const size_t tokens = (size_t)f->h * f->w;
     double t0 = now_seconds();
+    for (int i = 0; i < f->n; i++)
+        ld_group_norm(slice(f->a, i), slice(f->b, i), at->norm.channels, tokens,
+                      f->m->cfg.norm_num_groups, at->norm.gamma, at->norm.beta, LD_GN_EPS, 0);
+    stat_add(f, f->stats ? &f->stats->norm : NULL, t0);
+    t0 = now_seconds();
     const ld_attn_weights w = {at->q.weight, at->q.bias, at->k.weight, at->k.bias,
                                at->v.weight, at->v.bias, at->out.weight, at->out.bias};
-    for (int i = 0; i < f->n; i++)
-        ld_attention(f->b + i * f->act, f->ch, (size_t)f->h * f->w, &w, f->c + i * f->act,
-                     f->attn_scratch);
+    for (int i = 0; i < f->n; i++) {
+        ld_attention(slice(f->b, i), f->ch, tokens, &w, slice(f->c, i), f->attn_scratch);
+        ld_add_inplace(slice(f->a, i), slice(f->c, i), (size_t)f->ch * tokens);
+    }
     stat_add(f, f->stats ? &f->stats->attention : NULL, t0);
-    add_all(f, f->a, f->c, f->ch);
 }
 
-static void conv_step(fwd *f, const ld_conv *conv, int stride)
+static void conv_step(fwd *f, const ld_conv *conv, int stride, const ld_norm *norm)
 {
-    conv_all(f, conv, f->a, f->c, stride);
+    conv_all(f, conv, f->a, f->c, stride, norm, 0);
     swap(&f->a, &f->c);
     f->ch = conv->out_ch;
     if (stride == 2) {
@@ -203,7 +229,7 @@ static void center_input(fwd *f, const float *images, bool center)
     size_t count = (size_t)3 * f->h * f->w;
     for (int i = 0; i < f->n; i++) {
         const float *src = images + i * count;
-        float *dst = f->a + i * f->act;
+        float *dst = slice(f->a, i);
         for (size_t k = 0; k < count; k++)
             dst[k] = center ? src[k] * 2.0f - 1.0f : src[k];
     }
@@ -212,26 +238,25 @@ static void center_input(fwd *f, const float *images, bool center)
 }
 
 /* Runs the graph; the moments end up in f->a, [n, 2·latent, lh, lw] with
- * per-image stride f->act. */
+ * per-image stride f->a.stride. */
 static void encoder_forward(fwd *f, const float *images, bool center)
 {
     const ld_model *m = f->m;
     center_input(f, images, center);
-    conv_step(f, &m->conv_in, 1);
+    conv_step(f, &m->conv_in, 1, NULL);
     for (int i = 0; i < m->cfg.n_levels; i++) {
         for (int j = 0; j < m->cfg.layers_per_block; j++)
             resnet_forward(f, &m->down[i].resnets[j]);
         if (m->down[i].has_downsample)
-            conv_step(f, &m->down[i].downsample, 2);
+            conv_step(f, &m->down[i].downsample, 2, NULL);
     }
     resnet_forward(f, &m->mid_resnet1);
     if (m->cfg.mid_attention)
         attention_forward(f, &m->mid_attn);
     resnet_forward(f, &m->mid_resnet2);
-    norm_all(f, &m->norm_out, f->a, f->a, 1);
-    conv_step(f, &m->conv_out, 1);
+    conv_step(f, &m->conv_out, 1, &m->norm_out);
     if (m->cfg.use_quant_conv)
-        conv_step(f, &m->quant_conv, 1);
+        conv_step(f, &m->quant_conv, 1, NULL);
 }
 
 /* ---------------- chunking ---------------- */
@@ -269,16 +294,19 @@ static int workspace_acquire(workspace *ws, int want, size_t max_memory, char *e
 static void fwd_init(fwd *f, const ld_model *m, const workspace *ws, int n, int h, int w,
                      ld_encode_stats *stats)
 {
+    const ws_plan *p = &ws->plan;
+    const size_t chunk = (size_t)ws->chunk;
     memset(f, 0, sizeof *f);
     f->m = m;
     f->n = n;
-    f->act = ws->plan.act;
-    f->a = ws->block;
-    f->b = f->a + (size_t)ws->chunk * f->act;
-    f->c = f->b + (size_t)ws->chunk * f->act;
-    f->conv_scratch = f->c + (size_t)ws->chunk * f->act;
-    f->conv_scratch_floats = ws->plan.conv_scratch;
-    f->attn_scratch = f->conv_scratch + ws->plan.conv_scratch;
+    f->a = (fbuf){ws->block, p->act};
+    f->c = (fbuf){f->a.p + chunk * p->act, p->act};
+    f->b = (fbuf){f->c.p + chunk * p->act, p->act_b};
+    f->scale = f->b.p + chunk * p->act_b;
+    f->shift = f->scale + p->max_channels;
+    f->conv_scratch = f->shift + p->max_channels;
+    f->conv_scratch_floats = p->conv_scratch;
+    f->attn_scratch = f->conv_scratch + p->conv_scratch;
     f->h = h;
     f->w = w;
     f->stats = stats;
@@ -339,11 +367,11 @@ int ld_encode(const ld_model *m, const float *images, int n, int h, int w,
         fwd f;
         fwd_init(&f, m, &ws, count, h, w, opts->stats);
         encoder_forward(&f, images + (size_t)done * image_floats, opts->center_input);
-        /* the moments are in f.a with per-image stride f.act: compact them */
+        /* the moments are in f.a with per-image stride f.a.stride: compact them */
         const size_t mom = (size_t)2 * m->cfg.latent_channels * lh * lw;
         for (int i = 1; i < count; i++)
-            memmove(f.a + i * mom, f.a + i * f.act, mom * sizeof(float));
-        ld_posterior(&post, f.a, count, opts->seeds ? opts->seeds + done : NULL, out,
+            memmove(f.a.p + i * mom, slice(f.a, i), mom * sizeof(float));
+        ld_posterior(&post, f.a.p, count, opts->seeds ? opts->seeds + done : NULL, out,
                      (size_t)done);
         if (opts->progress && opts->progress(opts->progress_ctx, done + count, n) != 0)
             rc = ld_fail(err, LD_ECANCELLED, "encoding cancelled after %d of %d images",
