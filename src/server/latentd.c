@@ -32,7 +32,7 @@ static void check_threads(const srv_config *cfg)
 {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (cores > 0 && (long)cfg->workers * cfg->threads > cores)
-        srv_log(LOG_WARN, "%d workers x %d BLAS threads oversubscribe %ld cores", cfg->workers,
+        srv_log(LOG_WARN, "%d workers x %d threads oversubscribe %ld cores", cfg->workers,
                 cfg->threads, cores);
 }
 
