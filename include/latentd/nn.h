@@ -4,7 +4,15 @@
 #ifndef LATENTD_NN_H
 #define LATENTD_NN_H
 
+#include <math.h>
 #include <stddef.h>
+
+/* SiLU (x·sigmoid(x)), the VAE's activation: one definition for every kernel
+ * that applies it. */
+static inline float ld_silu(float v)
+{
+    return v / (1.0f + expf(-v));
+}
 
 /* Threads: call ld_nn_init() once per process (BLAS then runs one thread per
  * call), and ld_nn_set_threads(n) in each thread that runs the encoder: the

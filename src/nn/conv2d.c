@@ -13,7 +13,7 @@ static size_t col_rows(const ld_conv_geom *g)
 static float apply_map(const ld_input_map *map, int c, float x)
 {
     const float v = x * map->scale[c] + map->shift[c];
-    return map->silu ? v / (1.0f + expf(-v)) : v;
+    return map->silu ? ld_silu(v) : v;
 }
 
 static int is_pointwise(const ld_conv_geom *g)

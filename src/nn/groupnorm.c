@@ -19,9 +19,13 @@ static void group_stats(const float *x, size_t count, double *mean_out, double *
     *var_out = var > 0.0 ? var : 0.0;
 }
 
-static inline float silu(float v)
+/* Group g's mean and 1/sqrt(var + eps). */
+static float group_inv_std(const float *in, int g, int per_group, size_t plane, float eps,
+                           double *mean)
 {
-    return v / (1.0f + expf(-v));
+    double var;
+    group_stats(in + (size_t)g * per_group * plane, (size_t)per_group * plane, mean, &var);
+    return (float)(1.0 / sqrt(var + (double)eps));
 }
 
 void ld_group_norm_coeffs(const float *in, int channels, size_t plane, int groups,
@@ -31,9 +35,8 @@ void ld_group_norm_coeffs(const float *in, int channels, size_t plane, int group
     const int per_group = channels / groups;
 #pragma omp parallel for schedule(static)
     for (int g = 0; g < groups; g++) {
-        double mean, var;
-        group_stats(in + (size_t)g * per_group * plane, (size_t)per_group * plane, &mean, &var);
-        const float inv_std = (float)(1.0 / sqrt(var + (double)eps));
+        double mean;
+        const float inv_std = group_inv_std(in, g, per_group, plane, eps, &mean);
         for (int c = g * per_group; c < (g + 1) * per_group; c++) {
             /* normalisation and affine folded into one multiply-add per element */
             scale[c] = gamma[c] * inv_std;
@@ -48,10 +51,8 @@ void ld_group_norm(const float *in, float *out, int channels, size_t plane, int 
     const int per_group = channels / groups;
 #pragma omp parallel for schedule(static)
     for (int g = 0; g < groups; g++) {
-        const size_t first = (size_t)g * per_group * plane;
-        double mean, var;
-        group_stats(in + first, (size_t)per_group * plane, &mean, &var);
-        const float inv_std = (float)(1.0 / sqrt(var + (double)eps));
+        double mean;
+        const float inv_std = group_inv_std(in, g, per_group, plane, eps, &mean);
         for (int c = g * per_group; c < (g + 1) * per_group; c++) {
             const float scale = gamma[c] * inv_std;
             const float shift = beta[c] - (float)mean * scale;
@@ -59,7 +60,7 @@ void ld_group_norm(const float *in, float *out, int channels, size_t plane, int 
             float *dst = out + (size_t)c * plane;
             if (apply_silu)
                 for (size_t i = 0; i < plane; i++)
-                    dst[i] = silu(src[i] * scale + shift);
+                    dst[i] = ld_silu(src[i] * scale + shift);
             else
                 for (size_t i = 0; i < plane; i++)
                     dst[i] = src[i] * scale + shift;

@@ -121,7 +121,7 @@ static void pad_row(const float *plane, int h, int w, int y, int padded_w,
             padded[1 + x] = row[x] * scale + shift;
         if (map->silu)
             for (int x = 0; x < w; x++)
-                padded[1 + x] = padded[1 + x] / (1.0f + expf(-padded[1 + x]));
+                padded[1 + x] = ld_silu(padded[1 + x]);
     }
     memset(padded + 1 + w, 0, (size_t)(padded_w - 1 - w) * sizeof(float));
 }
