@@ -1,10 +1,12 @@
 /* PNG (and JPEG) decoding: every PNG variant of the fixtures converts to RGB
- * the way the fixtures' README says; broken files are refused, never a crash. */
+ * the way the fixtures' README says; broken files are refused, never a crash;
+ * the header probe agrees with the decoder. */
 #include "latentd/image.h"
 #include "testutil.h"
 
 #include <check.h>
 #include <math.h>
+#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +96,70 @@ START_TEST(non_square_sizes)
 }
 END_TEST
 
+/* ---- PNGs written by libpng itself, for sizes no fixture has ---- */
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+} membuf;
+
+static void membuf_write(png_structp png, png_bytep data, png_size_t n)
+{
+    membuf *m = png_get_io_ptr(png);
+    if (m->len + n > m->cap) {
+        m->cap = (m->len + n) * 2;
+        m->p = realloc(m->p, m->cap);
+        ck_assert_ptr_nonnull(m->p);
+    }
+    memcpy(m->p + m->len, data, n);
+    m->len += n;
+}
+
+static void membuf_flush(png_structp png) { (void)png; }
+
+/* An 8-bit gray PNG with a gradient; with header_only, just signature + IHDR. */
+static uint8_t *gray_png(uint32_t width, uint32_t height, int header_only, size_t *len)
+{
+    membuf m = {0};
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(png);
+    ck_assert_ptr_nonnull(info);
+    png_set_write_fn(png, &m, membuf_write, membuf_flush);
+    png_set_compression_level(png, 1);
+    png_set_IHDR(png, info, width, height, 8, PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    if (!header_only) {
+        png_bytep row = malloc(width);
+        for (uint32_t y = 0; y < height; y++) {
+            for (uint32_t x = 0; x < width; x++)
+                row[x] = (png_byte)(x * 7 + y * 3);
+            png_write_row(png, row);
+        }
+        free(row);
+        png_write_end(png, info);
+    }
+    png_destroy_write_struct(&png, &info);
+    *len = m.len;
+    return m.p;
+}
+
+/* Pillow 9.4 refuses every cut of astronaut_64.png except the last 22 bytes
+ * (a missing IEND or IDAT CRC); latentd is stricter and refuses them all. */
+START_TEST(truncated_pngs_are_refused_at_every_length)
+{
+    size_t len;
+    uint8_t *png = read_all(fixture("images/astronaut_64.png"), &len);
+    for (size_t cut = 0; cut < len; cut++) {
+        char err[LD_ERR_LEN] = "";
+        ld_image img;
+        int rc = ld_image_decode(png, cut, NULL, &img, err);
+        ck_assert_msg(rc == LD_EFORMAT, "cut at %zu: rc %d", cut, rc);
+        ck_assert_ptr_null(img.rgb);
+    }
+    free(png);
+}
+END_TEST
+
 START_TEST(truncated_pngs_are_refused)
 {
     size_t len;
@@ -157,6 +223,91 @@ START_TEST(garbage_and_limits)
 }
 END_TEST
 
+/* Sizes from manifest.json (what PIL reports); the probe must agree with it
+ * and with what the decoder then produces. */
+START_TEST(probe_gives_the_size_from_the_header)
+{
+    static const struct {
+        const char *name;
+        uint32_t width, height;
+        ld_image_format format;
+    } cases[] = {
+        {"astronaut_64.png", 64, 64, LD_IMG_PNG},
+        {"astronaut_64_interlaced.png", 64, 64, LD_IMG_PNG},
+        {"astronaut_64_palette.png", 64, 64, LD_IMG_PNG},
+        {"astronaut_64_gray16.png", 64, 64, LD_IMG_PNG},
+        {"astronaut_256.png", 256, 256, LD_IMG_PNG},
+        {"chelsea_60x44.png", 44, 60, LD_IMG_PNG},
+        {"coffee_96x128.png", 128, 96, LD_IMG_PNG},
+        {"astronaut_64.jpg", 64, 64, LD_IMG_JPEG},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len;
+        uint8_t *data = read_all(fixture("images/%s", cases[i].name), &len);
+        char err[LD_ERR_LEN] = "";
+        ld_image_format format = LD_IMG_UNKNOWN;
+        uint32_t w = 0, h = 0;
+        int rc = ld_image_probe(data, len, &format, &w, &h, err);
+        ck_assert_int_eq(format, cases[i].format);
+        if (format == LD_IMG_JPEG && !ld_jpeg_supported()) {
+            ck_assert_int_eq(rc, LD_EUNSUPPORTED);
+            free(data);
+            continue;
+        }
+        ck_assert_msg(rc == LD_OK, "%s: %s", cases[i].name, err);
+        ck_assert_uint_eq(w, cases[i].width);
+        ck_assert_uint_eq(h, cases[i].height);
+        ld_image img;
+        ck_assert_int_eq(ld_image_decode(data, len, NULL, &img, err), LD_OK);
+        ck_assert_int_eq(img.width, (int)w);
+        ck_assert_int_eq(img.height, (int)h);
+        ld_image_free(&img);
+        free(data);
+    }
+}
+END_TEST
+
+/* A 100000x100000 header (libpng's own writer) needs 33 bytes and is probed
+ * without a pixel; the decoder, which reads on, finds no image data. */
+START_TEST(probe_reads_only_the_header)
+{
+    size_t len;
+    uint8_t *png = gray_png(100000, 100000, 1, &len);
+    ck_assert_uint_eq(len, 33);
+    char err[LD_ERR_LEN];
+    uint32_t w, h;
+    ck_assert_msg(ld_image_probe(png, len, NULL, &w, &h, err) == LD_OK, "%s", err);
+    ck_assert_uint_eq(w, 100000);
+    ck_assert_uint_eq(h, 100000);
+    ld_image img;
+    ck_assert_int_eq(ld_image_decode(png, len, NULL, &img, err), LD_EFORMAT);
+    free(png);
+}
+END_TEST
+
+START_TEST(probe_refuses_bad_headers)
+{
+    char err[LD_ERR_LEN];
+    uint32_t w = 1, h = 1;
+    ld_image_format format;
+    const uint8_t junk[] = "GIF89a not an image we take";
+    ck_assert_int_eq(ld_image_probe(junk, sizeof junk, &format, &w, &h, err), LD_EFORMAT);
+    ck_assert_int_eq(format, LD_IMG_UNKNOWN);
+    ck_assert_uint_eq(w, 0);
+    size_t len;
+    uint8_t *png = read_all(fixture("images/astronaut_64.png"), &len);
+    for (size_t cut = 0; cut < 33; cut++) /* signature + IHDR is 33 bytes */
+        ck_assert_int_eq(ld_image_probe(png, cut, NULL, &w, &h, err), LD_EFORMAT);
+    for (size_t at = 8; at < 33; at++) { /* IHDR's CRC covers type and data */
+        png[at] ^= 0x10;
+        ck_assert_msg(ld_image_probe(png, len, NULL, &w, &h, err) == LD_EFORMAT, "byte %zu", at);
+        png[at] ^= 0x10;
+    }
+    ck_assert_int_eq(ld_image_probe(png, len, NULL, &w, &h, err), LD_OK);
+    free(png);
+}
+END_TEST
+
 #ifdef HAVE_LIBJPEG
 /* Compress astronaut_64 with libjpeg at quality 100; decoding gives it back closely. */
 static uint8_t *to_jpeg(const ld_image *img, unsigned long *len)
@@ -201,12 +352,98 @@ START_TEST(jpeg_decodes)
         sum += fabs(img.rgb[i] - rgb.rgb[i]);
     ck_assert_double_lt(sum / (3 * PLANE), 0.02);
     ld_image_free(&img);
-    for (unsigned long cut = 3; cut < len; cut += 301) { /* truncated: refused or padded, no crash */
-        if (ld_image_decode(jpg, cut, NULL, &img, err) == LD_OK)
-            ld_image_free(&img);
-    }
+    for (unsigned long cut = 3; cut < len; cut += 301) /* truncated: refused, not padded */
+        ck_assert_int_eq(ld_image_decode(jpg, cut, NULL, &img, err), LD_EFORMAT);
     free(jpg);
     ld_image_free(&rgb);
+}
+END_TEST
+
+/* Pillow 9.4 refuses astronaut_64.jpg cut at any length ("image file is
+ * truncated"); libjpeg alone would warn and decode the rest as grey. */
+START_TEST(truncated_jpegs_are_refused_at_every_length)
+{
+    size_t len;
+    uint8_t *jpg = read_all(fixture("images/astronaut_64.jpg"), &len);
+    for (size_t cut = 0; cut < len; cut++) {
+        char err[LD_ERR_LEN] = "";
+        ld_image img;
+        int rc = ld_image_decode(jpg, cut, NULL, &img, err);
+        ck_assert_msg(rc == LD_EFORMAT, "cut at %zu: rc %d", cut, rc);
+        ck_assert_ptr_null(img.rgb);
+        if (cut >= 3) /* shorter is not recognised as JPEG at all */
+            ck_assert_msg(strcmp(err, "truncated JPEG") == 0, "cut at %zu: %s", cut, err);
+        uint32_t w, h;
+        rc = ld_image_probe(jpg, cut, NULL, &w, &h, err);
+        ck_assert_msg(rc == LD_OK || rc == LD_EFORMAT, "probe, cut at %zu: rc %d", cut, rc);
+    }
+    free(jpg);
+}
+END_TEST
+
+static void quiet(j_common_ptr cinfo) { (void)cinfo; }
+
+/* How many warnings plain libjpeg (default handlers, as PIL uses it) emits
+ * while decoding data it does not refuse. */
+static long libjpeg_warnings(const uint8_t *data, size_t len, JSAMPLE *first_of_last_row)
+{
+    struct jpeg_decompress_struct c;
+    struct jpeg_error_mgr e;
+    c.err = jpeg_std_error(&e);
+    e.output_message = quiet;
+    jpeg_create_decompress(&c);
+    jpeg_mem_src(&c, data, (unsigned long)len);
+    jpeg_read_header(&c, TRUE);
+    c.out_color_space = JCS_RGB;
+    jpeg_start_decompress(&c);
+    JSAMPLE *row = malloc((size_t)c.output_width * 3);
+    while (c.output_scanline < c.output_height)
+        jpeg_read_scanlines(&c, &row, 1);
+    *first_of_last_row = row[0];
+    jpeg_finish_decompress(&c);
+    jpeg_destroy_decompress(&c);
+    free(row);
+    return e.num_warnings;
+}
+
+/* The scan cut in the middle but the file closed with EOI: libjpeg warns
+ * "premature end of data segment" and fills the rest with grey 128 (Pillow
+ * 9.4 returns that grey image); latentd refuses it. */
+START_TEST(corrupt_jpeg_data_is_refused)
+{
+    size_t len;
+    uint8_t *jpg = read_all(fixture("images/astronaut_64.jpg"), &len);
+    JSAMPLE corner;
+    ck_assert_int_eq(libjpeg_warnings(jpg, len, &corner), 0);
+    size_t sos = 2;
+    while (sos + 4 < len && !(jpg[sos] == 0xff && jpg[sos + 1] == 0xda))
+        sos++;
+    const size_t data_start = sos + 2 + ((size_t)jpg[sos + 2] << 8 | jpg[sos + 3]);
+    const size_t cut = data_start + (len - 2 - data_start) / 2;
+    jpg[cut] = 0xff;
+    jpg[cut + 1] = 0xd9;
+    ck_assert_int_gt(libjpeg_warnings(jpg, cut + 2, &corner), 0);
+    ck_assert_int_eq(corner, 128);
+    char err[LD_ERR_LEN];
+    ld_image img;
+    ck_assert_int_eq(ld_image_decode(jpg, cut + 2, NULL, &img, err), LD_EFORMAT);
+    ck_assert_msg(strstr(err, "premature end of data segment") != NULL, "%s", err);
+    ck_assert_ptr_null(img.rgb);
+    free(jpg);
+}
+END_TEST
+
+#else
+START_TEST(jpeg_probe_unsupported)
+{
+    size_t len;
+    uint8_t *jpg = read_all(fixture("images/astronaut_64.jpg"), &len);
+    char err[LD_ERR_LEN];
+    ld_image_format format;
+    uint32_t w, h;
+    ck_assert_int_eq(ld_image_probe(jpg, len, &format, &w, &h, err), LD_EUNSUPPORTED);
+    ck_assert_int_eq(format, LD_IMG_JPEG);
+    free(jpg);
 }
 END_TEST
 #endif
@@ -219,10 +456,18 @@ static Suite *image_suite(void)
     tcase_add_test(tc, variants_convert_as_the_fixtures_say);
     tcase_add_test(tc, non_square_sizes);
     tcase_add_test(tc, truncated_pngs_are_refused);
+    tcase_add_test(tc, truncated_pngs_are_refused_at_every_length);
     tcase_add_test(tc, corrupt_pngs_never_crash);
     tcase_add_test(tc, garbage_and_limits);
+    tcase_add_test(tc, probe_gives_the_size_from_the_header);
+    tcase_add_test(tc, probe_reads_only_the_header);
+    tcase_add_test(tc, probe_refuses_bad_headers);
 #ifdef HAVE_LIBJPEG
     tcase_add_test(tc, jpeg_decodes);
+    tcase_add_test(tc, truncated_jpegs_are_refused_at_every_length);
+    tcase_add_test(tc, corrupt_jpeg_data_is_refused);
+#else
+    tcase_add_test(tc, jpeg_probe_unsupported);
 #endif
     suite_add_tcase(s, tc);
     return s;

@@ -25,9 +25,20 @@ typedef enum { LD_IMG_UNKNOWN, LD_IMG_PNG, LD_IMG_JPEG } ld_image_format;
 /* Which format the bytes are, from their signature. */
 ld_image_format ld_image_sniff(const uint8_t *data, size_t len);
 
+/* The format and size from the header alone, without decoding pixels, so a
+ * caller can refuse or reserve memory first.  PNG: the IHDR chunk (its CRC
+ * checked); JPEG: the markers up to the first scan.  Costs time linear in the
+ * header's length at worst.  A file whose header is fine may still fail to
+ * decode.  LD_EFORMAT for unknown or bad data, LD_EUNSUPPORTED for JPEG in a
+ * build without libjpeg (*format is still set).  format may be NULL. */
+int ld_image_probe(const uint8_t *data, size_t len, ld_image_format *format, uint32_t *width,
+                   uint32_t *height, char *err);
+
 /* Decode PNG (or JPEG when built with libjpeg) from memory.  Bad data is
- * LD_EFORMAT; an image over the limits is LD_ETOOLARGE (checked from the
- * header, before any pixel memory is taken). */
+ * LD_EFORMAT, and so is a truncated file or a JPEG that libjpeg would decode
+ * only by guessing (its corrupt-data warnings).  An image over the size
+ * limits is LD_ETOOLARGE (checked from the header, before any pixel memory is
+ * taken). */
 int ld_image_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,
                     ld_image *out, char *err);
 int ld_png_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,

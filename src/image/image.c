@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "image_internal.h"
+
 ld_image_format ld_image_sniff(const uint8_t *data, size_t len)
 {
     static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
@@ -14,6 +16,23 @@ ld_image_format ld_image_sniff(const uint8_t *data, size_t len)
     if (len >= 3 && data[0] == 0xff && data[1] == 0xd8 && data[2] == 0xff)
         return LD_IMG_JPEG;
     return LD_IMG_UNKNOWN;
+}
+
+int ld_image_probe(const uint8_t *data, size_t len, ld_image_format *format, uint32_t *width,
+                   uint32_t *height, char *err)
+{
+    const ld_image_format f = ld_image_sniff(data, len);
+    if (format)
+        *format = f;
+    *width = *height = 0;
+    switch (f) {
+    case LD_IMG_PNG:
+        return ld_png_probe(data, len, width, height, err);
+    case LD_IMG_JPEG:
+        return ld_jpeg_probe(data, len, width, height, err);
+    default:
+        return ld_fail(err, LD_EFORMAT, "not a PNG or JPEG image");
+    }
 }
 
 int ld_image_alloc(ld_image *img, uint32_t width, uint32_t height, const ld_image_limits *limits,

@@ -5,15 +5,69 @@
 
 #include <png.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "image_internal.h"
 
 typedef struct {
     const uint8_t *data;
     size_t len, pos;
     char message[LD_ERR_LEN];
 } png_source;
+
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* CRC-32 as PNG defines it; bitwise, since the probe checks only 17 bytes. */
+static uint32_t crc32_of(const uint8_t *p, size_t n)
+{
+    uint32_t crc = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++)
+            crc = (crc >> 1) ^ (0xedb88320u & (0u - (crc & 1)));
+    }
+    return ~crc;
+}
+
+/* The bit depths the PNG spec allows for each colour type. */
+static bool valid_depth(int color, int depth)
+{
+    switch (color) {
+    case 0: return depth == 1 || depth == 2 || depth == 4 || depth == 8 || depth == 16;
+    case 3: return depth == 1 || depth == 2 || depth == 4 || depth == 8;
+    case 2: case 4: case 6: return depth == 8 || depth == 16;
+    default: return false;
+    }
+}
+
+/* The spec puts IHDR first, so the size is at a fixed place: no need to let
+ * libpng walk (and decompress) whatever chunks follow it. */
+int ld_png_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *height, char *err)
+{
+    if (len < 8 || png_sig_cmp(data, 0, 8) != 0)
+        return ld_fail(err, LD_EFORMAT, "not a PNG image");
+    if (len < 33)
+        return ld_fail(err, LD_EFORMAT, "bad PNG: truncated before the end of IHDR");
+    const uint8_t *ihdr = data + 8;
+    if (be32(ihdr) != 13 || memcmp(ihdr + 4, "IHDR", 4) != 0)
+        return ld_fail(err, LD_EFORMAT, "bad PNG: IHDR is not the first chunk");
+    if (crc32_of(ihdr + 4, 17) != be32(ihdr + 21))
+        return ld_fail(err, LD_EFORMAT, "bad PNG: IHDR CRC error");
+    const uint32_t w = be32(ihdr + 8), h = be32(ihdr + 12);
+    if (w == 0 || h == 0 || w > 0x7fffffffu || h > 0x7fffffffu)
+        return ld_fail(err, LD_EFORMAT, "bad PNG: image size %ux%u", w, h);
+    if (!valid_depth(ihdr[17], ihdr[16]) || ihdr[18] != 0 || ihdr[19] != 0 || ihdr[20] > 1)
+        return ld_fail(err, LD_EFORMAT, "bad PNG: invalid IHDR fields");
+    *width = w;
+    *height = h;
+    return LD_OK;
+}
 
 static void read_from_memory(png_structp png, png_bytep dst, png_size_t count)
 {
