@@ -1,7 +1,9 @@
 /* PNG (and JPEG) decoding: every PNG variant of the fixtures converts to RGB
  * the way the fixtures' README says; broken files are refused, never a crash;
- * the header probe agrees with the decoder. */
+ * the header probe agrees with the decoder; the scan and time limits stop
+ * files built to be slow. */
 #include "latentd/image.h"
+#include "progjpeg.h"
 #include "testutil.h"
 
 #include <check.h>
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -218,6 +221,25 @@ START_TEST(garbage_and_limits)
     ck_assert_int_eq(ld_image_decode(png, len, &limits, &img, err), LD_ETOOLARGE);
     limits = (ld_image_limits){.max_width = 128, .max_height = 96, .max_pixels = 96 * 128};
     ck_assert_int_eq(ld_image_decode(png, len, &limits, &img, err), LD_OK);
+    ld_image_free(&img);
+    free(png);
+}
+END_TEST
+
+START_TEST(png_decode_time_limit)
+{
+    size_t len;
+    uint8_t *png = gray_png(2000, 2000, 0, &len); /* tens of ms to decode */
+    char err[LD_ERR_LEN];
+    ld_image img;
+    ld_image_limits limits = {.max_decode_ms = 1};
+    ck_assert_int_eq(ld_image_decode(png, len, &limits, &img, err), LD_ETOOLARGE);
+    ck_assert_msg(strstr(err, "longer than the 1 ms allowed") != NULL, "%s", err);
+    ck_assert_ptr_null(img.rgb);
+    limits.max_decode_ms = 600000;
+    ck_assert_msg(ld_image_decode(png, len, &limits, &img, err) == LD_OK, "%s", err);
+    ck_assert_int_eq(img.width, 2000);
+    ck_assert_float_eq(img.rgb[2000 * 2000 + 2001], (float)(png_byte)(7 + 3) / 255.0f);
     ld_image_free(&img);
     free(png);
 }
@@ -433,6 +455,85 @@ START_TEST(corrupt_jpeg_data_is_refused)
 }
 END_TEST
 
+/* Every pixel of a progjpeg file is 128 (Pillow 9.4 decodes them so). */
+static void assert_uniform_128(const ld_image *img)
+{
+    const size_t n = (size_t)3 * img->width * img->height;
+    for (size_t i = 0; i < n; i++)
+        ck_assert_float_eq(img->rgb[i], 128 / 255.0f);
+}
+
+START_TEST(progressive_scan_limit)
+{
+    size_t len;
+    uint8_t *jpg = progjpeg_valid(64, 48, &len);
+    char err[LD_ERR_LEN];
+    ld_image img;
+    uint32_t w, h;
+    ck_assert_int_eq(ld_image_probe(jpg, len, NULL, &w, &h, err), LD_OK);
+    ck_assert_uint_eq(w, 64);
+    ck_assert_uint_eq(h, 48);
+    /* the default limit: 100 scans */
+    ck_assert_int_eq(ld_image_decode(jpg, len, NULL, &img, err), LD_ETOOLARGE);
+    ck_assert_msg(strcmp(err, "JPEG has more than 100 scans") == 0, "%s", err);
+    ck_assert_ptr_null(img.rgb);
+    ld_image_limits limits = {.max_scans = PROGJPEG_VALID_SCANS - 1};
+    ck_assert_int_eq(ld_image_decode(jpg, len, &limits, &img, err), LD_ETOOLARGE);
+    /* at or without the limit the same file decodes, without a warning */
+    limits.max_scans = PROGJPEG_VALID_SCANS;
+    ck_assert_msg(ld_image_decode(jpg, len, &limits, &img, err) == LD_OK, "%s", err);
+    assert_uniform_128(&img);
+    ld_image_free(&img);
+    limits.max_scans = -1;
+    ck_assert_msg(ld_image_decode(jpg, len, &limits, &img, err) == LD_OK, "%s", err);
+    ld_image_free(&img);
+    free(jpg);
+    /* few scans pass the default */
+    jpg = progjpeg_repeated(64, 48, 50, &len);
+    ck_assert_msg(ld_image_decode(jpg, len, NULL, &img, err) == LD_OK, "%s", err);
+    assert_uniform_128(&img);
+    ld_image_free(&img);
+    free(jpg);
+}
+END_TEST
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+/* 100,000 scans over a 1536x1536 image in 1.6 MB: unbounded, libjpeg (and
+ * Pillow) spend ~38 s of CPU on it.  The default scan limit stops it after
+ * 100 scans (~50 ms here); the time limit alone stops it too. */
+START_TEST(many_scans_attack_fails_fast)
+{
+    size_t len;
+    uint8_t *jpg = progjpeg_repeated(1536, 1536, 100000, &len);
+    ck_assert_uint_lt(len, 2000000);
+    char err[LD_ERR_LEN];
+    ld_image img;
+    uint32_t w, h;
+    double t0 = now_ms();
+    ck_assert_int_eq(ld_image_probe(jpg, len, NULL, &w, &h, err), LD_OK);
+    ck_assert_uint_eq(w, 1536);
+    ck_assert_double_lt(now_ms() - t0, 1000); /* a header read: microseconds */
+    t0 = now_ms();
+    ck_assert_int_eq(ld_image_decode(jpg, len, NULL, &img, err), LD_ETOOLARGE);
+    ck_assert_msg(strcmp(err, "JPEG has more than 100 scans") == 0, "%s", err);
+    ck_assert_double_lt(now_ms() - t0, 5000); /* generous for valgrind */
+    const ld_image_limits limits = {.max_scans = -1, .max_decode_ms = 100};
+    t0 = now_ms();
+    ck_assert_int_eq(ld_image_decode(jpg, len, &limits, &img, err), LD_ETOOLARGE);
+    const double took = now_ms() - t0;
+    ck_assert_msg(strstr(err, "longer than the 100 ms allowed") != NULL, "%s", err);
+    ck_assert_double_ge(took, 100);
+    ck_assert_double_lt(took, 2000);
+    ck_assert_ptr_null(img.rgb);
+    free(jpg);
+}
+END_TEST
 #else
 START_TEST(jpeg_probe_unsupported)
 {
@@ -459,6 +560,7 @@ static Suite *image_suite(void)
     tcase_add_test(tc, truncated_pngs_are_refused_at_every_length);
     tcase_add_test(tc, corrupt_pngs_never_crash);
     tcase_add_test(tc, garbage_and_limits);
+    tcase_add_test(tc, png_decode_time_limit);
     tcase_add_test(tc, probe_gives_the_size_from_the_header);
     tcase_add_test(tc, probe_reads_only_the_header);
     tcase_add_test(tc, probe_refuses_bad_headers);
@@ -466,6 +568,8 @@ static Suite *image_suite(void)
     tcase_add_test(tc, jpeg_decodes);
     tcase_add_test(tc, truncated_jpegs_are_refused_at_every_length);
     tcase_add_test(tc, corrupt_jpeg_data_is_refused);
+    tcase_add_test(tc, progressive_scan_limit);
+    tcase_add_test(tc, many_scans_attack_fails_fast);
 #else
     tcase_add_test(tc, jpeg_probe_unsupported);
 #endif

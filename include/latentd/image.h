@@ -15,9 +15,17 @@ typedef struct {
     float *rgb; /* [3, height, width] */
 } ld_image;
 
+/* A progressive JPEG costs one pass over the whole image per scan, so a small
+ * file of many scans takes seconds; real encoders write about 10. */
+#define LD_IMAGE_DEFAULT_MAX_SCANS 100
+
+/* All zero (or a NULL pointer) is "no size limit, the default scan limit and
+ * no time limit".  Each limit is reported as LD_ETOOLARGE. */
 typedef struct {
     uint32_t max_width, max_height; /* 0: no limit */
     uint64_t max_pixels;            /* 0: no limit */
+    int max_scans;     /* JPEG scans; 0: LD_IMAGE_DEFAULT_MAX_SCANS, < 0: no limit */
+    int max_decode_ms; /* wall-clock time for one decode; 0: no limit */
 } ld_image_limits;
 
 typedef enum { LD_IMG_UNKNOWN, LD_IMG_PNG, LD_IMG_JPEG } ld_image_format;
@@ -38,7 +46,7 @@ int ld_image_probe(const uint8_t *data, size_t len, ld_image_format *format, uin
  * LD_EFORMAT, and so is a truncated file or a JPEG that libjpeg would decode
  * only by guessing (its corrupt-data warnings).  An image over the size
  * limits is LD_ETOOLARGE (checked from the header, before any pixel memory is
- * taken). */
+ * taken), and so is one over the scan or time limit. */
 int ld_image_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,
                     ld_image *out, char *err);
 int ld_png_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,

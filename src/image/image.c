@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "image_internal.h"
 
@@ -33,6 +34,32 @@ int ld_image_probe(const uint8_t *data, size_t len, ld_image_format *format, uin
     default:
         return ld_fail(err, LD_EFORMAT, "not a PNG or JPEG image");
     }
+}
+
+static int64_t monotonic_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+int64_t ld_image_deadline(const ld_image_limits *limits)
+{
+    if (!limits || limits->max_decode_ms <= 0)
+        return 0;
+    return monotonic_ns() + (int64_t)limits->max_decode_ms * 1000000;
+}
+
+bool ld_image_past(int64_t deadline)
+{
+    return deadline != 0 && monotonic_ns() >= deadline;
+}
+
+int ld_image_max_scans(const ld_image_limits *limits)
+{
+    if (!limits || limits->max_scans == 0)
+        return LD_IMAGE_DEFAULT_MAX_SCANS;
+    return limits->max_scans < 0 ? 0 : limits->max_scans;
 }
 
 int ld_image_alloc(ld_image *img, uint32_t width, uint32_t height, const ld_image_limits *limits,

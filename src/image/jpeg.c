@@ -1,6 +1,7 @@
 /* JPEG → planar RGB floats with libjpeg(-turbo), when configure found it.
  * libjpeg reports errors through a callback that must not return; it longjmps
- * back here, and so does the warning callback when it refuses the file. */
+ * back here, and so do the warning and progress callbacks when they refuse
+ * the file. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -21,9 +22,13 @@
 /* Everything the callbacks need; reached through cinfo->client_data. */
 typedef struct {
     struct jpeg_error_mgr err;
+    struct jpeg_progress_mgr progress;
     jmp_buf jump;
-    int status; /* what a longjmp back means */
+    int status; /* what a longjmp back means: LD_EFORMAT or LD_ETOOLARGE */
     char message[LD_ERR_LEN];
+    int max_scans;    /* 0: none */
+    int max_ms;       /* for the message */
+    int64_t deadline; /* see ld_image_deadline */
 } jpeg_guard;
 
 static _Noreturn void bail(j_common_ptr cinfo, int status)
@@ -75,8 +80,27 @@ static void on_message(j_common_ptr cinfo, int level)
     bail(cinfo, LD_EFORMAT);
 }
 
+/* libjpeg calls this between units of work (an iMCU row of a scan, a
+ * scanline), including while jpeg_start_decompress reads every scan of a
+ * progressive file; libjpeg-turbo's djpeg enforces -maxscans the same way. */
+static void on_progress(j_common_ptr cinfo)
+{
+    jpeg_guard *g = cinfo->client_data;
+    const int scan = ((j_decompress_ptr)cinfo)->input_scan_number;
+    if (g->max_scans && scan > g->max_scans) {
+        snprintf(g->message, sizeof g->message, "JPEG has more than %d scans", g->max_scans);
+        bail(cinfo, LD_ETOOLARGE);
+    }
+    if (ld_image_past(g->deadline)) {
+        snprintf(g->message, sizeof g->message,
+                 "decoding the JPEG took longer than the %d ms allowed", g->max_ms);
+        bail(cinfo, LD_ETOOLARGE);
+    }
+}
+
 /* Point cinfo at the guard; the caller still has to setjmp(g->jump). */
-static void guard_init(jpeg_guard *g, struct jpeg_decompress_struct *cinfo)
+static void guard_init(jpeg_guard *g, struct jpeg_decompress_struct *cinfo,
+                       const ld_image_limits *limits)
 {
     memset(g, 0, sizeof *g);
     memset(cinfo, 0, sizeof *cinfo);
@@ -84,6 +108,10 @@ static void guard_init(jpeg_guard *g, struct jpeg_decompress_struct *cinfo)
     cinfo->client_data = g; /* jpeg_create_decompress keeps it; its own errors need it */
     g->err.error_exit = on_error;
     g->err.emit_message = on_message;
+    g->progress.progress_monitor = on_progress;
+    g->max_scans = ld_image_max_scans(limits);
+    g->max_ms = limits ? limits->max_decode_ms : 0;
+    g->deadline = ld_image_deadline(limits);
 }
 
 /* After guard_init: the decompressor reading from memory, watched by g. */
@@ -91,6 +119,7 @@ static void start(jpeg_guard *g, struct jpeg_decompress_struct *cinfo, const uin
                   size_t len)
 {
     jpeg_create_decompress(cinfo);
+    cinfo->progress = &g->progress;
     jpeg_mem_src(cinfo, data, (unsigned long)len);
 }
 
@@ -100,7 +129,7 @@ int ld_jpeg_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *he
 {
     struct jpeg_decompress_struct cinfo;
     jpeg_guard g;
-    guard_init(&g, &cinfo);
+    guard_init(&g, &cinfo, NULL);
     int rc = LD_OK;
     if (setjmp(g.jump)) {
         rc = ld_fail(err, g.status, "%s", g.message);
@@ -132,7 +161,7 @@ int ld_jpeg_decode(const uint8_t *data, size_t len, const ld_image_limits *limit
     jpeg_guard g;
     JSAMPLE *volatile row = NULL;
     volatile int rc = LD_OK;
-    guard_init(&g, &cinfo);
+    guard_init(&g, &cinfo, limits);
     if (setjmp(g.jump)) {
         rc = ld_fail(err, g.status, "%s", g.message);
         goto done;

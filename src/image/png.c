@@ -15,6 +15,8 @@
 typedef struct {
     const uint8_t *data;
     size_t len, pos;
+    int64_t deadline; /* see ld_image_deadline */
+    bool timed_out;
     char message[LD_ERR_LEN];
 } png_source;
 
@@ -69,9 +71,15 @@ int ld_png_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *hei
     return LD_OK;
 }
 
+/* Reads come every few KiB of input (rows and chunks alike), so checking the
+ * clock here also bounds time spent in chunks between rows. */
 static void read_from_memory(png_structp png, png_bytep dst, png_size_t count)
 {
     png_source *src = png_get_io_ptr(png);
+    if (ld_image_past(src->deadline)) {
+        src->timed_out = true;
+        png_error(png, "decode time limit");
+    }
     if (count > src->len - src->pos)
         png_error(png, "truncated PNG data");
     memcpy(dst, src->data + src->pos, count);
@@ -91,8 +99,9 @@ static void on_warning(png_structp png, png_const_charp msg)
     (void)msg; /* warnings (e.g. a bad gamma chunk) do not stop decoding */
 }
 
-/* Ask libpng for 8- or 16-bit RGB or RGBA, whatever the stored format. */
-static void set_transforms(png_structp png, png_infop info)
+/* Ask libpng for 8- or 16-bit RGB or RGBA, whatever the stored format.
+ * Returns the number of passes to read (7 for Adam7, else 1). */
+static int set_transforms(png_structp png, png_infop info)
 {
     const int color = png_get_color_type(png, info);
     const int depth = png_get_bit_depth(png, info);
@@ -103,8 +112,9 @@ static void set_transforms(png_structp png, png_infop info)
     if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_GRAY_ALPHA)
         png_set_gray_to_rgb(png);
     /* tRNS is not expanded: transparency is dropped, as PIL's convert("RGB") */
-    png_set_interlace_handling(png);
+    const int passes = png_set_interlace_handling(png);
     png_read_update_info(png, info);
+    return passes;
 }
 
 static void rows_to_planar(png_bytep *rows, int channels, int depth, ld_image *img)
@@ -127,6 +137,12 @@ static void rows_to_planar(png_bytep *rows, int channels, int depth, ld_image *i
     }
 }
 
+static int too_slow(const ld_image_limits *limits, char *err)
+{
+    return ld_fail(err, LD_ETOOLARGE, "decoding the PNG took longer than the %d ms allowed",
+                   limits->max_decode_ms);
+}
+
 static int decode(png_structp png, png_infop info, png_source *src,
                   const ld_image_limits *limits, ld_image *out, char *err)
 {
@@ -134,7 +150,8 @@ static int decode(png_structp png, png_infop info, png_source *src,
     png_bytep volatile pixels = NULL;
     int rc = LD_OK;
     if (setjmp(png_jmpbuf(png))) {
-        rc = ld_fail(err, LD_EFORMAT, "bad PNG: %s", src->message);
+        rc = src->timed_out ? too_slow(limits, err)
+                            : ld_fail(err, LD_EFORMAT, "bad PNG: %s", src->message);
         goto done;
     }
     png_set_read_fn(png, src, read_from_memory);
@@ -143,7 +160,7 @@ static int decode(png_structp png, png_infop info, png_source *src,
     const png_uint_32 height = png_get_image_height(png, info);
     if ((rc = ld_image_alloc(out, width, height, limits, err)) != LD_OK)
         goto done;
-    set_transforms(png, info);
+    const int passes = set_transforms(png, info);
     const size_t rowbytes = png_get_rowbytes(png, info);
     const int channels = png_get_channels(png, info);
     const int depth = png_get_bit_depth(png, info);
@@ -155,7 +172,15 @@ static int decode(png_structp png, png_infop info, png_source *src,
     }
     for (png_uint_32 y = 0; y < height; y++)
         rows[y] = pixels + (size_t)y * rowbytes;
-    png_read_image(png, rows);
+    /* png_read_image's loop, with the clock checked between rows */
+    for (int pass = 0; pass < passes; pass++)
+        for (png_uint_32 y = 0; y < height; y++) {
+            png_read_row(png, rows[y], NULL);
+            if (ld_image_past(src->deadline)) {
+                rc = too_slow(limits, err);
+                goto done;
+            }
+        }
     png_read_end(png, NULL);
     rows_to_planar(rows, channels, depth, out);
 done:
@@ -172,7 +197,7 @@ int ld_png_decode(const uint8_t *data, size_t len, const ld_image_limits *limits
     memset(out, 0, sizeof *out);
     if (len < 8 || png_sig_cmp(data, 0, 8) != 0)
         return ld_fail(err, LD_EFORMAT, "not a PNG image");
-    png_source src = {.data = data, .len = len};
+    png_source src = {.data = data, .len = len, .deadline = ld_image_deadline(limits)};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, on_error, on_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     if (!info) {
