@@ -1,5 +1,8 @@
+/* Rendering results and errors; see response.h. */
 #include "response.h"
 
+#include <assert.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,16 +21,16 @@ typedef struct {
     float *data;  /* malloc'd */
 } tensor;
 
-static const float *item_slice(const srv_item *it, int kind)
+static const float *item_slice(const srv_item_result *it, int kind)
 {
     const float *slices[] = {it->latents, it->mean, it->logvar, it->moments};
     return slices[kind];
 }
 
-static int gather(const ld_model *model, const srv_job *job, int first, int count, int kind,
+static int gather(const ld_model *model, const srv_results *res, int first, int count, int kind,
                   tensor *t)
 {
-    const srv_item *it = &job->items[first];
+    const srv_item_result *it = &res->items[first];
     const int channels = ld_model_config(model)->latent_channels * (kind == 3 ? 2 : 1);
     const size_t per = (size_t)channels * it->lh * it->lw;
     t->kind = kind;
@@ -39,7 +42,7 @@ static int gather(const ld_model *model, const srv_job *job, int first, int coun
     if (!t->data)
         return LD_ENOMEM;
     for (int i = 0; i < count; i++)
-        memcpy(t->data + i * per, item_slice(&job->items[first + i], kind), per * sizeof(float));
+        memcpy(t->data + i * per, item_slice(&res->items[first + i], kind), per * sizeof(float));
     return LD_OK;
 }
 
@@ -48,13 +51,16 @@ static size_t tensor_numel(const tensor *t)
     return (size_t)(t->shape[0] * t->shape[1] * t->shape[2] * t->shape[3]);
 }
 
-static bool same_size(const srv_job *job)
+static bool same_size(const srv_results *res)
 {
-    for (int i = 1; i < job->n_items; i++)
-        if (job->items[i].lh != job->items[0].lh || job->items[i].lw != job->items[0].lw ||
-            job->items[i].image.width != job->items[0].image.width ||
-            job->items[i].image.height != job->items[0].image.height)
+    if (res->n_items < 2)
+        return true;
+    const srv_item_result *a = &res->items[0];
+    for (int i = 1; i < res->n_items; i++) {
+        const srv_item_result *b = &res->items[i];
+        if (b->lh != a->lh || b->lw != a->lw || b->width != a->width || b->height != a->height)
             return false;
+    }
     return true;
 }
 
@@ -99,14 +105,14 @@ static json_t *tensor_json(const tensor *t, bool list)
 }
 
 /* the requested tensors of images [first, first+count) into obj */
-static int add_tensors(json_t *obj, const ld_model *model, const srv_job *job, int first,
+static int add_tensors(json_t *obj, const ld_model *model, const srv_results *res, int first,
                        int count, const srv_options *o)
 {
     for (int k = 0; k < N_KINDS; k++) {
         if (!(o->outputs & (1u << k)))
             continue;
         tensor t;
-        if (gather(model, job, first, count, k, &t) != LD_OK)
+        if (gather(model, res, first, count, k, &t) != LD_OK)
             return LD_ENOMEM;
         json_t *tj = tensor_json(&t, o->list_encoding);
         if (!json_object_get(obj, "shape") && k != 3)
@@ -118,32 +124,43 @@ static int add_tensors(json_t *obj, const ld_model *model, const srv_job *job, i
     return LD_OK;
 }
 
-static int render_json(const ld_model *model, const srv_job *job, const srv_options *o,
+/* Images of one size stack into one tensor per output; else "results" holds
+ * one object per image. */
+static int add_all_tensors(json_t *root, const ld_model *model, const srv_results *res,
+                           const srv_options *o)
+{
+    if (same_size(res))
+        return add_tensors(root, model, res, 0, res->n_items, o);
+    json_t *results = json_array();
+    if (json_object_set_new(root, "results", results) != 0)
+        return LD_ENOMEM;
+    for (int i = 0; i < res->n_items; i++) {
+        json_t *one = json_object();
+        if (json_array_append_new(results, one) != 0)
+            return LD_ENOMEM;
+        int rc = add_tensors(one, model, res, i, 1, o);
+        if (rc != LD_OK)
+            return rc;
+    }
+    return LD_OK;
+}
+
+static int render_json(const ld_model *model, const srv_results *res, const srv_options *o,
                        srv_body *body)
 {
     json_t *root = json_pack("{s:s, s:s, s:i, s:b, s:b, s:s}", "model", ld_model_name(model),
                              "scaling", ld_model_scaling(model), "latent_channels",
                              ld_model_config(model)->latent_channels, "deterministic",
-                             job->deterministic, "center_input_sample", job->center, "dtype",
+                             res->deterministic, "center_input_sample", res->center, "dtype",
                              "float32");
     if (!root)
         return LD_ENOMEM;
-    if (!job->deterministic)
-        json_object_set_new(root, "seed", json_integer((json_int_t)job->seed));
     int rc = LD_OK;
-    if (same_size(job)) {
-        rc = add_tensors(root, model, job, 0, job->n_items, o);
-    } else {
-        json_t *results = json_array();
-        json_object_set_new(root, "results", results);
-        for (int i = 0; rc == LD_OK && i < job->n_items; i++) {
-            json_t *one = json_object();
-            if (!one || json_array_append_new(results, one) != 0)
-                rc = LD_ENOMEM;
-            else
-                rc = add_tensors(one, model, job, i, 1, o);
-        }
-    }
+    if (!res->deterministic &&
+        json_object_set_new(root, "seed", json_integer((json_int_t)res->seed)) != 0)
+        rc = LD_ENOMEM;
+    if (rc == LD_OK)
+        rc = add_all_tensors(root, model, res, o);
     if (rc != LD_OK) {
         json_decref(root);
         return rc;
@@ -151,11 +168,11 @@ static int render_json(const ld_model *model, const srv_job *job, const srv_opti
     return srv_render_json(root, body);
 }
 
-static int render_safetensors(const ld_model *model, const srv_job *job, const srv_options *o,
-                              srv_body *body, char *err)
+static int render_safetensors(const ld_model *model, const srv_results *res,
+                              const srv_options *o, srv_body *body, char *err)
 {
-    const bool stacked = same_size(job);
-    const int sets = stacked ? 1 : job->n_items;
+    const bool stacked = same_size(res);
+    const int sets = stacked ? 1 : res->n_items;
     tensor *ts = calloc((size_t)sets * N_KINDS, sizeof *ts);
     ld_st_out *outs = calloc((size_t)sets * N_KINDS, sizeof *outs);
     char(*names)[32] = calloc((size_t)sets * N_KINDS, sizeof *names);
@@ -164,7 +181,7 @@ static int render_safetensors(const ld_model *model, const srv_job *job, const s
         for (int k = 0; rc == LD_OK && k < N_KINDS; k++) {
             if (!(o->outputs & (1u << k)))
                 continue;
-            rc = gather(model, job, stacked ? 0 : s, stacked ? job->n_items : 1, k, &ts[n]);
+            rc = gather(model, res, stacked ? 0 : s, stacked ? res->n_items : 1, k, &ts[n]);
             if (stacked)
                 snprintf(names[n], sizeof names[n], "%s", kind_names[k]);
             else
@@ -174,16 +191,18 @@ static int render_safetensors(const ld_model *model, const srv_job *job, const s
             n++;
         }
     char seed[32];
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)job->seed);
+    snprintf(seed, sizeof seed, "%" PRIu64, res->seed);
     const ld_st_meta meta[] = {
         {"format", "pt"},
         {"model", ld_model_name(model)},
         {"scaling", ld_model_scaling(model)},
-        {"latents", job->deterministic ? "mode" : "sample"},
-        {"seed", job->deterministic ? "none" : seed},
+        {"latents", res->deterministic ? "mode" : "sample"},
+        {"seed", res->deterministic ? "none" : seed},
     };
     uint8_t *buf = NULL;
-    if (rc == LD_OK)
+    if (rc != LD_OK)
+        ld_fail(err, rc, "out of memory");
+    else
         rc = ld_st_serialize(outs, (size_t)n, meta, 5, &buf, &body->len, err);
     for (int i = 0; ts && i < n; i++)
         free(ts[i].data);
@@ -196,10 +215,10 @@ static int render_safetensors(const ld_model *model, const srv_job *job, const s
 }
 
 /* NumPy .npy version 1.0: magic, header dict padded to 64 bytes, raw LE data */
-static int render_npy(const ld_model *model, const srv_job *job, srv_body *body)
+static int render_npy(const ld_model *model, const srv_results *res, srv_body *body)
 {
     tensor t;
-    if (gather(model, job, 0, job->n_items, 0, &t) != LD_OK)
+    if (gather(model, res, 0, res->n_items, 0, &t) != LD_OK)
         return LD_ENOMEM;
     char header[128];
     int hl = snprintf(header, sizeof header,
@@ -228,20 +247,22 @@ static int render_npy(const ld_model *model, const srv_job *job, srv_body *body)
     return LD_OK;
 }
 
-int srv_render_result(const ld_model *model, const srv_job *job, const srv_options *o,
+int srv_render_result(const ld_model *model, const srv_results *res, const srv_options *o,
                       srv_body *body, char *err)
 {
+    assert(res->n_items > 0 && res->items);
     memset(body, 0, sizeof *body);
     switch (o->format) {
     case FMT_SAFETENSORS:
-        return render_safetensors(model, job, o, body, err);
+        return render_safetensors(model, res, o, body, err);
     case FMT_NPY:
-        if (!same_size(job))
+        if (!same_size(res))
             return ld_fail(err, LD_EUNSUPPORTED, "format=npy holds one array: send images of "
                            "one size, or ask for json or safetensors");
-        return render_npy(model, job, body) == LD_OK ? LD_OK : ld_fail(err, LD_ENOMEM, "out of memory");
+        return render_npy(model, res, body) == LD_OK ? LD_OK
+                                                     : ld_fail(err, LD_ENOMEM, "out of memory");
     default:
-        return render_json(model, job, o, body) == LD_OK ? LD_OK
+        return render_json(model, res, o, body) == LD_OK ? LD_OK
                                                          : ld_fail(err, LD_ENOMEM, "out of memory");
     }
 }

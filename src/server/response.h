@@ -1,10 +1,28 @@
-/* Turning a finished job into an HTTP body: JSON, safetensors or .npy. */
+/* Turning a finished request's results into an HTTP body: JSON, safetensors
+ * or .npy.  Knows nothing of the queue: whoever finished the request fills
+ * an srv_results and keeps it alive for the call. */
 #ifndef LATENTD_SERVER_RESPONSE_H
 #define LATENTD_SERVER_RESPONSE_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
 #include "latentd/encoder.h"
-#include "queue.h"
 #include "request.h"
+
+typedef struct {
+    int width, height;   /* the image's */
+    int lh, lw;          /* its latents' */
+    float *latents, *mean, *logvar, *moments; /* C·lh·lw each (moments 2C·lh·lw) */
+} srv_item_result;
+
+typedef struct {
+    int n_items;
+    const srv_item_result *items;
+    bool deterministic, center;
+    uint64_t seed;
+} srv_results;
 
 typedef struct {
     char *data; /* malloc'd */
@@ -12,8 +30,9 @@ typedef struct {
     const char *content_type;
 } srv_body;
 
-/* LD_EUNSUPPORTED: the format cannot express this job (npy of mixed sizes). */
-int srv_render_result(const ld_model *model, const srv_job *job, const srv_options *o,
+/* The outputs that o names, in o's format.  LD_EUNSUPPORTED when the format
+ * cannot express the results (npy of mixed sizes), else LD_ENOMEM. */
+int srv_render_result(const ld_model *model, const srv_results *res, const srv_options *o,
                       srv_body *body, char *err);
 /* {"error": {"code": ..., "message": ...}} */
 int srv_render_error(const char *code, const char *message, srv_body *body);
