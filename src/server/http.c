@@ -400,6 +400,25 @@ static void deadline_after(int ms, struct timespec *ts)
     }
 }
 
+/* TEMP adapter: renders an old srv_job through the new srv_results; drop it
+ * when the rewritten http.c/queue.c land. */
+static int render_job_TEMP(const ld_model *model, const srv_job *job, const srv_options *o,
+                           srv_body *body, char *err)
+{
+    srv_item_result *items = calloc((size_t)job->n_items, sizeof *items);
+    if (!items)
+        return ld_fail(err, LD_ENOMEM, "out of memory");
+    for (int i = 0; i < job->n_items; i++) {
+        const srv_item *it = &job->items[i];
+        items[i] = (srv_item_result){it->image.width, it->image.height, it->lh, it->lw,
+                                     it->latents, it->mean, it->logvar, it->moments};
+    }
+    const srv_results res = {job->n_items, items, job->deterministic, job->center, job->seed};
+    int rc = srv_render_result(model, &res, o, body, err);
+    free(items);
+    return rc;
+}
+
 static MHD_Result_t answer_encode(srv_state *st, struct MHD_Connection *c, conn_ctx *ctx,
                                   const char *method, const char *url)
 {
@@ -431,7 +450,7 @@ static MHD_Result_t answer_encode(srv_state *st, struct MHD_Connection *c, conn_
     if (job->status != LD_OK) {
         ret = send_error(st, c, ctx, method, url, job->status == LD_ENOMEM ? 503 : 500,
                          "encode-failed", job->err);
-    } else if ((rc = srv_render_result(st->model, job, &ctx->opts, &body, err)) != LD_OK) {
+    } else if ((rc = render_job_TEMP(st->model, job, &ctx->opts, &body, err)) != LD_OK) {
         ret = rc == LD_EUNSUPPORTED
                   ? send_error(st, c, ctx, method, url, 422, "format-unsuitable", err)
                   : send_error(st, c, ctx, method, url, 503, "out-of-memory", "out of memory");
