@@ -214,11 +214,22 @@ static int render_safetensors(const ld_model *model, const srv_results *res,
     return rc;
 }
 
+/* npy holds one array: the first output named, in kind_names' order (so the
+ * latents when they are among them, as by default). */
+static int npy_kind(unsigned outputs)
+{
+    for (int k = 0; k < N_KINDS; k++)
+        if (outputs & (1u << k))
+            return k;
+    return 0;
+}
+
 /* NumPy .npy version 1.0: magic, header dict padded to 64 bytes, raw LE data */
-static int render_npy(const ld_model *model, const srv_results *res, srv_body *body)
+static int render_npy(const ld_model *model, const srv_results *res, const srv_options *o,
+                      srv_body *body)
 {
     tensor t;
-    if (gather(model, res, 0, res->n_items, 0, &t) != LD_OK)
+    if (gather(model, res, 0, res->n_items, npy_kind(o->outputs), &t) != LD_OK)
         return LD_ENOMEM;
     char header[128];
     int hl = snprintf(header, sizeof header,
@@ -259,8 +270,8 @@ int srv_render_result(const ld_model *model, const srv_results *res, const srv_o
         if (!same_size(res))
             return ld_fail(err, LD_EUNSUPPORTED, "format=npy holds one array: send images of "
                            "one size, or ask for json or safetensors");
-        return render_npy(model, res, body) == LD_OK ? LD_OK
-                                                     : ld_fail(err, LD_ENOMEM, "out of memory");
+        return render_npy(model, res, o, body) == LD_OK ? LD_OK
+                                                        : ld_fail(err, LD_ENOMEM, "out of memory");
     default:
         return render_json(model, res, o, body) == LD_OK ? LD_OK
                                                          : ld_fail(err, LD_ENOMEM, "out of memory");

@@ -30,8 +30,10 @@ typedef struct {
     const char *content_type;
 } srv_body;
 
-/* The outputs that o names, in o's format.  LD_EUNSUPPORTED when the format
- * cannot express the results (npy of mixed sizes), else LD_ENOMEM. */
+/* The outputs that o names, in o's format.  npy holds one array: the first
+ * of latents, mean, logvar, moments that o->outputs names.  LD_EUNSUPPORTED
+ * when the format cannot express the results (npy of mixed sizes), else
+ * LD_ENOMEM. */
 int srv_render_result(const ld_model *model, const srv_results *res, const srv_options *o,
                       srv_body *body, char *err);
 /* {"error": {"code": ..., "message": ...}} */
