@@ -64,6 +64,17 @@ static bool same_size(const srv_results *res)
     return true;
 }
 
+/* jansson's integers are signed 64-bit: a seed from 2^63 up goes out as a
+ * decimal string, which the request side accepts back as well. */
+static json_t *seed_json(uint64_t seed)
+{
+    if (seed <= (uint64_t)INT64_MAX)
+        return json_integer((json_int_t)seed);
+    char text[24];
+    snprintf(text, sizeof text, "%" PRIu64, seed);
+    return json_string(text);
+}
+
 static json_t *shape_json(const int64_t shape[4])
 {
     return json_pack("[IIII]", (json_int_t)shape[0], (json_int_t)shape[1], (json_int_t)shape[2],
@@ -156,8 +167,7 @@ static int render_json(const ld_model *model, const srv_results *res, const srv_
     if (!root)
         return LD_ENOMEM;
     int rc = LD_OK;
-    if (!res->deterministic &&
-        json_object_set_new(root, "seed", json_integer((json_int_t)res->seed)) != 0)
+    if (!res->deterministic && json_object_set_new(root, "seed", seed_json(res->seed)) != 0)
         rc = LD_ENOMEM;
     if (rc == LD_OK)
         rc = add_all_tensors(root, model, res, o);

@@ -33,7 +33,8 @@ typedef struct {
 /* The outputs that o names, in o's format.  npy holds one array: the first
  * of latents, mean, logvar, moments that o->outputs names.  LD_EUNSUPPORTED
  * when the format cannot express the results (npy of mixed sizes), else
- * LD_ENOMEM. */
+ * LD_ENOMEM.  A sampled request's seed is a JSON integer below 2^63 and a
+ * decimal string from there (jansson's integers are signed 64-bit). */
 int srv_render_result(const ld_model *model, const srv_results *res, const srv_options *o,
                       srv_body *body, char *err);
 /* {"error": {"code": ..., "message": ...}} */
