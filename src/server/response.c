@@ -10,6 +10,7 @@
 
 #include "latentd/base64.h"
 #include "latentd/safetensors.h"
+#include "utf8.h"
 
 static const char *const kind_names[] = {"latents", "mean", "logvar", "moments"};
 #define N_KINDS 4
@@ -300,8 +301,40 @@ int srv_render_json(void *value, srv_body *body)
     return LD_OK;
 }
 
+/* A malloc'd copy of text with each byte that is not part of a well-formed
+ * UTF-8 character, and each control character, replaced by U+FFFD: jansson
+ * refuses invalid UTF-8, and a message may echo a client's bytes. */
+static char *json_safe_copy(const char *text)
+{
+    static const char replacement[] = "\xef\xbf\xbd";
+    const unsigned char *s = (const unsigned char *)(text ? text : "");
+    const size_t n = strlen((const char *)s);
+    char *out = malloc(3 * n + 1), *w = out;
+    for (size_t i = 0; out && i < n;) {
+        const int len = srv_utf8_char_len(s + i, n - i);
+        if (len == 0 || s[i] < 0x20 || s[i] == 0x7f) {
+            memcpy(w, replacement, 3);
+            w += 3;
+            i++;
+        } else {
+            memcpy(w, s + i, (size_t)len);
+            w += len;
+            i += (size_t)len;
+        }
+    }
+    if (out)
+        *w = '\0';
+    return out;
+}
+
 int srv_render_error(const char *code, const char *message, srv_body *body)
 {
-    return srv_render_json(json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message),
-                           body);
+    memset(body, 0, sizeof *body);
+    char *safe_code = json_safe_copy(code), *safe_message = json_safe_copy(message);
+    json_t *root = safe_code && safe_message ? json_pack("{s:{s:s, s:s}}", "error", "code",
+                                                         safe_code, "message", safe_message)
+                                             : NULL;
+    free(safe_code);
+    free(safe_message);
+    return srv_render_json(root, body);
 }

@@ -37,7 +37,9 @@ typedef struct {
  * decimal string from there (jansson's integers are signed 64-bit). */
 int srv_render_result(const ld_model *model, const srv_results *res, const srv_options *o,
                       srv_body *body, char *err);
-/* {"error": {"code": ..., "message": ...}} */
+/* {"error": {"code": ..., "message": ...}}.  Invalid UTF-8 and control
+ * characters (which a message may echo from a client) become U+FFFD, so the
+ * body is always valid JSON: fails only for lack of memory. */
 int srv_render_error(const char *code, const char *message, srv_body *body);
 /* Any jansson value as a compact JSON body (takes the reference). */
 int srv_render_json(void *json_value, srv_body *body);
