@@ -6,8 +6,11 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "utf8.h"
 
 static struct {
     pthread_mutex_t lock;
@@ -53,6 +56,25 @@ void srv_log_close(void)
     pthread_mutex_unlock(&logger.lock);
 }
 
+/* Write text with control characters (a newline included), bytes outside
+ * well-formed UTF-8 and the backslash itself as \xNN, so that what a client
+ * sent (a percent-decoded path, say) can neither end the line nor forge
+ * another, and the escapes stay unambiguous. */
+static void write_escaped(FILE *fp, const char *text, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    for (size_t i = 0; i < n;) {
+        const int len = srv_utf8_char_len(s + i, n - i);
+        if (len == 0 || s[i] < 0x20 || s[i] == 0x7f || s[i] == '\\') {
+            fprintf(fp, "\\x%02x", s[i]);
+            i++;
+        } else {
+            fwrite(s + i, 1, (size_t)len, fp);
+            i += (size_t)len;
+        }
+    }
+}
+
 void srv_log(srv_log_level level, const char *fmt, ...)
 {
     static const char *const names[] = {"error", "warn", "info", "debug"};
@@ -64,14 +86,30 @@ void srv_log(srv_log_level level, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &now);
     gmtime_r(&now.tv_sec, &tm);
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+    /* formatted first, outside the lock, so it can be escaped as a whole */
+    char small[1024], *text = small;
+    va_list ap, again;
+    va_start(ap, fmt);
+    va_copy(again, ap);
+    int len = vsnprintf(small, sizeof small, fmt, ap);
+    if (len < 0)
+        len = 0;
+    if ((size_t)len >= sizeof small) {
+        text = malloc((size_t)len + 1);
+        if (text)
+            vsnprintf(text, (size_t)len + 1, fmt, again);
+        else
+            text = small, len = (int)sizeof small - 1; /* the cut line, rather than none */
+    }
+    va_end(again);
+    va_end(ap);
     pthread_mutex_lock(&logger.lock);
     FILE *fp = logger.fp ? logger.fp : stderr;
     fprintf(fp, "%s.%03ldZ %s ", stamp, now.tv_nsec / 1000000, names[level]);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(fp, fmt, ap);
-    va_end(ap);
+    write_escaped(fp, text, (size_t)len);
     fputc('\n', fp);
     fflush(fp);
     pthread_mutex_unlock(&logger.lock);
+    if (text != small)
+        free(text);
 }

@@ -8,6 +8,8 @@
 int srv_log_open(const char *path, srv_log_level level, char *err);
 int srv_log_reopen(char *err);
 void srv_log_close(void);
+/* One line per call: control characters, invalid UTF-8 and backslashes in
+ * the formatted message are written as \xNN. */
 void srv_log(srv_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif
