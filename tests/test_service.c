@@ -18,213 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* ---------------- the daemon ---------------- */
-
-typedef struct {
-    pid_t pid;
-    int port;
-    char log[4200];
-    char dir[4200];
-} daemon_t;
-
-/* Start latentd with extra flags (NULL-terminated); waits until it listens. */
-static daemon_t start_daemon(const char *model, const char *const *extra)
-{
-    daemon_t d = {0};
-    char *dir = make_temp_dir();
-    snprintf(d.dir, sizeof d.dir, "%s", dir);
-    free(dir);
-    snprintf(d.log, sizeof d.log, "%s/latentd.log", d.dir);
-    const char *build = getenv("LATENTD_BUILDDIR");
-    char bin[4200];
-    snprintf(bin, sizeof bin, "%s/latentd", build ? build : ".");
-    const char *argv[40] = {bin, "--model", fixture("%s", model), "--listen", "127.0.0.1:0",
-                            "--log-file", d.log, "--threads", "1"};
-    int argc = 9;
-    for (int i = 0; extra && extra[i] && argc < 38; i++)
-        argv[argc++] = extra[i];
-    d.pid = fork();
-    ck_assert_int_ge(d.pid, 0);
-    if (d.pid == 0) {
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    for (int tries = 0; tries < 500 && !d.port; tries++) {
-        usleep(10000);
-        FILE *fp = fopen(d.log, "r");
-        char line[1024];
-        while (fp && fgets(line, sizeof line, fp)) {
-            const char *at = strstr(line, "listening on 127.0.0.1:");
-            if (at)
-                d.port = atoi(at + strlen("listening on 127.0.0.1:"));
-        }
-        if (fp)
-            fclose(fp);
-    }
-    ck_assert_msg(d.port > 0, "latentd did not start (see %s)", d.log);
-    return d;
-}
-
-/* SIGTERM and wait; returns the exit status. */
-static int stop_daemon(daemon_t *d)
-{
-    kill(d->pid, SIGTERM);
-    int status;
-    ck_assert_int_eq(waitpid(d->pid, &status, 0), d->pid);
-    char cmd[4300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
-    ck_assert_int_eq(system(cmd), 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-/* ---------------- HTTP ---------------- */
-
-typedef struct {
-    long status;
-    char *body;
-    size_t len;
-    char headers[4096];
-} reply;
-
-static size_t on_data(char *p, size_t size, size_t n, void *ud)
-{
-    reply *r = ud;
-    char *grown = realloc(r->body, r->len + size * n + 1);
-    ck_assert_ptr_nonnull(grown);
-    r->body = grown;
-    memcpy(r->body + r->len, p, size * n);
-    r->len += size * n;
-    r->body[r->len] = '\0';
-    return size * n;
-}
-
-static size_t on_header(char *p, size_t size, size_t n, void *ud)
-{
-    reply *r = ud;
-    strncat(r->headers, p, sizeof r->headers - strlen(r->headers) - 1 < size * n
-                               ? sizeof r->headers - strlen(r->headers) - 1
-                               : size * n);
-    return size * n;
-}
-
-/* body NULL: GET; form non-NULL: multipart. */
-static reply http(const daemon_t *d, const char *path, const char *type, const void *body,
-                  size_t len, curl_mime *form, const char *header)
-{
-    reply r = {0};
-    CURL *c = curl_easy_init();
-    char url[512];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", d->port, path);
-    struct curl_slist *hs = NULL;
-    char ct[256];
-    if (type) {
-        snprintf(ct, sizeof ct, "Content-Type: %s", type);
-        hs = curl_slist_append(hs, ct);
-    }
-    if (header)
-        hs = curl_slist_append(hs, header);
-    hs = curl_slist_append(hs, "Expect:");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hs);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
-    if (form) {
-        curl_easy_setopt(c, CURLOPT_MIMEPOST, form);
-    } else if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
-    }
-    CURLcode rc = curl_easy_perform(c);
-    ck_assert_msg(rc == CURLE_OK, "%s: %s", path, curl_easy_strerror(rc));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    curl_slist_free_all(hs);
-    curl_easy_cleanup(c);
-    return r;
-}
-
-static char *image_b64(const char *name)
-{
-    size_t len;
-    uint8_t *png = read_all(fixture("images/%s.png", name), &len);
-    char *b64 = ld_base64_encode(png, len, NULL);
-    free(png);
-    return b64;
-}
-
-/* {"images": [b64...], <extra>} */
-static char *json_request(const char *const *names, int n, const char *extra)
-{
-    size_t cap = 1 << 20, used = 0;
-    char *buf = malloc(cap);
-    used += (size_t)snprintf(buf, cap, "{\"images\": [");
-    for (int i = 0; i < n; i++) {
-        char *b64 = image_b64(names[i]);
-        while (used + strlen(b64) + 64 > cap)
-            buf = realloc(buf, cap *= 2);
-        used += (size_t)snprintf(buf + used, cap - used, "%s\"%s\"", i ? "," : "", b64);
-        free(b64);
-    }
-    snprintf(buf + used, cap - used, "]%s%s}", extra ? ", " : "", extra ? extra : "");
-    return buf;
-}
-
-static reply post_json(const daemon_t *d, const char *path, const char *const *names, int n,
-                       const char *extra)
-{
-    char *body = json_request(names, n, extra);
-    reply r = http(d, path, "application/json", body, strlen(body), NULL, NULL);
-    free(body);
-    return r;
-}
-
-/* ---------------- checking answers ---------------- */
-
-static float *tensor_from_json(json_t *t, size_t *count)
-{
-    ck_assert_str_eq(json_string_value(json_object_get(t, "dtype")), "float32");
-    const char *data = json_string_value(json_object_get(t, "data"));
-    ck_assert_ptr_nonnull(data);
-    uint8_t *bytes;
-    size_t n;
-    char err[LD_ERR_LEN];
-    ck_assert_int_eq(ld_base64_decode(data, strlen(data), &bytes, &n, err), LD_OK);
-    *count = n / sizeof(float);
-    return (float *)bytes;
-}
-
-/* values[index·per .. ] against the expected file's tensor */
-static void assert_slice(const float *values, size_t total, int batch, int index,
-                         const char *model, const char *image, const char *name)
-{
-    size_t n;
-    float *want = read_tensor(fixture("expected/%s/%s.safetensors", model, image), name, &n, NULL);
-    ck_assert_uint_eq(total, n * (size_t)batch);
-    double e = rel_error(values + n * (size_t)index, want, n);
-    ck_assert_msg(e <= 1e-4, "%s %s[%d] off by %g", image, name, index, e);
-    free(want);
-}
-
-static json_t *parse(const reply *r)
-{
-    json_error_t jerr;
-    json_t *root = json_loadb(r->body, r->len, 0, &jerr);
-    ck_assert_msg(root != NULL, "not JSON: %.200s", r->body);
-    return root;
-}
-
-static void assert_error(const reply *r, long status, const char *code)
-{
-    ck_assert_msg(r->status == status, "want %ld got %ld: %.300s", status, r->status, r->body);
-    json_t *root = parse(r);
-    json_t *e = json_object_get(root, "error");
-    ck_assert_ptr_nonnull(e);
-    ck_assert_str_eq(json_string_value(json_object_get(e, "code")), code);
-    ck_assert(json_string_length(json_object_get(e, "message")) > 0);
-    json_decref(root);
-}
+#include "daemon.h"
 
 /* ---------------- tests ---------------- */
 
@@ -487,11 +281,12 @@ START_TEST(queue_limit_timeout_and_auth)
              "Authorization: Bearer wrong-key-1234");
     assert_error(&r, 401, "unauthorized");
     free(r.body);
-    /* three images never fit a queue of two: refused whole, with Retry-After */
+    /* three images never fit a queue of two: 413, and no Retry-After (a retry
+     * could never succeed) */
     r = http(&d, "/v1/encode", "application/json", body, strlen(body), NULL,
              "Authorization: Bearer s3cret-key-123");
-    assert_error(&r, 503, "queue-full");
-    ck_assert_ptr_nonnull(strcasestr(r.headers, "Retry-After: 1"));
+    assert_error(&r, 413, "too-many-images");
+    ck_assert_ptr_null(strcasestr(r.headers, "Retry-After"));
     free(r.body);
     free(body);
     /* one image waits 300 ms for a batch to fill: past its 50 ms deadline */
@@ -504,8 +299,9 @@ START_TEST(queue_limit_timeout_and_auth)
     free(body);
     r = http(&d, "/metrics", NULL, NULL, 0, NULL, NULL); /* open without a key */
     ck_assert_int_eq(r.status, 200);
-    ck_assert_ptr_nonnull(strstr(r.body, "latentd_requests_total{status=\"503\"} 1"));
+    ck_assert_ptr_nonnull(strstr(r.body, "latentd_requests_total{status=\"413\"} 1"));
     ck_assert_ptr_nonnull(strstr(r.body, "latentd_requests_total{status=\"504\"} 1"));
+    ck_assert_ptr_nonnull(strstr(r.body, "latentd_requests_cancelled_total{reason=\"timeout\"} 1"));
     free(r.body);
     ck_assert_int_eq(stop_daemon(&d), 0);
     unlink(keyfile);
@@ -670,8 +466,10 @@ START_TEST(sigterm_drains_accepted_requests)
     client cl = {&d, 0, 0, ""};
     pthread_t t;
     pthread_create(&t, NULL, slow_request, &cl);
-    usleep(200000); /* accepted, waiting for its batch */
+    /* accepted, waiting for its batch */
+    ck_assert(wait_for_metric(&d, "latentd_requests_in_flight", 1, 30));
     kill(d.pid, SIGTERM);
+    ck_assert_int_eq(daemon_wait_notify(&d, "STOPPING=1"), 0);
     pthread_join(t, NULL);
     ck_assert_msg(cl.failures == 0, "the accepted request was lost: %s", cl.why);
     int status;
@@ -684,9 +482,7 @@ START_TEST(sigterm_drains_accepted_requests)
         stopped |= strstr(line, " stopped") != NULL;
     fclose(fp);
     ck_assert(stopped);
-    char cmd[4300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d.dir);
-    ck_assert_int_eq(system(cmd), 0);
+    daemon_cleanup(&d);
 }
 END_TEST
 

@@ -101,3 +101,16 @@ int run_suite(Suite *suite)
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
+
+int test_quick(void)
+{
+    const char *q = getenv("LATENTD_TEST_QUICK");
+    return q && *q && strcmp(q, "0") != 0;
+}
+
+double test_time_scale(void)
+{
+    const char *s = getenv("LATENTD_TEST_TIME_SCALE");
+    const double v = s ? atof(s) : 1.0;
+    return v >= 1.0 ? v : 1.0;
+}

@@ -28,6 +28,11 @@ void write_all(const char *path, const void *data, size_t len);
 /* Deterministic pseudo-random floats in [-1, 1). */
 void fill_random(float *x, size_t n, uint32_t seed);
 
+/* LATENTD_TEST_QUICK=1 (the valgrind run): skip what only repeats heavy
+ * encodes; time limits stretch by LATENTD_TEST_TIME_SCALE (default 1). */
+int test_quick(void);
+double test_time_scale(void);
+
 /* Run a suite and turn its result into an exit status. */
 int run_suite(Suite *suite);
 

@@ -7,6 +7,7 @@
 #ifndef LATENTD_ENCODER_H
 #define LATENTD_ENCODER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -87,6 +88,8 @@ typedef struct {
     ld_progress_fn progress;
     void *progress_ctx;
     ld_encode_stats *stats; /* optional; times are added to it */
+    const _Atomic bool *cancel;  /* optional; when it turns true the call stops (LD_ECANCELLED) */
+    _Atomic uint64_t *heartbeat; /* optional; bumped after every layer (for a watchdog) */
 } ld_encode_opts;
 
 void ld_encode_opts_init(ld_encode_opts *opts);

@@ -1,17 +1,18 @@
 #include "http.h"
 
 #include <arpa/inet.h>
-#include <stdarg.h>
-#include <unistd.h>
+#include <ctype.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "request.h"
@@ -26,25 +27,105 @@ typedef enum MHD_Result MHD_Result_t;
 typedef enum { ROUTE_NONE, ROUTE_ENCODE, ROUTE_HEALTH, ROUTE_READY, ROUTE_METRICS, ROUTE_MODEL } route;
 typedef enum { BODY_NONE, BODY_JSON, BODY_MULTIPART, BODY_RAW } body_kind;
 
-/* Everything one request accumulates while its body arrives. */
+/* ---------------- errors: one table from what went wrong to the answer ---------------- */
+
+typedef enum {
+    E_NONE,
+    E_BAD_REQUEST,
+    E_BAD_FRAMING,
+    E_NO_IMAGE,
+    E_BAD_IMAGE,
+    E_UNAUTHORIZED,
+    E_NOT_FOUND,
+    E_METHOD,
+    E_BODY_TOO_LARGE,
+    E_TOO_MANY_IMAGES,
+    E_IMAGE_TOO_LARGE,
+    E_OVER_BUDGET,
+    E_MEDIA_TYPE,
+    E_TRANSFER_CODING,
+    E_IMAGE_SIZE,
+    E_FORMAT_UNSUITABLE,
+    E_QUEUE_FULL,
+    E_BUSY,
+    E_DRAINING,
+    E_NOT_READY,
+    E_TIMEOUT,
+    E_ENCODE_FAILED,
+    E_INTERNAL,
+} answer_error;
+
+static const struct {
+    int status;
+    const char *code;
+    bool retry; /* Retry-After: come back later, it may work then */
+    bool close; /* the connection cannot be trusted or kept */
+} errors[] = {
+    [E_BAD_REQUEST] = {400, "bad-request", false, false},
+    [E_BAD_FRAMING] = {400, "bad-framing", false, true},
+    [E_NO_IMAGE] = {400, "no-image", false, false},
+    [E_BAD_IMAGE] = {400, "bad-image", false, false},
+    [E_UNAUTHORIZED] = {401, "unauthorized", false, false},
+    [E_NOT_FOUND] = {404, "not-found", false, false},
+    [E_METHOD] = {405, "method-not-allowed", false, false},
+    [E_BODY_TOO_LARGE] = {413, "body-too-large", false, true},
+    [E_TOO_MANY_IMAGES] = {413, "too-many-images", false, false},
+    [E_IMAGE_TOO_LARGE] = {413, "image-too-large", false, false},
+    [E_OVER_BUDGET] = {413, "too-large-for-memory", false, false},
+    [E_MEDIA_TYPE] = {415, "unsupported-media-type", false, false},
+    [E_TRANSFER_CODING] = {501, "not-implemented", false, true},
+    [E_IMAGE_SIZE] = {422, "bad-image-size", false, false},
+    [E_FORMAT_UNSUITABLE] = {422, "format-unsuitable", false, false},
+    [E_QUEUE_FULL] = {503, "queue-full", true, false},
+    [E_BUSY] = {503, "busy", true, false},
+    [E_DRAINING] = {503, "shutting-down", true, true},
+    [E_NOT_READY] = {503, "not-ready", true, false},
+    [E_TIMEOUT] = {504, "timeout", false, false},
+    [E_ENCODE_FAILED] = {500, "encode-failed", false, false},
+    [E_INTERNAL] = {500, "internal", false, false},
+};
+
+/* What an image's decoding or encoding failure means for the client. */
+static answer_error error_for_status(int status)
+{
+    switch (status) {
+    case LD_ETOOLARGE: return E_IMAGE_TOO_LARGE;
+    case LD_EUNSUPPORTED: return E_MEDIA_TYPE;
+    case LD_ENOMEM: return E_BUSY;
+    case LD_EFORMAT:
+    case LD_EINVAL: return E_BAD_IMAGE;
+    default: return E_ENCODE_FAILED;
+    }
+}
+
+/* ---------------- one request ---------------- */
+
 typedef struct {
+    srv_state *st;
+    struct MHD_Connection *connection;
+    srv_conn *conn;           /* the connection's table entry */
     route route;
     body_kind kind;
-    char *body;
+    char *body;               /* JSON and raw bodies */
     size_t body_len, body_cap;
     size_t received;
+    size_t reserved;          /* budget held by the request until its job takes it */
+    bool chunked;             /* no Content-Length: reserve as the body arrives */
     struct MHD_PostProcessor *pp;
     srv_blobs blobs;
-    srv_options opts;
-    bool failed; /* answer with fail_* once the body is over */
-    int fail_status;
-    const char *fail_code;
+    srv_options from_body;    /* JSON fields or form fields */
+    srv_options opts;         /* all sources merged, once the body is in */
+    char field_key[64];       /* a multipart text field arriving in pieces */
+    char field_value[1024];
+    size_t field_len;
+    bool in_field;
+    answer_error failed;      /* the first failure: answered once the body is in */
     char fail_msg[LD_ERR_LEN];
     double started;
     int images;
-    double queue_wait, encode_seconds;
-    bool counted_in_flight;
-} conn_ctx;
+    bool admitted;            /* counted in in_flight */
+    srv_job *job;
+} request;
 
 static double now_seconds(void)
 {
@@ -53,27 +134,41 @@ static double now_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void fail(conn_ctx *ctx, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void fail(conn_ctx *ctx, int status, const char *code, const char *fmt, ...)
+static void fail(request *rq, answer_error e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail(request *rq, answer_error e, const char *fmt, ...)
 {
-    if (ctx->failed)
+    if (rq->failed)
         return; /* the first reason is the one reported */
-    ctx->failed = true;
-    ctx->fail_status = status;
-    ctx->fail_code = code;
+    rq->failed = e;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ctx->fail_msg, sizeof ctx->fail_msg, fmt, ap);
+    vsnprintf(rq->fail_msg, sizeof rq->fail_msg, fmt, ap);
     va_end(ap);
+}
+
+static bool reserve(request *rq, size_t bytes)
+{
+    if (!srv_budget_take(&rq->st->budget, bytes)) {
+        srv_metrics_event(&rq->st->metrics, EV_REFUSED_MEMORY);
+        return false;
+    }
+    rq->reserved += bytes;
+    return true;
+}
+
+static void release_reservation(request *rq)
+{
+    srv_budget_give(&rq->st->budget, rq->reserved);
+    rq->reserved = 0;
 }
 
 /* ---------------- answering ---------------- */
 
-static MHD_Result_t send_body(srv_state *st, struct MHD_Connection *c, conn_ctx *ctx,
-                              const char *method, const char *url, int status, srv_body *body,
-                              int retry_after)
+static MHD_Result_t send_body(request *rq, const char *method, const char *url, int status,
+                              srv_body *body, bool retry, bool close)
 {
+    srv_state *st = rq->st;
     struct MHD_Response *r =
         MHD_create_response_from_buffer(body->len, body->data, MHD_RESPMEM_MUST_FREE);
     if (!r) {
@@ -81,43 +176,51 @@ static MHD_Result_t send_body(srv_state *st, struct MHD_Connection *c, conn_ctx 
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, body->content_type);
-    if (retry_after > 0) {
-        char seconds[16];
-        snprintf(seconds, sizeof seconds, "%d", retry_after);
-        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, seconds);
-    }
+    if (retry)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    MHD_Result_t ok = MHD_queue_response(c, (unsigned)status, r);
+    if (close || atomic_load(&st->draining) ||
+        (rq->conn && srv_conn_requests(rq->conn) >= st->cfg->max_requests_per_connection))
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (rq->conn)
+        srv_conn_enter(st->conns, rq->conn, CONN_SEND);
+    MHD_Result_t ok = MHD_queue_response(rq->connection, (unsigned)status, r);
     MHD_destroy_response(r);
     srv_metrics_request(&st->metrics, status);
-    if (ctx->route == ROUTE_ENCODE || status >= 400)
+    if (rq->route == ROUTE_ENCODE || status >= 400) {
+        double queue_wait = 0, encode_seconds = 0;
+        if (rq->job)
+            srv_job_times(rq->job, &queue_wait, &encode_seconds);
         srv_log(LOG_INFO, "%s %s %d images=%d bytes_in=%zu bytes_out=%zu queue_wait_ms=%.1f "
-                "encode_ms=%.1f total_ms=%.1f", method, url, status, ctx->images, ctx->received,
-                body->len, ctx->queue_wait * 1e3, ctx->encode_seconds * 1e3,
-                (now_seconds() - ctx->started) * 1e3);
+                "encode_ms=%.1f total_ms=%.1f", method, url, status, rq->images, rq->received,
+                body->len, queue_wait * 1e3, encode_seconds * 1e3,
+                (now_seconds() - rq->started) * 1e3);
+    }
     return ok;
 }
 
-static MHD_Result_t send_error(srv_state *st, struct MHD_Connection *c, conn_ctx *ctx,
-                               const char *method, const char *url, int status, const char *code,
+static MHD_Result_t send_error(request *rq, const char *method, const char *url, answer_error e,
                                const char *message)
 {
     srv_body body;
-    if (srv_render_error(code, message, &body) != LD_OK)
+    if (srv_render_error(errors[e].code, message, &body) != LD_OK)
         return MHD_NO;
-    int retry = status == 503 || status == 429 ? 1 : 0;
-    return send_body(st, c, ctx, method, url, status, &body, retry);
+    return send_body(rq, method, url, errors[e].status, &body, errors[e].retry, errors[e].close);
 }
 
-static MHD_Result_t send_text(srv_state *st, struct MHD_Connection *c, conn_ctx *ctx,
-                              const char *method, const char *url, int status, char *text,
+static MHD_Result_t send_failure(request *rq, const char *method, const char *url)
+{
+    return send_error(rq, method, url, rq->failed, rq->fail_msg);
+}
+
+static MHD_Result_t send_text(request *rq, const char *method, const char *url, char *text,
                               const char *type)
 {
     if (!text)
-        return send_error(st, c, ctx, method, url, 500, "internal", "out of memory");
+        return send_error(rq, method, url, E_INTERNAL, "out of memory");
     srv_body body = {text, strlen(text), type};
-    return send_body(st, c, ctx, method, url, status, &body, 0);
+    return send_body(rq, method, url, 200, &body, false, false);
 }
 
 /* ---------------- GET endpoints ---------------- */
@@ -148,30 +251,54 @@ static json_t *model_json(const ld_model *m)
                      "latents_mean", mean, "latents_std", std);
 }
 
-static MHD_Result_t answer_get(srv_state *st, struct MHD_Connection *c, conn_ctx *ctx,
-                               const char *method, const char *url)
+/* Why the daemon would refuse work now, or NULL when it is ready. */
+static const char *not_ready_reason(srv_state *st)
 {
-    if (ctx->route == ROUTE_HEALTH)
-        return send_text(st, c, ctx, method, url, 200, strdup("{\"status\":\"ok\"}"),
-                         "application/json");
-    if (ctx->route == ROUTE_READY) {
-        const bool full = srv_queue_depth(st->queue) >= srv_queue_capacity(st->queue);
-        if (atomic_load(&st->draining) || full)
-            return send_error(st, c, ctx, method, url, 503, "not-ready",
-                              full ? "the queue is full" : "shutting down");
-        return send_text(st, c, ctx, method, url, 200, strdup("{\"status\":\"ready\"}"),
-                         "application/json");
+    if (atomic_load(&st->draining))
+        return "shutting down";
+    if (atomic_load(&st->workers_stalled) > 0)
+        return "a worker is stalled (no progress for stall_timeout_ms)";
+    if (srv_queue_depth(st->queue) >= srv_queue_capacity(st->queue))
+        return "the queue is full";
+    if (srv_budget_used(&st->budget) / 10 * 10 >= st->budget.limit / 10 * 9)
+        return "the memory budget is nearly spent";
+    return NULL;
+}
+
+static srv_gauges gauges(srv_state *st)
+{
+    return (srv_gauges){
+        .queue_depth = srv_queue_depth(st->queue),
+        .queue_capacity = srv_queue_capacity(st->queue),
+        .in_flight = atomic_load(&st->in_flight),
+        .connections = srv_conns_count(st->conns),
+        .workers_stalled = atomic_load(&st->workers_stalled),
+        .memory_used = srv_budget_used(&st->budget),
+        .memory_limit = st->budget.limit,
+        .memory_peak = srv_budget_peak(&st->budget),
+    };
+}
+
+static MHD_Result_t answer_get(request *rq, const char *method, const char *url)
+{
+    srv_state *st = rq->st;
+    if (rq->route == ROUTE_HEALTH)
+        return send_text(rq, method, url, strdup("{\"status\":\"ok\"}"), "application/json");
+    if (rq->route == ROUTE_READY) {
+        const char *why = not_ready_reason(st);
+        if (why)
+            return send_error(rq, method, url, E_NOT_READY, why);
+        return send_text(rq, method, url, strdup("{\"status\":\"ready\"}"), "application/json");
     }
-    if (ctx->route == ROUTE_METRICS)
-        return send_text(st, c, ctx, method, url, 200,
-                         srv_metrics_render(&st->metrics, srv_queue_depth(st->queue),
-                                            srv_queue_capacity(st->queue),
-                                            atomic_load(&st->in_flight)),
+    if (rq->route == ROUTE_METRICS) {
+        const srv_gauges g = gauges(st);
+        return send_text(rq, method, url, srv_metrics_render(&st->metrics, &g),
                          "text/plain; version=0.0.4");
+    }
     srv_body body;
     if (srv_render_json(model_json(st->model), &body) != LD_OK)
-        return send_error(st, c, ctx, method, url, 500, "internal", "out of memory");
-    return send_body(st, c, ctx, method, url, 200, &body, 0);
+        return send_error(rq, method, url, E_INTERNAL, "out of memory");
+    return send_body(rq, method, url, 200, &body, false, false);
 }
 
 /* ---------------- receiving an encode request ---------------- */
@@ -182,50 +309,102 @@ static bool is_image_field(const char *key, const char *filename)
            !strcmp(key, "image[]") || !strcmp(key, "images[]");
 }
 
+/* A text field is complete: apply it to the body's options. */
+static void flush_field(request *rq)
+{
+    if (!rq->in_field)
+        return;
+    rq->in_field = false;
+    rq->field_value[rq->field_len] = '\0';
+    char err[LD_ERR_LEN];
+    if (srv_options_set(&rq->from_body, rq->field_key, rq->field_value, err) != LD_OK)
+        fail(rq, E_BAD_REQUEST, "%s", err);
+}
+
+static void add_field_bytes(request *rq, const char *key, const char *data, uint64_t off,
+                            size_t size)
+{
+    /* libmicrohttpd hands a value over in pieces, each at its offset; it may
+     * also announce a field with an empty piece at 0 and then send it at 0 */
+    const bool continues = rq->in_field && off == rq->field_len && !strcmp(key, rq->field_key);
+    if (!continues) { /* a new field starts */
+        flush_field(rq);
+        if (strlen(key) >= sizeof rq->field_key) {
+            fail(rq, E_BAD_REQUEST, "unknown form field '%.40s'", key);
+            return;
+        }
+        snprintf(rq->field_key, sizeof rq->field_key, "%s", key);
+        rq->field_len = 0;
+        rq->in_field = true;
+    }
+    if (!rq->in_field)
+        return;
+    if (rq->field_len + size >= sizeof rq->field_value) {
+        fail(rq, E_BAD_REQUEST, "form field '%.40s' is too long", key);
+        rq->in_field = false;
+        return;
+    }
+    memcpy(rq->field_value + rq->field_len, data, size);
+    rq->field_len += size;
+}
+
 static MHD_Result_t on_form_part(void *cls, enum MHD_ValueKind kind, const char *key,
                                  const char *filename, const char *content_type,
                                  const char *transfer_encoding, const char *data, uint64_t off,
                                  size_t size)
 {
-    conn_ctx *ctx = cls;
+    request *rq = cls;
     (void)kind;
     (void)content_type;
     (void)transfer_encoding;
-    if (ctx->failed)
+    if (rq->failed)
         return MHD_YES;
-    if (is_image_field(key, filename)) {
-        int rc = off == 0 ? srv_blobs_add(&ctx->blobs, (const uint8_t *)data, size)
-                          : srv_blobs_append(&ctx->blobs, (const uint8_t *)data, size);
-        if (rc != LD_OK)
-            fail(ctx, 503, "out-of-memory", "out of memory receiving the images");
+    if (!key) {
+        fail(rq, E_BAD_REQUEST, "a multipart part has no name");
         return MHD_YES;
     }
-    if (off != 0) { /* option values are short; a long one is not an option */
-        fail(ctx, 400, "bad-request", "form field '%.40s' is too long", key);
+    if (!is_image_field(key, filename)) {
+        add_field_bytes(rq, key, data, off, size);
         return MHD_YES;
     }
-    char value[1024], err[LD_ERR_LEN];
-    snprintf(value, sizeof value, "%.*s", (int)(size < sizeof value ? size : sizeof value - 1), data);
-    if (srv_options_set(&ctx->opts, key, value, err) != LD_OK)
-        fail(ctx, 400, "bad-request", "%s", err);
+    flush_field(rq);
+    int rc = off == 0 ? srv_blobs_add(&rq->blobs, (const uint8_t *)data, size)
+                      : srv_blobs_append(&rq->blobs, (const uint8_t *)data, size);
+    if (rc != LD_OK)
+        fail(rq, E_BUSY, "out of memory receiving the images");
     return MHD_YES;
 }
 
-static bool content_type_is(const char *type, const char *want)
+/* The media type alone, compared whole: "image/pngx" is not "image/png". */
+static bool media_type_is(const char *type, const char *want)
 {
-    return type && !strncasecmp(type, want, strlen(want));
+    if (!type)
+        return false;
+    while (*type == ' ' || *type == '\t')
+        type++;
+    size_t len = strcspn(type, ";");
+    while (len > 0 && (type[len - 1] == ' ' || type[len - 1] == '\t'))
+        len--;
+    return len == strlen(want) && !strncasecmp(type, want, len);
 }
 
 static body_kind classify_body(const char *type)
 {
-    if (content_type_is(type, "application/json"))
+    if (media_type_is(type, "application/json"))
         return BODY_JSON;
-    if (content_type_is(type, "multipart/form-data"))
+    if (media_type_is(type, "multipart/form-data"))
         return BODY_MULTIPART;
-    if (content_type_is(type, "image/png") || content_type_is(type, "image/jpeg") ||
-        content_type_is(type, "application/octet-stream"))
+    if (media_type_is(type, "image/png") || media_type_is(type, "image/jpeg") ||
+        media_type_is(type, "application/octet-stream"))
         return BODY_RAW;
     return BODY_NONE;
+}
+
+/* How many bytes of budget a body of len bytes takes until it is parsed: JSON
+ * is held as text, as jansson's strings and as the decoded images at once. */
+static size_t body_cost(body_kind kind, size_t len)
+{
+    return kind == BODY_JSON ? 3 * len : len;
 }
 
 static bool authorised(const srv_state *st, struct MHD_Connection *c)
@@ -245,220 +424,368 @@ static bool authorised(const srv_state *st, struct MHD_Connection *c)
     return diff == 0;
 }
 
-/* Headers are in: decide what can be decided before the body. */
-static void start_encode(srv_state *st, struct MHD_Connection *c, conn_ctx *ctx)
+/* ---------------- framing: what a proxy and latentd must read alike ---------------- */
+
+typedef struct {
+    int lengths;          /* Content-Length headers */
+    bool lengths_differ, length_bad;
+    unsigned long long length;
+    int codings;          /* Transfer-Encoding headers */
+    bool coding_bad;      /* anything but exactly "chunked" */
+} framing;
+
+static bool all_digits(const char *s)
 {
-    srv_options_defaults(&ctx->opts);
-    if (!authorised(st, c)) {
-        fail(ctx, 401, "unauthorized", "missing or wrong API key");
-        return;
-    }
-    const char *length = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (length && strtoull(length, NULL, 10) > st->cfg->max_body_bytes) {
-        fail(ctx, 413, "body-too-large", "the body is larger than %zu bytes", st->cfg->max_body_bytes);
-        return;
-    }
-    const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-    ctx->kind = classify_body(type);
-    if (ctx->kind == BODY_NONE) {
-        fail(ctx, 415, "unsupported-media-type", "Content-Type must be application/json, "
-             "multipart/form-data, image/png, image/jpeg or application/octet-stream");
-        return;
-    }
-    if (ctx->kind == BODY_MULTIPART) {
-        ctx->pp = MHD_create_post_processor(c, 64 * 1024, on_form_part, ctx);
-        if (!ctx->pp)
-            fail(ctx, 400, "bad-request", "malformed multipart/form-data header");
-    }
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!isdigit((unsigned char)*s))
+            return false;
+    return true;
 }
 
-static void receive(srv_state *st, conn_ctx *ctx, const char *data, size_t size)
+static MHD_Result_t on_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                              const char *value)
 {
-    ctx->received += size;
-    if (ctx->failed)
-        return; /* discard the rest of a refused body */
-    if (ctx->received > st->cfg->max_body_bytes) {
-        fail(ctx, 413, "body-too-large", "the body is larger than %zu bytes", st->cfg->max_body_bytes);
-        return;
-    }
-    if (ctx->kind == BODY_MULTIPART) {
-        if (MHD_post_process(ctx->pp, data, size) != MHD_YES)
-            fail(ctx, 400, "bad-request", "malformed multipart/form-data body");
-        return;
-    }
-    if (ctx->body_len + size > ctx->body_cap) {
-        size_t cap = ctx->body_cap ? ctx->body_cap : 64 * 1024;
-        while (cap < ctx->body_len + size)
-            cap *= 2;
-        char *grown = realloc(ctx->body, cap);
-        if (!grown) {
-            fail(ctx, 503, "out-of-memory", "out of memory receiving the body");
-            return;
-        }
-        ctx->body = grown;
-        ctx->body_cap = cap;
-    }
-    memcpy(ctx->body + ctx->body_len, data, size);
-    ctx->body_len += size;
-}
-
-static MHD_Result_t on_query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
-                                 const char *value)
-{
-    conn_ctx *ctx = cls;
+    framing *f = cls;
     (void)kind;
-    char err[LD_ERR_LEN];
-    if (!ctx->failed && srv_options_set(&ctx->opts, key, value ? value : "", err) != LD_OK)
-        fail(ctx, 400, "bad-request", "%s", err);
+    value = value ? value : "";
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        if (!all_digits(value) || strlen(value) > 19) {
+            f->length_bad = true;
+        } else {
+            const unsigned long long v = strtoull(value, NULL, 10);
+            if (f->lengths && v != f->length)
+                f->lengths_differ = true;
+            f->length = v;
+        }
+        f->lengths++;
+    } else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        f->codings++;
+        if (strcasecmp(value, "chunked") != 0)
+            f->coding_bad = true;
+    }
     return MHD_YES;
 }
 
-/* Body complete: the images' bytes and every option, whatever the form. */
-static void finish_body(struct MHD_Connection *c, conn_ctx *ctx)
+/* RFC 9112 6.3: a message a proxy in front might read differently is refused. */
+static answer_error check_framing(request *rq, struct MHD_Connection *c, framing *f)
 {
-    srv_options_from_accept(&ctx->opts, MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT));
-    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, on_query_arg, ctx);
-    if (ctx->failed)
+    memset(f, 0, sizeof *f);
+    MHD_get_connection_values(c, MHD_HEADER_KIND, on_header, f);
+    if (f->length_bad || f->lengths_differ) {
+        fail(rq, E_BAD_FRAMING, "Content-Length must be one decimal number");
+        return E_BAD_FRAMING;
+    }
+    if (f->codings && f->lengths) {
+        fail(rq, E_BAD_FRAMING, "Content-Length and Transfer-Encoding together");
+        return E_BAD_FRAMING;
+    }
+    if (f->codings > 1 || f->coding_bad) {
+        fail(rq, E_TRANSFER_CODING, "only Transfer-Encoding: chunked is supported");
+        return E_TRANSFER_CODING;
+    }
+    return E_NONE;
+}
+
+/* Headers are in: decide what can be decided before the body. */
+static void start_encode(request *rq, struct MHD_Connection *c, const framing *f)
+{
+    srv_state *st = rq->st;
+    srv_options_clear(&rq->from_body);
+    if (!authorised(st, c)) {
+        fail(rq, E_UNAUTHORIZED, "missing or wrong API key");
         return;
+    }
+    if (atomic_load(&st->draining)) {
+        fail(rq, E_DRAINING, "shutting down");
+        return;
+    }
+    if (f->lengths && f->length > st->cfg->max_body_bytes) {
+        fail(rq, E_BODY_TOO_LARGE, "the body is larger than %zu bytes", st->cfg->max_body_bytes);
+        return;
+    }
+    const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    rq->kind = classify_body(type);
+    if (rq->kind == BODY_NONE) {
+        fail(rq, E_MEDIA_TYPE, "Content-Type must be application/json, multipart/form-data, "
+             "image/png, image/jpeg or application/octet-stream");
+        return;
+    }
+    rq->chunked = f->lengths == 0;
+    if (!rq->chunked && !reserve(rq, body_cost(rq->kind, (size_t)f->length))) {
+        fail(rq, E_BUSY, "the memory budget is spent; try again shortly");
+        return;
+    }
+    if (rq->kind == BODY_MULTIPART) {
+        rq->pp = MHD_create_post_processor(c, 64 * 1024, on_form_part, rq);
+        if (!rq->pp)
+            fail(rq, E_BAD_REQUEST, "malformed multipart/form-data header");
+    }
+}
+
+/* A piece of the body.  False: the connection must be dropped (a failure in
+ * mid-body cannot be answered before the body is over, and reading on would
+ * let the client go on spending our time). */
+static bool receive(request *rq, const char *data, size_t size)
+{
+    srv_state *st = rq->st;
+    rq->received += size;
+    if (rq->failed)
+        return true; /* a refused body from the headers: nothing is kept */
+    if (rq->received > st->cfg->max_body_bytes)
+        return false;
+    if (rq->chunked && !reserve(rq, body_cost(rq->kind, size)))
+        return false;
+    if (rq->kind == BODY_MULTIPART) {
+        if (MHD_post_process(rq->pp, data, size) != MHD_YES)
+            fail(rq, E_BAD_REQUEST, "malformed multipart/form-data body");
+        return true;
+    }
+    if (rq->body_len + size > rq->body_cap) {
+        size_t cap = rq->body_cap ? rq->body_cap : 64 * 1024;
+        while (cap < rq->body_len + size)
+            cap *= 2;
+        char *grown = realloc(rq->body, cap);
+        if (!grown)
+            return false;
+        rq->body = grown;
+        rq->body_cap = cap;
+    }
+    memcpy(rq->body + rq->body_len, data, size);
+    rq->body_len += size;
+    return true;
+}
+
+typedef struct {
+    srv_options opts;
+    bool failed;
     char err[LD_ERR_LEN];
-    if (ctx->kind == BODY_MULTIPART) {
-        MHD_Result_t complete = MHD_destroy_post_processor(ctx->pp);
-        ctx->pp = NULL;
+} query_parse;
+
+static MHD_Result_t on_query(void *cls, enum MHD_ValueKind kind, const char *key,
+                             const char *value)
+{
+    query_parse *q = cls;
+    (void)kind;
+    if (!q->failed && srv_options_set(&q->opts, key, value ? value : "", q->err) != LD_OK)
+        q->failed = true;
+    return MHD_YES;
+}
+
+/* Body complete: the images' bytes and every option, merged once:
+ * defaults < Accept < query string < body. */
+static void finish_body(request *rq, struct MHD_Connection *c)
+{
+    char err[LD_ERR_LEN];
+    if (rq->kind == BODY_MULTIPART) {
+        MHD_Result_t complete = MHD_destroy_post_processor(rq->pp);
+        rq->pp = NULL;
+        flush_field(rq);
         if (complete != MHD_YES)
-            fail(ctx, 400, "bad-request", "truncated or malformed multipart/form-data body");
-    } else if (ctx->kind == BODY_JSON) {
-        if (srv_parse_json(ctx->body ? ctx->body : "", ctx->body_len, &ctx->blobs, &ctx->opts, err) != LD_OK)
-            fail(ctx, 400, "bad-request", "%s", err);
-    } else if (ctx->body_len && srv_blobs_add(&ctx->blobs, (uint8_t *)ctx->body, ctx->body_len) != LD_OK) {
-        fail(ctx, 503, "out-of-memory", "out of memory");
+            fail(rq, E_BAD_REQUEST, "truncated or malformed multipart/form-data body");
+    } else if (rq->kind == BODY_JSON) {
+        if (srv_parse_json(rq->body ? rq->body : "", rq->body_len, &rq->blobs, &rq->from_body,
+                           err) != LD_OK)
+            fail(rq, E_BAD_REQUEST, "%s", err);
+    } else if (rq->body_len) {
+        if (srv_blobs_adopt(&rq->blobs, (uint8_t *)rq->body, rq->body_len) == LD_OK)
+            rq->body = NULL; /* the blob owns it now */
+        else
+            fail(rq, E_BUSY, "out of memory");
     }
+    free(rq->body);
+    rq->body = NULL;
+    if (rq->failed)
+        return;
+    srv_options accept, query_default;
+    srv_options_clear(&accept);
+    srv_options_from_accept(&accept, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                                 MHD_HTTP_HEADER_ACCEPT));
+    query_parse query = {.failed = false};
+    srv_options_clear(&query.opts);
+    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, on_query, &query);
+    if (query.failed) {
+        fail(rq, E_BAD_REQUEST, "%s", query.err);
+        return;
+    }
+    srv_options_defaults(&query_default);
+    rq->opts = query_default;
+    srv_options_merge(&rq->opts, &accept);
+    srv_options_merge(&rq->opts, &query.opts);
+    srv_options_merge(&rq->opts, &rq->from_body);
 }
 
-static int status_for(int rc)
+/* ---------------- admission: decide before doing any work ---------------- */
+
+/* Bytes an answer may take while it is made: the gathered tensors, and for
+ * JSON the text twice (jansson's string and the dump); nested lists hold a
+ * jansson number per float. */
+static size_t answer_cost(const srv_options *o, size_t result_floats)
 {
-    switch (rc) {
-    case LD_ETOOLARGE: return 413;
-    case LD_EUNSUPPORTED: return 415;
-    case LD_ENOMEM: return 503;
-    default: return 400;
-    }
+    return o->list_encoding ? result_floats * 96 : result_floats * sizeof(float) * 4;
 }
 
-/* Decode every image into a new job; NULL (and ctx failed) on any error. */
-static srv_job *build_job(srv_state *st, conn_ctx *ctx)
+/* Probe every image's size and price the whole request. */
+static int price_images(request *rq, uint32_t (*sizes)[2], size_t *cost)
 {
-    const int n = ctx->blobs.count;
-    if (n == 0) {
-        fail(ctx, 400, "no-image", "the request holds no image");
-        return NULL;
-    }
-    if (n > st->cfg->max_images_per_request) {
-        fail(ctx, 413, "too-many-images", "%d images; at most %d per request", n,
-             st->cfg->max_images_per_request);
-        return NULL;
-    }
-    srv_job *job = srv_job_new(n);
-    if (!job) {
-        fail(ctx, 503, "out-of-memory", "out of memory");
-        return NULL;
-    }
-    const ld_image_limits limits = {.max_pixels = st->cfg->max_image_pixels};
-    char err[LD_ERR_LEN];
-    for (int i = 0; i < n; i++) {
-        int rc = ld_image_decode(ctx->blobs.data[i], ctx->blobs.len[i], &limits, &job->items[i].image, err);
+    srv_state *st = rq->st;
+    const int channels = ld_model_config(st->model)->latent_channels;
+    size_t floats = 0, results = 0;
+    for (int i = 0; i < rq->blobs.count; i++) {
+        char err[LD_ERR_LEN];
+        ld_image_format format;
+        int rc = ld_image_probe(rq->blobs.data[i], rq->blobs.len[i], &format, &sizes[i][0],
+                                &sizes[i][1], err);
         if (rc != LD_OK) {
-            fail(ctx, status_for(rc), rc == LD_ETOOLARGE ? "image-too-large" : "bad-image",
-                 "image %d: %s", i, err);
-            srv_job_unref(job);
-            return NULL;
+            fail(rq, error_for_status(rc), "image %d: %s", i, err);
+            return rc;
         }
+        const uint64_t pixels = (uint64_t)sizes[i][0] * sizes[i][1];
+        if (pixels > st->cfg->max_image_pixels) {
+            fail(rq, E_IMAGE_TOO_LARGE, "image %d: %ux%u is more than %llu pixels", i,
+                 sizes[i][0], sizes[i][1], (unsigned long long)st->cfg->max_image_pixels);
+            return LD_ETOOLARGE;
+        }
+        int lh, lw;
+        if (ld_model_latent_size(st->model, (int)sizes[i][1], (int)sizes[i][0], &lh, &lw, err) !=
+            LD_OK) {
+            fail(rq, E_IMAGE_SIZE, "image %d: %s", i, err);
+            return LD_EINVAL;
+        }
+        floats += (size_t)3 * pixels;
+        results += (size_t)5 * channels * lh * lw;
     }
-    int rc = srv_job_alloc_results(job, st->model, err);
-    if (rc != LD_OK) {
-        fail(ctx, rc == LD_EINVAL ? 422 : 503, rc == LD_EINVAL ? "bad-image-size" : "out-of-memory",
-             "%s", err);
-        srv_job_unref(job);
-        return NULL;
-    }
-    job->deterministic = ctx->opts.deterministic;
-    job->center = ctx->opts.center;
-    job->seed = ctx->opts.seed;
-    if (!job->deterministic && !ctx->opts.has_seed &&
-        getrandom(&job->seed, sizeof job->seed, 0) != (ssize_t)sizeof job->seed)
-        job->seed = (uint64_t)time(NULL) * 6364136223846793005ULL;
-    return job;
+    *cost = srv_blobs_bytes(&rq->blobs) + (floats + results) * sizeof(float) +
+            answer_cost(&rq->opts, results);
+    return LD_OK;
 }
 
-static void deadline_after(int ms, struct timespec *ts)
+/* The reservation becomes exactly `cost` (bodies were priced before parsing). */
+static bool settle_reservation(request *rq, size_t cost)
 {
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
+    if (cost > rq->reserved)
+        return reserve(rq, cost - rq->reserved);
+    srv_budget_give(&rq->st->budget, rq->reserved - cost);
+    rq->reserved = cost;
+    return true;
 }
 
-/* TEMP adapter: renders an old srv_job through the new srv_results; drop it
- * when the rewritten http.c/queue.c land. */
-static int render_job_TEMP(const ld_model *model, const srv_job *job, const srv_options *o,
-                           srv_body *body, char *err)
+static void on_job_done(void *cls)
 {
-    srv_item_result *items = calloc((size_t)job->n_items, sizeof *items);
-    if (!items)
-        return ld_fail(err, LD_ENOMEM, "out of memory");
-    for (int i = 0; i < job->n_items; i++) {
-        const srv_item *it = &job->items[i];
-        items[i] = (srv_item_result){it->image.width, it->image.height, it->lh, it->lw,
-                                     it->latents, it->mean, it->logvar, it->moments};
-    }
-    const srv_results res = {job->n_items, items, job->deterministic, job->center, job->seed};
-    int rc = srv_render_result(model, &res, o, body, err);
-    free(items);
-    return rc;
+    request *rq = cls;
+    if (srv_job_outcome(rq->job, NULL, NULL, 0) != JOB_DONE)
+        srv_queue_job_stopped(rq->st->queue); /* drop its images wherever they wait */
+    MHD_resume_connection(rq->connection);
 }
 
-static MHD_Result_t answer_encode(srv_state *st, struct MHD_Connection *c, conn_ctx *ctx,
-                                  const char *method, const char *url)
+static uint64_t draw_seed(void)
 {
-    finish_body(c, ctx);
-    srv_job *job = ctx->failed ? NULL : build_job(st, ctx);
-    if (ctx->failed)
-        return send_error(st, c, ctx, method, url, ctx->fail_status, ctx->fail_code, ctx->fail_msg);
-    ctx->images = job->n_items;
+    /* below 2^53: exact in every JSON parser, JavaScript's included */
+    uint64_t seed;
+    if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+        seed = (uint64_t)time(NULL) * 6364136223846793005ULL;
+    return seed >> 11;
+}
+
+/* Admit the parsed request and hand it to the decoders; false: answer now. */
+static bool admit(request *rq)
+{
+    srv_state *st = rq->st;
+    const srv_config *cfg = st->cfg;
+    const int n = rq->blobs.count;
+    if (n == 0) {
+        fail(rq, E_NO_IMAGE, "the request holds no image");
+        return false;
+    }
+    if (n > cfg->max_images_per_request || n > srv_queue_capacity(st->queue)) {
+        fail(rq, E_TOO_MANY_IMAGES, "%d images; at most %d per request", n,
+             cfg->max_images_per_request < srv_queue_capacity(st->queue)
+                 ? cfg->max_images_per_request : srv_queue_capacity(st->queue));
+        return false;
+    }
+    rq->images = n;
+    uint32_t(*sizes)[2] = calloc((size_t)n, sizeof *sizes);
+    size_t cost = 0;
+    if (!sizes) {
+        fail(rq, E_BUSY, "out of memory");
+        return false;
+    }
+    if (price_images(rq, sizes, &cost) != LD_OK) {
+        free(sizes);
+        return false;
+    }
+    if (cost > st->budget.limit - st->budget_fixed) {
+        free(sizes);
+        fail(rq, E_OVER_BUDGET, "decoded, these images need %zu MiB: more than the %zu MiB "
+             "memory_budget_bytes leaves for requests; send fewer or smaller images",
+             cost >> 20, (st->budget.limit - st->budget_fixed) >> 20);
+        return false;
+    }
+    if (!settle_reservation(rq, cost)) {
+        free(sizes);
+        fail(rq, E_BUSY, "the memory budget is spent; try again shortly");
+        return false;
+    }
     char err[LD_ERR_LEN];
-    int rc = atomic_load(&st->draining) ? ld_fail(err, LD_ECANCELLED, "shutting down")
-                                        : srv_queue_submit(st->queue, job, err);
+    if (srv_queue_admit(st->queue, n, err) != LD_OK) {
+        free(sizes);
+        fail(rq, atomic_load(&st->draining) ? E_DRAINING : E_QUEUE_FULL, "%s", err);
+        return false;
+    }
+    srv_job_params params = {
+        .deterministic = rq->opts.deterministic,
+        .center = rq->opts.center,
+        .seed = (rq->opts.set & OPT_SEED) ? rq->opts.seed : draw_seed(),
+        .limits = {.max_pixels = cfg->max_image_pixels,
+                   .max_scans = cfg->max_jpeg_scans,
+                   .max_decode_ms = cfg->decode_timeout_ms},
+        .on_done = on_job_done,
+        .on_done_ctx = rq,
+    };
+    int rc = srv_job_new(st->model, &rq->blobs, (const uint32_t(*)[2])sizes, &params,
+                         &st->budget, rq->reserved, &rq->job, err);
+    free(sizes);
     if (rc != LD_OK) {
-        srv_job_unref(job);
-        return send_error(st, c, ctx, method, url, 503,
-                          rc == LD_ETOOLARGE ? "queue-full" : "unavailable", err);
+        srv_queue_unadmit(st->queue, n);
+        fail(rq, rc == LD_ENOMEM ? E_BUSY : E_IMAGE_SIZE, "%s", err);
+        return false;
     }
-    struct timespec deadline;
-    deadline_after(st->cfg->request_timeout_ms, &deadline);
-    if (!srv_job_wait(job, &deadline)) {
-        atomic_store(&job->abandoned, true); /* the workers drop what is still queued */
-        srv_job_unref(job);
-        return send_error(st, c, ctx, method, url, 504, "timeout",
-                          "the request waited past its deadline");
+    rq->reserved = 0; /* the job holds it now */
+    rq->admitted = true;
+    atomic_fetch_add(&st->in_flight, 1);
+    return true;
+}
+
+static void wait_for_job(request *rq)
+{
+    srv_state *st = rq->st;
+    /* suspend first: the job may finish (and resume us) as soon as it is submitted */
+    MHD_suspend_connection(rq->connection);
+    srv_conn_wait(st->conns, rq->conn, rq->job, now_seconds() + st->cfg->request_timeout_ms / 1000.0);
+    srv_queue_submit(st->queue, rq->job);
+}
+
+static MHD_Result_t answer_job(request *rq, const char *method, const char *url)
+{
+    srv_state *st = rq->st;
+    srv_conn_unwait(st->conns, rq->conn);
+    int status;
+    char message[LD_ERR_LEN], err[LD_ERR_LEN];
+    switch (srv_job_outcome(rq->job, &status, message, sizeof message)) {
+    case JOB_DONE: break;
+    case JOB_FAILED: return send_error(rq, method, url, error_for_status(status), message);
+    case JOB_TIMED_OUT: return send_error(rq, method, url, E_TIMEOUT, message);
+    case JOB_SHUTDOWN: return send_error(rq, method, url, E_DRAINING, message);
+    default: return MHD_NO; /* the client is gone: nobody to answer */
     }
-    ctx->queue_wait = job->queue_wait_max;
-    ctx->encode_seconds = job->encode_seconds;
-    MHD_Result_t ret;
     srv_body body;
-    if (job->status != LD_OK) {
-        ret = send_error(st, c, ctx, method, url, job->status == LD_ENOMEM ? 503 : 500,
-                         "encode-failed", job->err);
-    } else if ((rc = render_job_TEMP(st->model, job, &ctx->opts, &body, err)) != LD_OK) {
-        ret = rc == LD_EUNSUPPORTED
-                  ? send_error(st, c, ctx, method, url, 422, "format-unsuitable", err)
-                  : send_error(st, c, ctx, method, url, 503, "out-of-memory", "out of memory");
-    } else {
-        ret = send_body(st, c, ctx, method, url, 200, &body, 0);
-    }
-    srv_job_unref(job);
-    return ret;
+    int rc = srv_render_result(st->model, srv_job_results(rq->job), &rq->opts, &body, err);
+    if (rc == LD_EUNSUPPORTED)
+        return send_error(rq, method, url, E_FORMAT_UNSUITABLE, err);
+    if (rc != LD_OK)
+        return send_error(rq, method, url, E_BUSY, "out of memory");
+    return send_body(rq, method, url, 200, &body, false, false);
 }
 
 /* ---------------- routing ---------------- */
@@ -483,65 +810,124 @@ static route find_route(const char *url, const char *method, bool *method_ok)
     return ROUTE_NONE;
 }
 
+static srv_conn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info ? info->socket_context : NULL;
+}
+
+/* The first call for a request: its headers are in. */
+static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const char *url,
+                                  const char *method, void **con_cls)
+{
+    request *rq = calloc(1, sizeof *rq);
+    if (!rq)
+        return MHD_NO;
+    *con_cls = rq;
+    rq->st = st;
+    rq->connection = c;
+    rq->conn = conn_of(c);
+    rq->started = now_seconds();
+    if (rq->conn)
+        srv_conn_enter(st->conns, rq->conn, CONN_BODY);
+    framing f;
+    bool method_ok;
+    rq->route = find_route(url, method, &method_ok);
+    if (check_framing(rq, c, &f) != E_NONE)
+        ; /* answered below */
+    else if (rq->route == ROUTE_NONE)
+        fail(rq, E_NOT_FOUND, "no such endpoint");
+    else if (!method_ok)
+        fail(rq, E_METHOD, "this method is not allowed here");
+    else if (rq->route == ROUTE_ENCODE)
+        start_encode(rq, c, &f);
+    else if (rq->route == ROUTE_MODEL && !authorised(st, c))
+        fail(rq, E_UNAUTHORIZED, "missing or wrong API key");
+    /* refused from its headers alone: answer now, before any body is sent */
+    if (rq->failed)
+        return send_failure(rq, method, url);
+    return MHD_YES;
+}
+
 static MHD_Result_t on_request(void *cls, struct MHD_Connection *c, const char *url,
                                const char *method, const char *version, const char *upload_data,
                                size_t *upload_size, void **con_cls)
 {
     srv_state *st = cls;
-    conn_ctx *ctx = *con_cls;
+    request *rq = *con_cls;
     (void)version;
-    if (!ctx) {
-        ctx = calloc(1, sizeof *ctx);
-        if (!ctx)
-            return MHD_NO;
-        *con_cls = ctx;
-        ctx->started = now_seconds();
-        bool method_ok;
-        ctx->route = find_route(url, method, &method_ok);
-        if (ctx->route == ROUTE_NONE)
-            fail(ctx, 404, "not-found", "no such endpoint");
-        else if (!method_ok)
-            fail(ctx, 405, "method-not-allowed", "%s is not allowed here", method);
-        else if (ctx->route == ROUTE_ENCODE) {
-            atomic_fetch_add(&st->in_flight, 1);
-            ctx->counted_in_flight = true;
-            start_encode(st, c, ctx);
-        } else if (ctx->route == ROUTE_MODEL && !authorised(st, c))
-            fail(ctx, 401, "unauthorized", "missing or wrong API key");
-        /* refused from its headers alone: answer now, before any body is sent */
-        if (ctx->failed)
-            return send_error(st, c, ctx, method, url, ctx->fail_status, ctx->fail_code,
-                              ctx->fail_msg);
-        return MHD_YES;
-    }
+    if (!rq)
+        return begin_request(st, c, url, method, con_cls);
     if (*upload_size) {
-        if (ctx->route == ROUTE_ENCODE)
-            receive(st, ctx, upload_data, *upload_size);
+        const bool keep = rq->route != ROUTE_ENCODE || receive(rq, upload_data, *upload_size);
         *upload_size = 0;
-        return MHD_YES;
+        return keep ? MHD_YES : MHD_NO;
     }
-    if (ctx->route == ROUTE_ENCODE)
-        return answer_encode(st, c, ctx, method, url);
-    return answer_get(st, c, ctx, method, url);
+    if (rq->route != ROUTE_ENCODE)
+        return answer_get(rq, method, url);
+    if (rq->job)
+        return answer_job(rq, method, url); /* resumed: the job has finished */
+    if (!rq->failed)
+        finish_body(rq, c);
+    if (rq->failed || !admit(rq)) {
+        release_reservation(rq);
+        return send_failure(rq, method, url);
+    }
+    wait_for_job(rq);
+    return MHD_YES;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode why)
 {
     srv_state *st = cls;
-    conn_ctx *ctx = *con_cls;
-    (void)c;
+    request *rq = *con_cls;
     (void)why;
-    if (!ctx)
+    if (!rq)
         return;
-    if (ctx->pp)
-        MHD_destroy_post_processor(ctx->pp);
-    if (ctx->counted_in_flight)
-        atomic_fetch_sub(&st->in_flight, 1);
-    srv_blobs_free(&ctx->blobs);
-    free(ctx->body);
-    free(ctx);
+    if (rq->pp)
+        MHD_destroy_post_processor(rq->pp);
+    srv_conn *conn = conn_of(c);
+    if (conn) {
+        if (rq->job)
+            srv_conn_unwait(st->conns, conn);
+        srv_conn_enter(st->conns, conn, CONN_IDLE);
+    }
+    srv_blobs_free(&rq->blobs);
+    free(rq->body);
+    release_reservation(rq);
+    srv_job_unref(rq->job); /* gives the job's reservation back once the workers let go */
+    if (rq->admitted && atomic_fetch_sub(&st->in_flight, 1) == 1) {
+        pthread_mutex_lock(&st->idle_lock);
+        pthread_cond_broadcast(&st->idle);
+        pthread_mutex_unlock(&st->idle_lock);
+    }
+    free(rq);
     *con_cls = NULL;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    srv_state *st = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *fd = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        const union MHD_ConnectionInfo *addr = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        *socket_context = fd ? srv_conns_open(st->conns, fd->connect_fd,
+                                              addr ? addr->client_addr : NULL)
+                             : NULL;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        srv_conns_close(st->conns, *socket_context);
+        *socket_context = NULL;
+    }
+}
+
+static MHD_Result_t on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    srv_state *st = cls;
+    (void)addrlen;
+    return srv_conns_admit(st->conns, addr) ? MHD_YES : MHD_NO;
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -550,7 +936,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     char line[512];
     vsnprintf(line, sizeof line, fmt, ap);
     line[strcspn(line, "\n")] = '\0';
-    srv_log(LOG_WARN, "http: %s", line);
+    srv_log(LOG_DEBUG, "http: %s", line);
 }
 
 static int resolve(const srv_config *cfg, struct sockaddr_storage *addr, char *err)
@@ -571,40 +957,67 @@ static int resolve(const srv_config *cfg, struct sockaddr_storage *addr, char *e
 
 int srv_http_start(srv_state *st, char *err)
 {
+    const srv_config *cfg = st->cfg;
     struct sockaddr_storage addr;
-    int rc = resolve(st->cfg, &addr, err);
+    int rc = resolve(cfg, &addr, err);
     if (rc != LD_OK)
         return rc;
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    pthread_mutex_init(&st->idle_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&st->idle, &attr);
+    pthread_condattr_destroy(&attr);
+    const srv_conns_params cp = {cfg->max_connections, cfg->max_connections_per_client,
+                                 cfg->header_timeout_ms, cfg->body_timeout_ms,
+                                 cfg->idle_timeout_ms};
+    rc = srv_conns_new(&cp, &st->metrics, &st->conns, err);
+    if (rc != LD_OK)
+        return rc;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
     if (addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    /* libmicrohttpd's own limits stand behind the table's (which counts and
+     * logs), a little higher: its threads may accept one each at once */
+    const unsigned backstop = (unsigned)cfg->http_threads + 1;
     st->mhd = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, st, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+        flags, 0, on_accept, st, on_request, st, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)st->cfg->max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(st->cfg->request_timeout_ms / 1000 + 60),
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, st, MHD_OPTION_END);
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections + backstop,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        cfg->max_connections_per_client ? (unsigned)cfg->max_connections_per_client + backstop : 0u,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)((cfg->idle_timeout_ms + 999) / 1000),
+        MHD_OPTION_STRICT_FOR_CLIENT, 1,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, st,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, st, MHD_OPTION_END);
     if (!st->mhd)
         return ld_fail(err, LD_EIO, "cannot listen on %s:%d (in use, or not permitted)",
-                       st->cfg->listen_host, st->cfg->port);
+                       cfg->listen_host, cfg->port);
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(st->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    st->port = info ? info->port : st->cfg->port;
+    st->port = info ? info->port : cfg->port;
     return LD_OK;
 }
 
-void srv_http_quiesce(srv_state *st)
+bool srv_http_wait_idle(srv_state *st, const struct timespec *deadline)
 {
-    if (st->mhd) {
-        MHD_socket s = MHD_quiesce_daemon(st->mhd);
-        if (s != MHD_INVALID_SOCKET)
-            close(s);
-    }
+    pthread_mutex_lock(&st->idle_lock);
+    int rc = 0;
+    while (atomic_load(&st->in_flight) > 0 && rc == 0)
+        rc = pthread_cond_timedwait(&st->idle, &st->idle_lock, deadline);
+    const bool idle = atomic_load(&st->in_flight) == 0;
+    pthread_mutex_unlock(&st->idle_lock);
+    return idle;
 }
 
 void srv_http_stop(srv_state *st)
 {
+    if (st->conns) /* a suspended connection must be resumed before the daemon stops */
+        srv_conns_cancel_all(st->conns, JOB_SHUTDOWN);
     if (st->mhd)
         MHD_stop_daemon(st->mhd);
     st->mhd = NULL;
+    srv_conns_free(st->conns);
+    st->conns = NULL;
 }

@@ -1,31 +1,44 @@
-/* The HTTP front: libmicrohttpd, one thread per connection; routes requests
- * to the queue and answers from the finished jobs. */
+/* The HTTP front: libmicrohttpd in its event-driven mode (epoll, a small fixed
+ * pool of threads).  An idle or slow connection costs a table entry and no
+ * thread; a request waiting for the encoder is suspended and resumed when its
+ * job finishes.  Every request is admitted before work is done for it: its
+ * body's size, its image count and sizes, the queue's room and the memory
+ * budget are checked first. */
 #ifndef LATENTD_SERVER_HTTP_H
 #define LATENTD_SERVER_HTTP_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 
-#include "settings.h"
+#include "budget.h"
+#include "conns.h"
 #include "latentd/encoder.h"
 #include "metrics.h"
 #include "queue.h"
+#include "settings.h"
 
 /* The daemon's top-level state, owned by main(). */
 typedef struct {
     const srv_config *cfg;
     const ld_model *model;
     srv_queue *queue;
+    srv_conns *conns;
+    srv_budget budget;
+    size_t budget_fixed;       /* taken at start for the workers and decoders */
     srv_metrics metrics;
     struct MHD_Daemon *mhd;
-    int port;                /* the bound port (the config's, or the kernel's pick for 0) */
-    atomic_int in_flight;    /* encode requests accepted, not yet answered */
-    atomic_bool draining;    /* SIGTERM: refuse new work, finish the rest */
+    int port;                  /* the bound port (the config's, or the kernel's pick for 0) */
+    pthread_mutex_t idle_lock; /* with idle: in_flight reached 0 */
+    pthread_cond_t idle;
+    atomic_int in_flight;      /* encode requests admitted, not yet answered */
+    atomic_bool draining;      /* SIGTERM: refuse new work, finish the rest */
+    atomic_int workers_stalled; /* the watchdog's last count */
 } srv_state;
 
 int srv_http_start(srv_state *st, char *err);
-/* Stop accepting connections (the listening socket closes). */
-void srv_http_quiesce(srv_state *st);
+/* Wait until no admitted request is left, or the monotonic deadline; true when none is. */
+bool srv_http_wait_idle(srv_state *st, const struct timespec *deadline);
 void srv_http_stop(srv_state *st);
 
 #endif

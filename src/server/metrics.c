@@ -65,6 +65,13 @@ void srv_metrics_queue_wait(srv_metrics *m, double seconds)
     pthread_mutex_unlock(&m->lock);
 }
 
+void srv_metrics_event(srv_metrics *m, srv_event event)
+{
+    pthread_mutex_lock(&m->lock);
+    m->events[event]++;
+    pthread_mutex_unlock(&m->lock);
+}
+
 typedef struct {
     char *buf;
     size_t len, cap;
@@ -112,7 +119,44 @@ static void put_histogram(text *t, const char *name, const char *help, const srv
     put(t, "%s_sum %.6f\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->total);
 }
 
-char *srv_metrics_render(srv_metrics *m, int queue_depth, int queue_capacity, int in_flight)
+static void put_events(text *t, const srv_metrics *m)
+{
+    static const struct {
+        const char *family, *label;
+    } names[EV_COUNT] = {
+        [EV_REFUSED_LIMIT] = {"latentd_connections_refused_total", "reason=\"max_connections\""},
+        [EV_REFUSED_PER_CLIENT] = {"latentd_connections_refused_total",
+                                   "reason=\"max_connections_per_client\""},
+        [EV_TIMEOUT_HEADERS] = {"latentd_connections_timed_out_total", "phase=\"headers\""},
+        [EV_TIMEOUT_IDLE] = {"latentd_connections_timed_out_total", "phase=\"idle\""},
+        [EV_TIMEOUT_BODY] = {"latentd_connections_timed_out_total", "phase=\"body\""},
+        [EV_TIMEOUT_SEND] = {"latentd_connections_timed_out_total", "phase=\"send\""},
+        [EV_CANCEL_CLIENT_GONE] = {"latentd_requests_cancelled_total", "reason=\"client_gone\""},
+        [EV_CANCEL_TIMEOUT] = {"latentd_requests_cancelled_total", "reason=\"timeout\""},
+        [EV_CANCEL_SHUTDOWN] = {"latentd_requests_cancelled_total", "reason=\"shutdown\""},
+        [EV_REFUSED_MEMORY] = {"latentd_requests_refused_memory_total", NULL},
+    };
+    static const char *const help[] = {
+        "latentd_connections_refused_total", "Connections refused at accept, by limit.",
+        "latentd_connections_timed_out_total", "Connections closed past a phase's deadline.",
+        "latentd_requests_cancelled_total", "Accepted requests stopped before their answer.",
+        "latentd_requests_refused_memory_total", "Requests refused: the memory budget was spent.",
+    };
+    for (size_t h = 0; h < sizeof help / sizeof help[0]; h += 2) {
+        put(t, "# HELP %s %s\n# TYPE %s counter\n", help[h], help[h + 1], help[h]);
+        for (int e = 0; e < EV_COUNT; e++)
+            if (!strcmp(names[e].family, help[h]))
+                put(t, names[e].label ? "%s{%s} %llu\n" : "%s%s %llu\n", names[e].family,
+                    names[e].label ? names[e].label : "", (unsigned long long)m->events[e]);
+    }
+}
+
+static void put_gauge(text *t, const char *name, const char *help, double value)
+{
+    put(t, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name, value);
+}
+
+char *srv_metrics_render(srv_metrics *m, const srv_gauges *g)
 {
     text t = {malloc(4096), 0, 4096, 0};
     if (!t.buf)
@@ -136,13 +180,22 @@ char *srv_metrics_render(srv_metrics *m, int queue_depth, int queue_capacity, in
                   &m->queue_wait);
     put_histogram(&t, "latentd_encode_seconds", "Time one batch took to encode.",
                   &m->encode_time);
+    put_events(&t, m);
     pthread_mutex_unlock(&m->lock);
-    put(&t, "# HELP latentd_queue_depth Images waiting to be encoded.\n"
-            "# TYPE latentd_queue_depth gauge\nlatentd_queue_depth %d\n", queue_depth);
-    put(&t, "# HELP latentd_queue_capacity Images the queue holds at most.\n"
-            "# TYPE latentd_queue_capacity gauge\nlatentd_queue_capacity %d\n", queue_capacity);
-    put(&t, "# HELP latentd_requests_in_flight Encode requests accepted and not yet answered.\n"
-            "# TYPE latentd_requests_in_flight gauge\nlatentd_requests_in_flight %d\n", in_flight);
+    put_gauge(&t, "latentd_queue_depth", "Images admitted and not yet encoding (decoding or "
+              "waiting).", g->queue_depth);
+    put_gauge(&t, "latentd_queue_capacity", "Images the queue holds at most.", g->queue_capacity);
+    put_gauge(&t, "latentd_requests_in_flight", "Encode requests accepted and not yet answered.",
+              g->in_flight);
+    put_gauge(&t, "latentd_connections_open", "Client connections open.", g->connections);
+    put_gauge(&t, "latentd_memory_budget_used_bytes", "Bytes of the memory budget taken.",
+              (double)g->memory_used);
+    put_gauge(&t, "latentd_memory_budget_peak_bytes", "The most bytes of the budget ever taken.",
+              (double)g->memory_peak);
+    put_gauge(&t, "latentd_memory_budget_bytes", "The memory budget (memory_budget_bytes).",
+              (double)g->memory_limit);
+    put_gauge(&t, "latentd_workers_stalled", "Workers whose encoder made no progress for "
+              "stall_timeout_ms.", g->workers_stalled);
     if (t.failed) {
         free(t.buf);
         return NULL;

@@ -1,132 +1,55 @@
 #include "queue.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "log.h"
 
-/* ---------------- jobs ---------------- */
-
-srv_job *srv_job_new(int n_images)
-{
-    srv_job *job = calloc(1, sizeof *job);
-    if (!job)
-        return NULL;
-    job->items = calloc((size_t)n_images, sizeof *job->items);
-    if (!job->items) {
-        free(job);
-        return NULL;
-    }
-    pthread_mutex_init(&job->lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&job->done, &attr);
-    pthread_condattr_destroy(&attr);
-    job->refs = 1;
-    job->n_items = n_images;
-    job->deterministic = true;
-    job->center = true;
-    return job;
-}
-
-int srv_job_alloc_results(srv_job *job, const ld_model *model, char *err)
-{
-    const int channels = ld_model_config(model)->latent_channels;
-    for (int i = 0; i < job->n_items; i++) {
-        srv_item *it = &job->items[i];
-        int rc = ld_model_latent_size(model, it->image.height, it->image.width, &it->lh, &it->lw,
-                                      err);
-        if (rc != LD_OK)
-            return ld_fail(err, rc, "image %d: %.200s", i, err);
-        const size_t n = (size_t)channels * it->lh * it->lw;
-        it->latents = malloc(5 * n * sizeof(float));
-        if (!it->latents)
-            return ld_fail(err, LD_ENOMEM, "out of memory for image %d's results", i);
-        it->mean = it->latents + n;
-        it->logvar = it->mean + n;
-        it->moments = it->logvar + n;
-    }
-    return LD_OK;
-}
-
-static void job_free(srv_job *job)
-{
-    for (int i = 0; i < job->n_items; i++) {
-        ld_image_free(&job->items[i].image);
-        free(job->items[i].latents);
-    }
-    free(job->items);
-    pthread_mutex_destroy(&job->lock);
-    pthread_cond_destroy(&job->done);
-    free(job);
-}
-
-void srv_job_unref(srv_job *job)
-{
-    if (!job)
-        return;
-    pthread_mutex_lock(&job->lock);
-    bool last = --job->refs == 0;
-    pthread_mutex_unlock(&job->lock);
-    if (last)
-        job_free(job);
-}
-
-bool srv_job_wait(srv_job *job, const struct timespec *deadline)
-{
-    pthread_mutex_lock(&job->lock);
-    int rc = 0;
-    while (job->pending > 0 && rc != ETIMEDOUT)
-        rc = pthread_cond_timedwait(&job->done, &job->lock, deadline);
-    bool done = job->pending == 0;
-    pthread_mutex_unlock(&job->lock);
-    return done;
-}
-
-/* One image of a job finished (or failed, or was dropped): drop its reference. */
-static void job_finish_item(srv_job *job, int status, const char *err, double wait,
-                            double encode_seconds)
-{
-    pthread_mutex_lock(&job->lock);
-    if (status != LD_OK && job->status == LD_OK) {
-        job->status = status;
-        snprintf(job->err, sizeof job->err, "%s", err);
-    }
-    if (wait > job->queue_wait_max)
-        job->queue_wait_max = wait;
-    if (encode_seconds > job->encode_seconds) /* its batches' longest */
-        job->encode_seconds = encode_seconds;
-    if (--job->pending == 0)
-        pthread_cond_broadcast(&job->done);
-    bool last = --job->refs == 0;
-    pthread_mutex_unlock(&job->lock);
-    if (last)
-        job_free(job);
-}
-
-/* ---------------- the queue ---------------- */
-
 typedef struct entry {
     struct entry *next;
-    srv_job *job;
+    srv_job *job; /* one reference */
     int index;
     double enqueued;
 } entry;
 
+typedef struct decode_item {
+    struct decode_item *next;
+    srv_job *job; /* one reference */
+} decode_item;
+
+typedef struct {
+    srv_queue *q;
+    pthread_t thread;
+    bool started;
+    _Atomic bool cancel;         /* stop the running encode */
+    _Atomic uint64_t heartbeat;  /* bumped by the encoder after every layer */
+    /* under q->lock */
+    entry **batch;               /* vae_split slots */
+    int batch_n;                 /* 0: idle */
+    uint64_t seen_beat;
+    double beat_at;
+} worker;
+
 struct srv_queue {
     pthread_mutex_t lock;
-    pthread_cond_t changed;
-    entry *head, *tail;
-    int depth;
+    pthread_cond_t changed;   /* images queued or dropped, or stopping: workers */
+    pthread_cond_t to_decode; /* a job to decode, or stopping: decoders */
+    entry *head, *tail;       /* decoded images waiting for a batch, oldest first */
+    decode_item *dhead, *dtail;
+    int admitted;             /* slots held: images being decoded or waiting */
     bool stopping;
+    bool draining;            /* batches go as they are */
     srv_queue_params params;
     const ld_model *model;
     srv_metrics *metrics;
-    pthread_t *threads;
-    int n_threads;
+    worker *workers;
+    pthread_t *decoders;
+    int n_decoders;
 };
 
 static double now_seconds(void)
@@ -136,22 +59,151 @@ static double now_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static bool same_batch_key(const entry *a, const entry *b)
+/* ---------------- admission ---------------- */
+
+int srv_queue_admit(srv_queue *q, int n, char *err)
 {
-    const srv_item *x = &a->job->items[a->index], *y = &b->job->items[b->index];
-    return x->image.width == y->image.width && x->image.height == y->image.height &&
-           a->job->center == b->job->center && a->job->deterministic == b->job->deterministic;
+    pthread_mutex_lock(&q->lock);
+    int rc = LD_OK;
+    if (q->stopping)
+        rc = ld_fail(err, LD_ECANCELLED, "shutting down");
+    else if (q->admitted + n > q->params.max_queue)
+        rc = ld_fail(err, LD_ETOOLARGE, "the queue is full (%d of %d images waiting)",
+                     q->admitted, q->params.max_queue);
+    else
+        q->admitted += n;
+    pthread_mutex_unlock(&q->lock);
+    return rc;
 }
 
-/* Drop images whose job was abandoned: nobody will read their results. */
-static void drop_abandoned(srv_queue *q, entry **dropped)
+static void release_slots_locked(srv_queue *q, int n)
+{
+    q->admitted -= n;
+}
+
+void srv_queue_unadmit(srv_queue *q, int n)
+{
+    pthread_mutex_lock(&q->lock);
+    release_slots_locked(q, n);
+    pthread_mutex_unlock(&q->lock);
+}
+
+void srv_queue_submit(srv_queue *q, srv_job *job)
+{
+    decode_item *d = malloc(sizeof *d);
+    if (!d) {
+        srv_job_fail(job, LD_ENOMEM, "out of memory queueing the request");
+        srv_queue_unadmit(q, srv_job_images(job));
+        return;
+    }
+    srv_job_ref(job);
+    *d = (decode_item){NULL, job};
+    pthread_mutex_lock(&q->lock);
+    if (q->dtail)
+        q->dtail->next = d;
+    else
+        q->dhead = d;
+    q->dtail = d;
+    pthread_cond_signal(&q->to_decode);
+    pthread_mutex_unlock(&q->lock);
+}
+
+/* ---------------- decoders ---------------- */
+
+static decode_item *next_to_decode(srv_queue *q)
+{
+    pthread_mutex_lock(&q->lock);
+    while (!q->dhead && !q->stopping)
+        pthread_cond_wait(&q->to_decode, &q->lock);
+    decode_item *d = q->stopping ? NULL : q->dhead;
+    if (d) {
+        q->dhead = d->next;
+        if (!q->dhead)
+            q->dtail = NULL;
+    }
+    pthread_mutex_unlock(&q->lock);
+    return d;
+}
+
+/* Decode every image; false (and the job failed) when one cannot be. */
+static bool decode_job(srv_job *job)
+{
+    char err[LD_ERR_LEN], message[LD_ERR_LEN];
+    for (int i = 0; i < srv_job_images(job) && !srv_job_finished(job); i++) {
+        int rc = srv_job_decode(job, i, err);
+        if (rc != LD_OK) {
+            snprintf(message, sizeof message, "image %d: %s", i, err);
+            srv_job_fail(job, rc, message);
+            return false;
+        }
+    }
+    return !srv_job_finished(job);
+}
+
+/* The job's decoded images join the queue (their slots are already held). */
+static void enqueue_images(srv_queue *q, srv_job *job)
+{
+    const int n = srv_job_images(job);
+    entry **fresh = calloc((size_t)n, sizeof *fresh);
+    int made = 0;
+    while (fresh && made < n && (fresh[made] = malloc(sizeof **fresh)))
+        made++;
+    const double now = now_seconds();
+    pthread_mutex_lock(&q->lock);
+    if (made < n || srv_job_finished(job) || q->stopping) {
+        release_slots_locked(q, n);
+    } else {
+        for (int i = 0; i < n; i++) {
+            srv_job_ref(job);
+            *fresh[i] = (entry){NULL, job, i, now};
+            if (q->tail)
+                q->tail->next = fresh[i];
+            else
+                q->head = fresh[i];
+            q->tail = fresh[i];
+        }
+        made = 0; /* the queue owns them now */
+        pthread_cond_broadcast(&q->changed);
+    }
+    pthread_mutex_unlock(&q->lock);
+    if (made > 0 || !fresh)
+        srv_job_fail(job, LD_ENOMEM, "out of memory queueing the images");
+    for (int i = 0; fresh && i < made; i++)
+        free(fresh[i]);
+    free(fresh);
+}
+
+static void *decoder_main(void *arg)
+{
+    srv_queue *q = arg;
+    decode_item *d;
+    while ((d = next_to_decode(q))) {
+        if (decode_job(d->job))
+            enqueue_images(q, d->job);
+        else
+            srv_queue_unadmit(q, srv_job_images(d->job));
+        srv_job_unref(d->job);
+        free(d);
+    }
+    return NULL;
+}
+
+/* ---------------- batching ---------------- */
+
+static bool same_batch(const entry *a, const entry *b)
+{
+    return srv_job_same_batch(a->job, a->index, b->job, b->index);
+}
+
+/* Unlink images of finished jobs: nobody will read their results. */
+static void drop_finished_locked(srv_queue *q, entry **dropped)
 {
     entry **link = &q->head, *prev = NULL;
     while (*link) {
         entry *e = *link;
-        if (atomic_load(&e->job->abandoned)) {
+        if (srv_job_finished(e->job) || q->stopping) {
             *link = e->next;
-            q->depth--;
+            release_slots_locked(q, 1);
             e->next = *dropped;
             *dropped = e;
         } else {
@@ -166,28 +218,26 @@ static int count_matching(const srv_queue *q, int limit)
 {
     int n = 0;
     for (const entry *e = q->head; e && n < limit; e = e->next)
-        n += same_batch_key(e, q->head);
+        n += same_batch(e, q->head);
     return n;
 }
 
 /* Unlink up to limit images matching the head, oldest first. */
-static int take_batch(srv_queue *q, entry **batch, int limit)
+static int take_batch_locked(srv_queue *q, entry **batch, int limit)
 {
-    entry *head = q->head, **link = &q->head, *prev = NULL;
+    entry *head = q->head, **link = &q->head;
     int n = 0;
     while (*link && n < limit) {
         entry *e = *link;
-        if (e == head || same_batch_key(e, head)) {
+        if (e == head || same_batch(e, head)) {
             *link = e->next;
             batch[n++] = e;
-            q->depth--;
         } else {
-            prev = e;
             link = &e->next;
         }
     }
-    /* the tail is the last entry left */
-    q->tail = prev;
+    release_slots_locked(q, n);
+    q->tail = NULL;
     for (entry *e = q->head; e; e = e->next)
         q->tail = e;
     return n;
@@ -199,34 +249,39 @@ static void timespec_at(double seconds, struct timespec *ts)
     ts->tv_nsec = (long)((seconds - (double)ts->tv_sec) * 1e9);
 }
 
-/* Blocks until a batch is ready (or the queue stops empty: returns 0). */
-static int next_batch(srv_queue *q, entry **batch, entry **dropped)
+/* Blocks until a batch is ready; 0 when stopping (or with images to drop). */
+static int next_batch(worker *w, entry **dropped)
 {
+    srv_queue *q = w->q;
     const int limit = q->params.vae_split;
     pthread_mutex_lock(&q->lock);
+    w->batch_n = 0;
     for (;;) {
-        drop_abandoned(q, dropped);
-        if (*dropped)
+        drop_finished_locked(q, dropped);
+        if (*dropped || q->stopping)
             break; /* release them outside the lock first */
         if (!q->head) {
-            if (q->stopping)
-                break;
             pthread_cond_wait(&q->changed, &q->lock);
             continue;
         }
         const double deadline = q->head->enqueued + q->params.max_batch_delay_ms / 1000.0;
-        if (count_matching(q, limit) >= limit || q->stopping || now_seconds() >= deadline) {
-            int n = take_batch(q, batch, limit);
-            pthread_mutex_unlock(&q->lock);
-            return n;
+        if (count_matching(q, limit) >= limit || q->draining || now_seconds() >= deadline) {
+            w->batch_n = take_batch_locked(q, w->batch, limit);
+            atomic_store(&w->cancel, false);
+            w->seen_beat = atomic_load(&w->heartbeat);
+            w->beat_at = now_seconds();
+            break;
         }
         struct timespec ts;
         timespec_at(deadline, &ts);
         pthread_cond_timedwait(&q->changed, &q->lock, &ts);
     }
+    const int n = w->batch_n;
     pthread_mutex_unlock(&q->lock);
-    return 0;
+    return n;
 }
+
+/* ---------------- encoding ---------------- */
 
 typedef struct {
     float *images;
@@ -249,84 +304,175 @@ static void batch_free(batch_buffers *b)
     ld_free_aligned(b->results);
 }
 
-static void run_batch(srv_queue *q, entry **batch, int n)
+static int encode_batch(worker *w, entry **batch, int n, batch_buffers *b, size_t latent,
+                        char *err)
 {
+    srv_queue *q = w->q;
     const srv_job *first = batch[0]->job;
-    const srv_item *shape = &first->items[batch[0]->index];
-    const int h = shape->image.height, w = shape->image.width;
-    const size_t image_floats = (size_t)3 * h * w;
-    const size_t latent = (size_t)ld_model_config(q->model)->latent_channels * shape->lh * shape->lw;
+    const int h = srv_job_image_height(first, batch[0]->index);
+    const int wd = srv_job_image_width(first, batch[0]->index);
+    const size_t image_floats = (size_t)3 * h * wd;
+    if (batch_alloc(b, n, image_floats, latent) != LD_OK)
+        return ld_fail(err, LD_ENOMEM, "out of memory for a batch of %d images", n);
+    for (int i = 0; i < n; i++) {
+        memcpy(b->images + i * image_floats, srv_job_pixels(batch[i]->job, batch[i]->index),
+               image_floats * sizeof(float));
+        srv_job_drop_pixels(batch[i]->job, batch[i]->index);
+        b->seeds[i] = srv_job_seed(batch[i]->job, batch[i]->index);
+    }
+    ld_encode_opts opts;
+    ld_encode_opts_init(&opts);
+    opts.vae_split = q->params.vae_split;
+    opts.threads = q->params.threads;
+    opts.max_memory = q->params.worker_memory;
+    opts.center_input = srv_job_center(first);
+    opts.deterministic = srv_job_deterministic(first);
+    opts.seeds = b->seeds;
+    opts.cancel = &w->cancel;
+    opts.heartbeat = &w->heartbeat;
+    ld_encode_out out = {b->results, b->results + n * latent, b->results + 2 * n * latent,
+                         b->results + 3 * n * latent, 0};
+    return ld_encode(q->model, b->images, n, h, wd, &opts, &out, err);
+}
+
+static void run_batch(worker *w, entry **batch, int n)
+{
+    srv_queue *q = w->q;
+    const srv_job *first = batch[0]->job;
+    const int h = srv_job_image_height(first, batch[0]->index);
+    const int wd = srv_job_image_width(first, batch[0]->index);
+    int lh, lw;
+    ld_model_latent_size(q->model, h, wd, &lh, &lw, NULL); /* admission checked it */
+    const size_t latent = (size_t)ld_model_config(q->model)->latent_channels * lh * lw;
     char err[LD_ERR_LEN] = "";
     const double started = now_seconds();
-    batch_buffers b = {0};
-    int rc = batch_alloc(&b, n, image_floats, latent);
-    if (rc != LD_OK)
-        ld_fail(err, rc, "out of memory for a batch of %d images", n);
-    for (int i = 0; rc == LD_OK && i < n; i++) {
-        const srv_job *job = batch[i]->job;
-        memcpy(b.images + i * image_floats, job->items[batch[i]->index].image.rgb,
-               image_floats * sizeof(float));
-        b.seeds[i] = job->seed + (uint64_t)batch[i]->index;
+    for (int i = 0; i < n; i++)
         srv_metrics_queue_wait(q->metrics, started - batch[i]->enqueued);
-    }
-    if (rc == LD_OK) {
-        ld_encode_opts opts;
-        ld_encode_opts_init(&opts);
-        opts.vae_split = q->params.vae_split;
-        opts.threads = q->params.threads;
-        opts.center_input = first->center;
-        opts.deterministic = first->deterministic;
-        opts.seeds = b.seeds;
-        ld_encode_out out = {b.results, b.results + n * latent, b.results + 2 * n * latent,
-                             b.results + 3 * n * latent, 0};
-        rc = ld_encode(q->model, b.images, n, h, w, &opts, &out, err);
-    }
+    batch_buffers b = {0};
+    const int rc = encode_batch(w, batch, n, &b, latent, err);
     const double encode_seconds = now_seconds() - started;
     if (rc == LD_OK)
         srv_metrics_batch(q->metrics, n, encode_seconds);
+    else if (rc == LD_ECANCELLED)
+        srv_log(LOG_INFO, "batch of %d %dx%d images stopped: its requests are gone", n, wd, h);
     else
-        srv_log(LOG_ERROR, "batch of %d %dx%d images failed: %s", n, w, h, err);
+        srv_log(LOG_ERROR, "batch of %d %dx%d images failed: %s", n, wd, h, err);
     for (int i = 0; i < n; i++) {
-        srv_item *it = &batch[i]->job->items[batch[i]->index];
-        if (rc == LD_OK) {
-            /* each image's slots belong to its job alone: no lock needed */
-            memcpy(it->latents, b.results + i * latent, latent * sizeof(float));
-            memcpy(it->mean, b.results + (n + i) * latent, latent * sizeof(float));
-            memcpy(it->logvar, b.results + (2 * n + i) * latent, latent * sizeof(float));
-            memcpy(it->moments, b.results + 3 * n * latent + 2 * i * latent,
-                   2 * latent * sizeof(float));
-        }
-        job_finish_item(batch[i]->job, rc, err, started - batch[i]->enqueued, encode_seconds);
+        srv_job *job = batch[i]->job;
+        if (rc == LD_OK)
+            srv_job_store(job, batch[i]->index, b.results + i * latent,
+                          b.results + (n + i) * latent, b.results + (2 * n + i) * latent,
+                          b.results + 3 * n * latent + 2 * i * latent, latent);
+        srv_job_image_done(job, batch[i]->index, rc, err, started - batch[i]->enqueued,
+                           encode_seconds);
+        srv_job_unref(job);
         free(batch[i]);
     }
     batch_free(&b);
 }
 
+static void release_entries(entry *list)
+{
+    while (list) {
+        entry *next = list->next;
+        srv_job_unref(list->job);
+        free(list);
+        list = next;
+    }
+}
+
 static void *worker_main(void *arg)
 {
-    srv_queue *q = arg;
-    entry **batch = calloc((size_t)q->params.vae_split, sizeof *batch);
-    if (!batch) {
-        srv_log(LOG_ERROR, "worker: out of memory; exiting");
-        return NULL;
-    }
+    worker *w = arg;
     for (;;) {
         entry *dropped = NULL;
-        int n = next_batch(q, batch, &dropped);
+        const int n = next_batch(w, &dropped);
         const bool had_dropped = dropped != NULL;
-        while (dropped) {
-            entry *next = dropped->next;
-            job_finish_item(dropped->job, LD_ECANCELLED, "abandoned", 0, 0);
-            free(dropped);
-            dropped = next;
+        release_entries(dropped);
+        if (n > 0) {
+            run_batch(w, w->batch, n);
+            pthread_mutex_lock(&w->q->lock);
+            w->batch_n = 0;
+            pthread_mutex_unlock(&w->q->lock);
+        } else if (!had_dropped) {
+            break; /* stopping */
         }
-        if (n > 0)
-            run_batch(q, batch, n);
-        else if (!had_dropped)
-            break; /* stopping, and the queue is empty */
     }
-    free(batch);
     return NULL;
+}
+
+/* ---------------- the whole ---------------- */
+
+void srv_queue_drain(srv_queue *q)
+{
+    pthread_mutex_lock(&q->lock);
+    q->draining = true;
+    pthread_cond_broadcast(&q->changed);
+    pthread_mutex_unlock(&q->lock);
+}
+
+void srv_queue_job_stopped(srv_queue *q)
+{
+    pthread_mutex_lock(&q->lock);
+    pthread_cond_broadcast(&q->changed); /* workers drop its waiting images */
+    for (int k = 0; k < q->params.workers; k++) {
+        worker *w = &q->workers[k];
+        bool all_finished = w->batch_n > 0;
+        for (int i = 0; i < w->batch_n && all_finished; i++)
+            all_finished = srv_job_finished(w->batch[i]->job);
+        if (all_finished)
+            atomic_store(&w->cancel, true);
+    }
+    pthread_mutex_unlock(&q->lock);
+}
+
+int srv_queue_depth(srv_queue *q)
+{
+    pthread_mutex_lock(&q->lock);
+    const int depth = q->admitted;
+    pthread_mutex_unlock(&q->lock);
+    return depth;
+}
+
+int srv_queue_capacity(const srv_queue *q) { return q->params.max_queue; }
+
+int srv_queue_stalled(srv_queue *q, int stall_ms)
+{
+    const double now = now_seconds();
+    int stalled = 0;
+    pthread_mutex_lock(&q->lock);
+    for (int k = 0; k < q->params.workers; k++) {
+        worker *w = &q->workers[k];
+        const uint64_t beat = atomic_load(&w->heartbeat);
+        if (w->batch_n == 0 || beat != w->seen_beat) {
+            w->seen_beat = beat;
+            w->beat_at = now;
+        } else if ((now - w->beat_at) * 1000.0 > stall_ms) {
+            stalled++;
+        }
+    }
+    pthread_mutex_unlock(&q->lock);
+    return stalled;
+}
+
+static int start_threads(srv_queue *q, char *err)
+{
+    for (int i = 0; i < q->params.workers; i++) {
+        worker *w = &q->workers[i];
+        w->q = q;
+        w->batch = calloc((size_t)q->params.vae_split, sizeof *w->batch);
+        if (!w->batch)
+            return ld_fail(err, LD_ENOMEM, "out of memory");
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+            return ld_fail(err, LD_ENOMEM, "cannot start worker thread %d", i);
+        w->started = true;
+    }
+    for (int i = 0; i < q->params.decode_threads; i++) {
+        if (pthread_create(&q->decoders[i], NULL, decoder_main, q) != 0)
+            return ld_fail(err, LD_ENOMEM, "cannot start decoder thread %d", i);
+        q->n_decoders++;
+    }
+    return LD_OK;
 }
 
 int srv_queue_new(const ld_model *model, const srv_queue_params *params, srv_metrics *metrics,
@@ -344,90 +490,72 @@ int srv_queue_new(const ld_model *model, const srv_queue_params *params, srv_met
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&q->changed, &attr);
+    pthread_cond_init(&q->to_decode, &attr);
     pthread_condattr_destroy(&attr);
-    q->threads = calloc((size_t)params->workers, sizeof *q->threads);
-    if (!q->threads) {
+    q->workers = calloc((size_t)params->workers, sizeof *q->workers);
+    q->decoders = calloc((size_t)params->decode_threads, sizeof *q->decoders);
+    int rc = q->workers && q->decoders ? start_threads(q, err)
+                                       : ld_fail(err, LD_ENOMEM, "out of memory");
+    if (rc != LD_OK) {
+        struct timespec forever = {.tv_sec = (time_t)1 << 40};
+        srv_queue_stop(q, &forever);
         srv_queue_free(q);
-        return ld_fail(err, LD_ENOMEM, "out of memory");
-    }
-    for (int i = 0; i < params->workers; i++) {
-        if (pthread_create(&q->threads[i], NULL, worker_main, q) != 0) {
-            srv_queue_free(q);
-            return ld_fail(err, LD_ENOMEM, "cannot start worker thread %d", i);
-        }
-        q->n_threads++;
+        return rc;
     }
     *out = q;
     return LD_OK;
 }
 
-int srv_queue_submit(srv_queue *q, srv_job *job, char *err)
+/* pthread_timedjoin_np counts in CLOCK_REALTIME; the deadline is monotonic. */
+static bool join_by(pthread_t thread, const struct timespec *deadline)
 {
-    const double now = now_seconds();
-    entry **fresh = calloc((size_t)job->n_items, sizeof *fresh);
-    for (int i = 0; fresh && i < job->n_items; i++)
-        if (!(fresh[i] = calloc(1, sizeof **fresh))) {
-            for (int k = 0; k < i; k++)
-                free(fresh[k]);
-            free(fresh);
-            fresh = NULL;
-        }
-    if (!fresh)
-        return ld_fail(err, LD_ENOMEM, "out of memory queueing %d images", job->n_items);
-    pthread_mutex_lock(&q->lock);
-    int rc = LD_OK;
-    if (q->stopping) {
-        rc = ld_fail(err, LD_ECANCELLED, "shutting down");
-    } else if (q->depth + job->n_items > q->params.max_queue) {
-        rc = ld_fail(err, LD_ETOOLARGE, "the queue is full (%d of %d images waiting)", q->depth,
-                     q->params.max_queue);
-    } else {
-        pthread_mutex_lock(&job->lock);
-        job->pending += job->n_items;
-        job->refs += job->n_items;
-        pthread_mutex_unlock(&job->lock);
-        for (int i = 0; i < job->n_items; i++) {
-            entry *e = fresh[i];
-            *e = (entry){NULL, job, i, now};
-            if (q->tail)
-                q->tail->next = e;
-            else
-                q->head = e;
-            q->tail = e;
-            q->depth++;
-        }
-        pthread_cond_broadcast(&q->changed);
-    }
-    pthread_mutex_unlock(&q->lock);
-    if (rc != LD_OK)
-        for (int i = 0; i < job->n_items; i++)
-            free(fresh[i]);
-    free(fresh);
-    return rc;
+    struct timespec mono, real;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    clock_gettime(CLOCK_REALTIME, &real);
+    double left = (double)(deadline->tv_sec - mono.tv_sec) +
+                  (deadline->tv_nsec - mono.tv_nsec) * 1e-9;
+    if (left < 0)
+        left = 0;
+    if (left > 1e9)
+        return pthread_join(thread, NULL) == 0;
+    timespec_at((double)real.tv_sec + real.tv_nsec * 1e-9 + left, &real);
+    return pthread_timedjoin_np(thread, NULL, &real) == 0;
 }
 
-int srv_queue_depth(srv_queue *q)
+bool srv_queue_stop(srv_queue *q, const struct timespec *deadline)
 {
     pthread_mutex_lock(&q->lock);
-    int depth = q->depth;
+    q->stopping = true;
+    for (int k = 0; k < q->params.workers; k++)
+        atomic_store(&q->workers[k].cancel, true);
+    pthread_cond_broadcast(&q->changed);
+    pthread_cond_broadcast(&q->to_decode);
     pthread_mutex_unlock(&q->lock);
-    return depth;
+    bool all = true;
+    for (int k = 0; q->workers && k < q->params.workers; k++)
+        if (q->workers[k].started)
+            all = join_by(q->workers[k].thread, deadline) && all;
+    for (int i = 0; i < q->n_decoders; i++)
+        all = join_by(q->decoders[i], deadline) && all;
+    return all;
 }
-
-int srv_queue_capacity(srv_queue *q) { return q->params.max_queue; }
 
 void srv_queue_free(srv_queue *q)
 {
     if (!q)
         return;
-    pthread_mutex_lock(&q->lock);
-    q->stopping = true; /* workers empty the queue without waiting to fill batches */
-    pthread_cond_broadcast(&q->changed);
-    pthread_mutex_unlock(&q->lock);
-    for (int i = 0; i < q->n_threads; i++)
-        pthread_join(q->threads[i], NULL);
-    free(q->threads);
+    release_entries(q->head); /* the threads are gone: nobody else touches these */
+    for (decode_item *d = q->dhead, *next; d; d = next) {
+        next = d->next;
+        srv_job_unref(d->job);
+        free(d);
+    }
+    for (int k = 0; q->workers && k < q->params.workers; k++)
+        free(q->workers[k].batch);
+    free(q->workers);
+    free(q->decoders);
     pthread_mutex_destroy(&q->lock);
     pthread_cond_destroy(&q->changed);
+    pthread_cond_destroy(&q->to_decode);
     free(q);
 }

@@ -1,67 +1,55 @@
-/* Encode jobs, the bounded image queue and the worker pool that batches it.
+/* The pipeline behind the HTTP front: a small pool of decoders, the bounded
+ * image queue, and the workers that batch it.
  *
- * A job is one HTTP request's images.  Its images enter the queue one by one;
- * a worker takes the oldest waiting image and coalesces others of the same
- * size and options (from any job) into a batch of at most vae_split, waiting
- * up to max_batch_delay_ms for it to fill.  Each image's results land in its
- * own job's slots; the job is done when all its images are.  Jobs are
- * reference-counted: the connection holds one reference and each queued image
- * another, so a job abandoned at its deadline stays valid until the last
- * worker lets go of it. */
+ * A request is admitted first (srv_queue_admit reserves a slot per image, all
+ * or none), then submitted: a decoder turns its images into pixels and queues
+ * them; a worker takes the oldest waiting image and coalesces others of the
+ * same size and options (from any job) into a batch of at most vae_split,
+ * waiting up to max_batch_delay_ms for it to fill.  Images of finished
+ * (cancelled, failed) jobs are dropped wherever they are, and a batch that
+ * holds only such images is stopped mid-encode.
+ *
+ * Each worker owns its compute threads and a heartbeat the encoder bumps after
+ * every layer; srv_queue_stalled counts workers whose heartbeat stood still
+ * while they had work. */
 #ifndef LATENTD_SERVER_QUEUE_H
 #define LATENTD_SERVER_QUEUE_H
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
-#include <stdint.h>
+#include <stddef.h>
 
+#include "job.h"
 #include "latentd/encoder.h"
-#include "latentd/image.h"
 #include "metrics.h"
-
-typedef struct {
-    ld_image image;
-    int lh, lw;
-    float *latents, *mean, *logvar, *moments; /* C·lh·lw each (moments 2C) */
-} srv_item;
-
-typedef struct srv_job {
-    pthread_mutex_t lock;
-    pthread_cond_t done;
-    int refs;
-    int pending;            /* images not yet finished */
-    atomic_bool abandoned;  /* the client is gone or past its deadline */
-    int status;             /* LD_OK, or the first failure */
-    char err[LD_ERR_LEN];
-    bool deterministic, center;
-    uint64_t seed;          /* image k samples with seed + k */
-    int n_items;
-    srv_item *items;
-    double queue_wait_max, encode_seconds; /* the longest of its images', for the log */
-} srv_job;
-
-/* A job for n images (each later filled in by the caller); one reference. */
-srv_job *srv_job_new(int n_images);
-/* Allocate every item's result slots, once its image is known. */
-int srv_job_alloc_results(srv_job *job, const ld_model *model, char *err);
-void srv_job_unref(srv_job *job);
-/* Wait until done or until the monotonic deadline; true when done. */
-bool srv_job_wait(srv_job *job, const struct timespec *deadline);
 
 typedef struct srv_queue srv_queue;
 
 typedef struct {
-    int vae_split, workers, threads, max_batch_delay_ms, max_queue;
+    int vae_split, workers, threads, max_batch_delay_ms, max_queue, decode_threads;
+    size_t worker_memory; /* an encode's working memory, at most (0: no limit) */
 } srv_queue_params;
 
 int srv_queue_new(const ld_model *model, const srv_queue_params *params, srv_metrics *metrics,
                   srv_queue **out, char *err);
-/* All of a job's images, or none: LD_ETOOLARGE when they would not fit. */
-int srv_queue_submit(srv_queue *q, srv_job *job, char *err);
+/* Reserve n image slots: LD_ETOOLARGE when they do not fit now. */
+int srv_queue_admit(srv_queue *q, int n, char *err);
+/* Give back slots admitted for a request that will not be submitted. */
+void srv_queue_unadmit(srv_queue *q, int n);
+/* Decode and queue an admitted job's images (takes its own reference). */
+void srv_queue_submit(srv_queue *q, srv_job *job);
+/* Draining: batches no longer wait to fill. */
+void srv_queue_drain(srv_queue *q);
+/* A job was finished early: drop its waiting images, stop batches of only such. */
+void srv_queue_job_stopped(srv_queue *q);
 int srv_queue_depth(srv_queue *q);
-int srv_queue_capacity(srv_queue *q);
-/* Finish what is queued, then stop the workers and free everything. */
+int srv_queue_capacity(const srv_queue *q);
+/* Workers busy with one batch whose encoder made no progress for stall_ms. */
+int srv_queue_stalled(srv_queue *q, int stall_ms);
+/* Stop the decoders and workers: what is still waiting was cancelled by the
+ * caller; running encodes are told to stop.  Waits until the monotonic
+ * deadline; false when a thread did not stop by then (the caller then exits
+ * without freeing: a thread stuck in a library cannot be taken back). */
+bool srv_queue_stop(srv_queue *q, const struct timespec *deadline);
 void srv_queue_free(srv_queue *q);
 
 #endif

@@ -11,10 +11,30 @@
 void srv_options_defaults(srv_options *o)
 {
     memset(o, 0, sizeof *o);
+    o->set = OPT_DETERMINISTIC | OPT_CENTER | OPT_OUTPUTS | OPT_FORMAT | OPT_ENCODING;
     o->deterministic = true;
     o->center = true;
     o->outputs = OUT_LATENTS | OUT_MEAN | OUT_LOGVAR;
     o->format = FMT_JSON;
+}
+
+void srv_options_clear(srv_options *o) { memset(o, 0, sizeof *o); }
+
+void srv_options_merge(srv_options *dst, const srv_options *src)
+{
+    if (src->set & OPT_DETERMINISTIC)
+        dst->deterministic = src->deterministic;
+    if (src->set & OPT_SEED)
+        dst->seed = src->seed;
+    if (src->set & OPT_CENTER)
+        dst->center = src->center;
+    if (src->set & OPT_OUTPUTS)
+        dst->outputs = src->outputs;
+    if (src->set & OPT_FORMAT)
+        dst->format = src->format;
+    if (src->set & OPT_ENCODING)
+        dst->list_encoding = src->list_encoding;
+    dst->set |= src->set;
 }
 
 static int parse_bool(const char *key, const char *value, bool *out, char *err)
@@ -66,27 +86,56 @@ static int parse_outputs(const char *value, unsigned *out, char *err)
     return LD_OK;
 }
 
-static int parse_seed(const char *value, uint64_t *out, char *err)
+int srv_parse_seed(const char *text, uint64_t *out, char *err)
 {
-    char *end;
-    if (!*value || *value == '-')
-        return ld_fail(err, LD_EINVAL, "seed: want a non-negative integer");
-    *out = strtoull(value, &end, 10);
-    if (*end)
-        return ld_fail(err, LD_EINVAL, "seed: want a non-negative integer");
+    /* digits only: strtoull alone would take "+5", " 5" and "-1" and clamp 2^64 */
+    uint64_t v = 0;
+    if (!*text || strlen(text) > 20)
+        return ld_fail(err, LD_EINVAL, "seed: want an integer from 0 to 18446744073709551615");
+    for (const char *p = text; *p; p++) {
+        const unsigned digit = (unsigned)(*p - '0');
+        if (digit > 9 || v > (UINT64_MAX - digit) / 10)
+            return ld_fail(err, LD_EINVAL, "seed: want an integer from 0 to "
+                           "18446744073709551615");
+        v = v * 10 + digit;
+    }
+    *out = v;
     return LD_OK;
 }
 
+static unsigned option_bit(const char *key);
+static int set_one(srv_options *o, const char *key, const char *value, char *err);
+
 int srv_options_set(srv_options *o, const char *key, const char *value, char *err)
+{
+    int rc = set_one(o, key, value, err);
+    if (rc == LD_OK)
+        o->set |= option_bit(key);
+    return rc;
+}
+
+static unsigned option_bit(const char *key)
+{
+    static const struct {
+        const char *key;
+        unsigned bit;
+    } bits[] = {{"deterministic", OPT_DETERMINISTIC}, {"seed", OPT_SEED},
+                {"center_input_sample", OPT_CENTER}, {"outputs", OPT_OUTPUTS},
+                {"format", OPT_FORMAT},               {"tensor_encoding", OPT_ENCODING}};
+    for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++)
+        if (!strcmp(key, bits[i].key))
+            return bits[i].bit;
+    return 0;
+}
+
+static int set_one(srv_options *o, const char *key, const char *value, char *err)
 {
     if (!strcmp(key, "deterministic"))
         return parse_bool(key, value, &o->deterministic, err);
     if (!strcmp(key, "center_input_sample"))
         return parse_bool(key, value, &o->center, err);
-    if (!strcmp(key, "seed")) {
-        o->has_seed = true;
-        return parse_seed(value, &o->seed, err);
-    }
+    if (!strcmp(key, "seed"))
+        return srv_parse_seed(value, &o->seed, err);
     if (!strcmp(key, "outputs"))
         return parse_outputs(value, &o->outputs, err);
     if (!strcmp(key, "format")) {
@@ -117,9 +166,12 @@ void srv_options_from_accept(srv_options *o, const char *accept)
         o->format = FMT_SAFETENSORS;
     else if (strstr(accept, "application/x-npy"))
         o->format = FMT_NPY;
+    else
+        return;
+    o->set |= OPT_FORMAT;
 }
 
-int srv_blobs_add(srv_blobs *b, const uint8_t *data, size_t len)
+static int blobs_grow(srv_blobs *b)
 {
     if (b->count == b->cap) {
         int cap = b->cap ? b->cap * 2 : 4;
@@ -133,12 +185,37 @@ int srv_blobs_add(srv_blobs *b, const uint8_t *data, size_t len)
         b->len = l;
         b->cap = cap;
     }
-    b->data[b->count] = malloc(len ? len : 1);
-    if (!b->data[b->count])
+    return LD_OK;
+}
+
+int srv_blobs_adopt(srv_blobs *b, uint8_t *data, size_t len)
+{
+    if (blobs_grow(b) != LD_OK)
         return LD_ENOMEM;
-    memcpy(b->data[b->count], data, len);
+    b->data[b->count] = data;
     b->len[b->count++] = len;
     return LD_OK;
+}
+
+int srv_blobs_add(srv_blobs *b, const uint8_t *data, size_t len)
+{
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy)
+        return LD_ENOMEM;
+    memcpy(copy, data, len);
+    if (srv_blobs_adopt(b, copy, len) != LD_OK) {
+        free(copy);
+        return LD_ENOMEM;
+    }
+    return LD_OK;
+}
+
+size_t srv_blobs_bytes(const srv_blobs *b)
+{
+    size_t total = 0;
+    for (int i = 0; i < b->count; i++)
+        total += b->len[i];
+    return total;
 }
 
 int srv_blobs_append(srv_blobs *b, const uint8_t *data, size_t len)
@@ -188,9 +265,30 @@ static int add_base64(srv_blobs *blobs, json_t *value, int index, char *err)
     char inner[LD_ERR_LEN];
     if (ld_base64_decode(text, len, &bytes, &n, inner) != LD_OK)
         return ld_fail(err, LD_EINVAL, "images[%d]: %s", index, inner);
-    int rc = srv_blobs_add(blobs, bytes, n);
-    free(bytes);
-    return rc == LD_OK ? LD_OK : ld_fail(err, rc, "out of memory");
+    if (srv_blobs_adopt(blobs, bytes, n) != LD_OK) {
+        free(bytes);
+        return ld_fail(err, LD_ENOMEM, "out of memory");
+    }
+    return LD_OK;
+}
+
+/* A JSON seed: an integer (jansson holds up to 2^63-1) or a decimal string
+ * (any unsigned 64-bit value; what JavaScript clients must send past 2^53). */
+static int json_seed(srv_options *o, json_t *v, char *err)
+{
+    if (json_is_null(v))
+        return LD_OK;
+    if (json_is_string(v)) {
+        if (srv_parse_seed(json_string_value(v), &o->seed, err) != LD_OK)
+            return LD_EINVAL;
+    } else if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        o->seed = (uint64_t)json_integer_value(v);
+    } else {
+        return ld_fail(err, LD_EINVAL, "seed must be an integer from 0 to 2^64-1 (a decimal "
+                       "string past 2^63)");
+    }
+    o->set |= OPT_SEED;
+    return LD_OK;
 }
 
 static int json_option(srv_options *o, const char *key, json_t *v, char *err)
@@ -198,21 +296,16 @@ static int json_option(srv_options *o, const char *key, json_t *v, char *err)
     if (!strcmp(key, "deterministic") || !strcmp(key, "center_input_sample")) {
         if (!json_is_boolean(v))
             return ld_fail(err, LD_EINVAL, "%s must be true or false", key);
-        *(key[0] == 'd' ? &o->deterministic : &o->center) = json_is_true(v);
+        const bool is_det = !strcmp(key, "deterministic");
+        *(is_det ? &o->deterministic : &o->center) = json_is_true(v);
+        o->set |= is_det ? OPT_DETERMINISTIC : OPT_CENTER;
         return LD_OK;
     }
-    if (!strcmp(key, "seed")) {
-        if (json_is_null(v))
-            return LD_OK;
-        if (!json_is_integer(v) || json_integer_value(v) < 0)
-            return ld_fail(err, LD_EINVAL, "seed must be a non-negative integer");
-        o->has_seed = true;
-        o->seed = (uint64_t)json_integer_value(v);
-        return LD_OK;
-    }
+    if (!strcmp(key, "seed"))
+        return json_seed(o, v, err);
     if (!strcmp(key, "outputs")) {
         if (json_is_string(v))
-            return parse_outputs(json_string_value(v), &o->outputs, err);
+            return srv_options_set(o, key, json_string_value(v), err);
         if (!json_is_array(v) || json_array_size(v) == 0)
             return ld_fail(err, LD_EINVAL, "outputs must be a list of names");
         unsigned bits = 0, bit;
@@ -225,6 +318,7 @@ static int json_option(srv_options *o, const char *key, json_t *v, char *err)
             bits |= bit;
         }
         o->outputs = bits;
+        o->set |= OPT_OUTPUTS;
         return LD_OK;
     }
     if (!strcmp(key, "format") || !strcmp(key, "tensor_encoding")) {
@@ -240,8 +334,9 @@ int srv_parse_json(const char *body, size_t len, srv_blobs *blobs, srv_options *
     json_error_t jerr;
     json_t *root = json_loadb(body, len, 0, &jerr);
     if (!root)
-        return ld_fail(err, LD_EINVAL, "bad JSON at line %d column %d: %s", jerr.line,
-                       jerr.column, jerr.text);
+        return ld_fail(err, LD_EINVAL, "bad JSON at line %d column %d: %s%s", jerr.line,
+                       jerr.column, jerr.text,
+                       strstr(jerr.text, "too big") ? " (send seeds past 2^63 as strings)" : "");
     int rc = LD_OK;
     if (!json_is_object(root)) {
         rc = ld_fail(err, LD_EINVAL, "the body must be a JSON object");

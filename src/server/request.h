@@ -12,10 +12,20 @@
 enum { OUT_LATENTS = 1, OUT_MEAN = 2, OUT_LOGVAR = 4, OUT_MOMENTS = 8 };
 typedef enum { FMT_JSON, FMT_SAFETENSORS, FMT_NPY } srv_format;
 
+/* Which fields of an srv_options a source set (for merging). */
+enum {
+    OPT_DETERMINISTIC = 1,
+    OPT_SEED = 2,
+    OPT_CENTER = 4,
+    OPT_OUTPUTS = 8,
+    OPT_FORMAT = 16,
+    OPT_ENCODING = 32
+};
+
 typedef struct {
+    unsigned set;       /* OPT_* bits: the fields this source gave */
     bool deterministic;
-    bool has_seed;
-    uint64_t seed;
+    uint64_t seed;      /* meaningful when set & OPT_SEED */
     bool center;
     unsigned outputs;   /* OUT_* bits */
     srv_format format;
@@ -29,19 +39,30 @@ typedef struct {
     int count, cap;
 } srv_blobs;
 
+/* The defaults: every field set. */
 void srv_options_defaults(srv_options *o);
+/* An empty source: no field set. */
+void srv_options_clear(srv_options *o);
 /* One option from a query string or a multipart text field. */
 int srv_options_set(srv_options *o, const char *key, const char *value, char *err);
-/* format= wins; else Accept. */
+/* The format an Accept header asks for, if any. */
 void srv_options_from_accept(srv_options *o, const char *accept);
+/* Lay the fields src set over dst.  The daemon merges once, in this order:
+ * defaults < Accept header < query string < body (JSON fields or form fields). */
+void srv_options_merge(srv_options *dst, const srv_options *src);
+/* A seed: decimal digits only, 0 to 2^64-1 (out of range: LD_EINVAL). */
+int srv_parse_seed(const char *text, uint64_t *out, char *err);
 
 int srv_blobs_add(srv_blobs *b, const uint8_t *data, size_t len);
+/* Take ownership of a malloc'd buffer instead of copying it. */
+int srv_blobs_adopt(srv_blobs *b, uint8_t *data, size_t len);
+size_t srv_blobs_bytes(const srv_blobs *b);
 /* Append to the last blob (multipart parts arrive in pieces). */
 int srv_blobs_append(srv_blobs *b, const uint8_t *data, size_t len);
 void srv_blobs_free(srv_blobs *b);
 
 /* {"images": [...]} or {"image": "..."} plus options; base64 with an optional
- * data: URL prefix. */
+ * data: URL prefix.  Fills only the options the body names (o->set). */
 int srv_parse_json(const char *body, size_t len, srv_blobs *blobs, srv_options *o, char *err);
 
 #endif

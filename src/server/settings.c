@@ -23,9 +23,20 @@ void srv_config_defaults(srv_config *cfg)
     cfg->max_image_pixels = 1024 * 1024;
     cfg->max_images_per_request = 32;
     cfg->request_timeout_ms = 120000;
-    cfg->max_connections = 128;
+    cfg->memory_budget_bytes = (size_t)2 << 30;
+    cfg->http_threads = 2;
+    cfg->decode_threads = 1;
+    cfg->max_jpeg_scans = 100;
+    cfg->decode_timeout_ms = 5000;
+    cfg->max_connections = 1024;
+    cfg->max_connections_per_client = 64;
+    cfg->header_timeout_ms = 10000;
+    cfg->body_timeout_ms = 60000;
+    cfg->idle_timeout_ms = 30000;
+    cfg->max_requests_per_connection = 1000;
+    cfg->stall_timeout_ms = 120000;
     cfg->log_level = LOG_INFO;
-    cfg->drain_timeout_ms = 60000;
+    cfg->shutdown_timeout_ms = 30000;
 }
 
 static int parse_long(const char *value, long min, long max, long *out)
@@ -93,9 +104,72 @@ static const int_setting int_settings[] = {
     INT_SETTING(max_queue, 1, 1 << 20),
     INT_SETTING(max_images_per_request, 1, 1 << 16),
     INT_SETTING(request_timeout_ms, 1, 24 * 3600 * 1000),
+    INT_SETTING(http_threads, 1, 64),
+    INT_SETTING(decode_threads, 1, 64),
+    INT_SETTING(max_jpeg_scans, 1, 100000),
+    INT_SETTING(decode_timeout_ms, 1, 3600 * 1000),
     INT_SETTING(max_connections, 1, 1 << 16),
-    INT_SETTING(drain_timeout_ms, 0, 24 * 3600 * 1000),
+    INT_SETTING(max_connections_per_client, 0, 1 << 16),
+    INT_SETTING(header_timeout_ms, 100, 3600 * 1000),
+    INT_SETTING(body_timeout_ms, 100, 24 * 3600 * 1000),
+    INT_SETTING(idle_timeout_ms, 1000, 24 * 3600 * 1000),
+    INT_SETTING(max_requests_per_connection, 1, 1 << 30),
+    INT_SETTING(stall_timeout_ms, 1000, 24 * 3600 * 1000),
+    INT_SETTING(shutdown_timeout_ms, 0, 3600 * 1000),
 };
+
+/* Byte counts take an optional K, M or G suffix (powers of 1024). */
+static int parse_bytes(const char *value, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!isdigit((unsigned char)value[0]))
+        return -1;
+    unsigned long long v = strtoull(value, &end, 10);
+    unsigned shift = 0;
+    if (*end == 'K' || *end == 'k')
+        shift = 10;
+    else if (*end == 'M' || *end == 'm')
+        shift = 20;
+    else if (*end == 'G' || *end == 'g')
+        shift = 30;
+    if (shift)
+        end++;
+    if (errno || *end || v > (max >> shift) || (v << shift) < min)
+        return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+typedef struct {
+    const char *key;
+    size_t offset, size; /* a size_t or a uint64_t field */
+    uint64_t min, max;
+} bytes_setting;
+
+#define BYTES_SETTING(name, lo, hi) \
+    {#name, offsetof(srv_config, name), sizeof(((srv_config *)0)->name), lo, hi}
+static const bytes_setting bytes_settings[] = {
+    BYTES_SETTING(max_body_bytes, 1, (uint64_t)1 << 40),
+    BYTES_SETTING(max_image_pixels, 1, (uint64_t)1 << 40),
+    BYTES_SETTING(memory_budget_bytes, (uint64_t)16 << 20, (uint64_t)1 << 50),
+};
+
+static int set_bytes(srv_config *cfg, const bytes_setting *s, const char *value, char *err)
+{
+    uint64_t v;
+    if (parse_bytes(value, s->min, s->max, &v) != 0)
+        return ld_fail(err, LD_EINVAL, "%s: want an integer from %llu to %llu (K, M, G allowed), "
+                       "got '%.40s'", s->key, (unsigned long long)s->min,
+                       (unsigned long long)s->max, value);
+    if (s->size == sizeof(uint64_t))
+        *(uint64_t *)((char *)cfg + s->offset) = v;
+    else
+        *(size_t *)((char *)cfg + s->offset) = (size_t)v;
+    return LD_OK;
+}
+
+static int set_option(srv_config *cfg, const char *key, const char *value, char *err);
 
 /* One setting by name, from the file or a flag. */
 static int set_option(srv_config *cfg, const char *key, const char *value, char *err)
@@ -111,6 +185,11 @@ static int set_option(srv_config *cfg, const char *key, const char *value, char 
         *(int *)((char *)cfg + s->offset) = (int)v;
         return LD_OK;
     }
+    for (size_t i = 0; i < sizeof bytes_settings / sizeof bytes_settings[0]; i++)
+        if (strcmp(key, bytes_settings[i].key) == 0)
+            return set_bytes(cfg, &bytes_settings[i], value, err);
+    if (strcmp(key, "drain_timeout_ms") == 0) /* the old name, before shutdown_timeout_ms */
+        return set_option(cfg, "shutdown_timeout_ms", value, err);
     if (strcmp(key, "listen") == 0)
         return parse_listen(cfg, value, err);
     if (strcmp(key, "model") == 0)
@@ -123,15 +202,6 @@ static int set_option(srv_config *cfg, const char *key, const char *value, char 
         return parse_level(value, &cfg->log_level) == 0
                    ? LD_OK
                    : ld_fail(err, LD_EINVAL, "log_level: want error, warn, info or debug");
-    if (strcmp(key, "max_body_bytes") == 0 || strcmp(key, "max_image_pixels") == 0) {
-        if (parse_long(value, 1, 1L << 40, &v) != 0)
-            return ld_fail(err, LD_EINVAL, "%s: want a positive integer, got '%s'", key, value);
-        if (key[4] == 'b')
-            cfg->max_body_bytes = (size_t)v;
-        else
-            cfg->max_image_pixels = (uint64_t)v;
-        return LD_OK;
-    }
     return ld_fail(err, LD_EINVAL, "unknown setting '%s'", key);
 }
 

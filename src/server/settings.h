@@ -22,13 +22,24 @@ typedef struct {
     size_t max_body_bytes;
     uint64_t max_image_pixels;
     int max_images_per_request;
-    int request_timeout_ms; /* queue wait + encode; past it: 504 */
+    int request_timeout_ms; /* decode + queue wait + encode; past it: 504 */
+    size_t memory_budget_bytes; /* bodies held + decoded images + encoder workspace */
+    int http_threads;       /* libmicrohttpd's event-loop threads */
+    int decode_threads;     /* image decoders */
+    int max_jpeg_scans;     /* progressive JPEG scans, at most */
+    int decode_timeout_ms;  /* one image's decode, at most */
     int max_connections;
+    int max_connections_per_client; /* per client address; 0: no limit */
+    int header_timeout_ms;  /* from connection (or previous answer) to complete headers */
+    int body_timeout_ms;    /* from complete headers to complete body */
+    int idle_timeout_ms;    /* a keep-alive connection with nothing to do */
+    int max_requests_per_connection; /* then the connection is closed */
+    int stall_timeout_ms;   /* a worker with no progress this long is reported stalled */
     char api_key_file[4096];
     char api_key[256];      /* read from api_key_file; empty: no auth */
     char log_file[4096];    /* empty: stderr */
     srv_log_level log_level;
-    int drain_timeout_ms;   /* on SIGTERM, how long to wait for accepted requests */
+    int shutdown_timeout_ms; /* SIGTERM to exit, at most: drain, then cancel the rest */
 } srv_config;
 
 void srv_config_defaults(srv_config *cfg);
