@@ -204,7 +204,11 @@ int ld_png_decode(const uint8_t *data, size_t len, const ld_image_limits *limits
         png_destroy_read_struct(&png, NULL, NULL);
         return ld_fail(err, LD_ENOMEM, "out of memory starting the PNG decoder");
     }
-    /* libpng's own guard against decompression bombs in ancillary chunks */
+    /* latentd reads no ancillary chunk (text, sPLT, pCAL, ICC...; tRNS is
+     * dropped, as PIL's convert("RGB") drops it): skipping them all keeps
+     * libpng from allocating (and zeroing) whatever length a chunk declares,
+     * up to 2 GB for a 45-byte upload, before it finds the data is not there */
+    png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, NULL, -1);
     png_set_chunk_malloc_max(png, 8u << 20);
     int rc = decode(png, info, &src, limits, out, err);
     png_destroy_read_struct(&png, &info, NULL);
