@@ -232,6 +232,39 @@ START_TEST(memory_budget_bounds_decoded_images)
 }
 END_TEST
 
+/* ---- 4: overload is refused early, with Retry-After ---- */
+
+START_TEST(a_full_queue_refuses_before_the_body)
+{
+    static const char *const flags[] = {"--max-queue", "2", "--max-batch-delay-ms", "60000",
+                                        "--vae-split", "4", NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    size_t png_len, len;
+    uint8_t *png = read_all(fixture("images/astronaut_64.png"), &png_len);
+    char *body = multipart(png, png_len, 2, NULL, &len);
+    char head[256];
+    const int hl = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\n"
+                            "Content-Type: multipart/form-data; boundary=bb\r\n"
+                            "Content-Length: %zu\r\n\r\n", len);
+    int fd = raw_connect(&d); /* two images wait 60 s for a batch of four */
+    raw_send(fd, head, (size_t)hl);
+    raw_send(fd, body, len);
+    ck_assert(wait_for_metric(&d, "latentd_queue_depth", 2, 30));
+    reply r = http(&d, "/v1/encode", "image/png", png, png_len, NULL, NULL);
+    assert_error(&r, 503, "queue-full");
+    ck_assert_ptr_nonnull(strcasestr(r.headers, "Retry-After: 1"));
+    free(r.body);
+    r = http(&d, "/readyz", NULL, NULL, 0, NULL, NULL);
+    assert_error(&r, 503, "not-ready");
+    free(r.body);
+    close(fd);
+    ck_assert(wait_for_metric_range(&d, "latentd_queue_depth", 0, 0, 10));
+    free(body);
+    free(png);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
 /* ---- 6: a JPEG with 100,000 scans is refused in milliseconds ---- */
 
 START_TEST(many_scan_jpeg_is_refused_quickly)
@@ -519,6 +552,7 @@ static Suite *hardening_suite(void)
     tcase_add_test(tc, slow_clients_are_cut_and_others_served);
     tcase_add_test(tc, connection_limits_refuse_and_count);
     tcase_add_test(tc, memory_budget_bounds_decoded_images);
+    tcase_add_test(tc, a_full_queue_refuses_before_the_body);
     tcase_add_test(tc, many_scan_jpeg_is_refused_quickly);
     tcase_add_test(tc, shutdown_is_bounded_and_readyz_says_so);
     tcase_add_test(tc, work_of_a_departed_client_is_dropped);

@@ -501,6 +501,11 @@ static void start_encode(request *rq, struct MHD_Connection *c, const framing *f
         fail(rq, E_DRAINING, "shutting down");
         return;
     }
+    if (srv_queue_depth(st->queue) >= srv_queue_capacity(st->queue)) {
+        /* overloaded: refuse before reading a byte of the body */
+        fail(rq, E_QUEUE_FULL, "the queue is full");
+        return;
+    }
     if (f->lengths && f->length > st->cfg->max_body_bytes) {
         fail(rq, E_BODY_TOO_LARGE, "the body is larger than %zu bytes", st->cfg->max_body_bytes);
         return;
