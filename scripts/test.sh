@@ -49,6 +49,15 @@ for mode in $modes; do
         run_mode valgrind "CFLAGS='-O1 -g'" -- \
             LOG_COMPILER=valgrind \
             AM_LOG_FLAGS="--quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-origins=no --trace-children=yes --trace-children-skip=*/sh,*/rm,*/bash,*/prlimit,*/timeout" ;;
+    load)
+        # the load and abuse test (tests/load/README.md), not in the default list: builds
+        # the daemon and the client, then tests/load/run-load.sh within LATENTD_LOAD_SECONDS
+        # (default 60); its table ends with "N passed, N failed"
+        dir=build/test-load
+        mkdir -p "$dir"
+        echo "== load =="
+        (cd "$dir" && "$top/configure" -q && make -s -j"$jobs" latentd latent-encode tests/load/latentd-load \
+            && "$top/tests/load/run-load.sh" "$top/$dir/latentd") || status=1 ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
 done
