@@ -190,8 +190,8 @@ START_TEST(memory_limit_halves_the_chunk)
     ld_model *m = load_model("models/tiny-sd");
     ld_image imgs[3];
     float *batch = batch3(imgs);
-    const size_t one = ld_encode_workspace_bytes(m, 1, 64, 64);
-    const size_t two = ld_encode_workspace_bytes(m, 2, 64, 64);
+    const size_t one = ld_encode_workspace_bytes(m, 1, 64, 64, 0);
+    const size_t two = ld_encode_workspace_bytes(m, 2, 64, 64, 0);
     ck_assert_uint_gt(two, one);
     ld_encode_opts opts;
     ld_encode_opts_init(&opts);
@@ -245,6 +245,34 @@ START_TEST(progress_callback_can_cancel)
     ld_encode_out o = {out, NULL, NULL, NULL, 0};
     char err[LD_ERR_LEN];
     ck_assert_int_eq(ld_encode(m, batch, 3, 64, 64, &opts, &o, err), LD_ECANCELLED);
+    free(batch);
+    for (int i = 0; i < 3; i++)
+        ld_image_free(&imgs[i]);
+    ld_model_free(m);
+}
+END_TEST
+
+/* A caller's pool of any size gives the same latents as the fixtures. */
+START_TEST(caller_pool_of_any_size_matches)
+{
+    ld_model *m = load_model("models/tiny-sd");
+    ld_image imgs[3];
+    float *batch = batch3(imgs);
+    for (int threads = 1; threads <= 3; threads++) {
+        char err[LD_ERR_LEN];
+        ld_pool *pool;
+        ck_assert_int_eq(ld_pool_new(threads, &pool, err), LD_OK);
+        ld_encode_opts opts;
+        ld_encode_opts_init(&opts);
+        opts.pool = pool;
+        opts.vae_split = 2;
+        result r = encode(m, batch, 3, 64, 64, &opts, NULL);
+        char what[64];
+        snprintf(what, sizeof what, "pool of %d", threads);
+        assert_matches(&r, fixture("expected/tiny-sd/batch3_64.safetensors"), what);
+        result_free(&r);
+        ld_pool_free(pool);
+    }
     free(batch);
     for (int i = 0; i < 3; i++)
         ld_image_free(&imgs[i]);
@@ -390,6 +418,7 @@ static Suite *golden_suite(void)
     tcase_add_loop_test(tc, batch_of_three_matches_at_every_split, 0, N_MODELS);
     tcase_add_test(tc, memory_limit_halves_the_chunk);
     tcase_add_test(tc, progress_callback_can_cancel);
+    tcase_add_test(tc, caller_pool_of_any_size_matches);
     tcase_add_test(tc, moments_are_unclamped);
     tcase_add_test(tc, sampling_is_seeded_and_standard_normal);
     tcase_add_test(tc, no_center_takes_input_as_given);

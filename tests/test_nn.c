@@ -7,6 +7,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The kernels run on a pool of three threads (an odd count, so ranges split
+ * unevenly), made afresh for each test. */
+static ld_pool *pool;
+
+static void pool_setup(void)
+{
+    char err[LD_ERR_LEN];
+    ck_assert_msg(ld_pool_new(3, &pool, err) == LD_OK, "%s", err);
+}
+
+static void pool_teardown(void)
+{
+    ld_pool_free(pool);
+    pool = NULL;
+}
+
 static double conv_ref(const ld_conv_geom *g, const float *in, const float *w, const float *b,
                        int co, int y, int x)
 {
@@ -35,16 +51,17 @@ static void check_conv_with(ld_conv_geom g, size_t budget, conv_algo algo)
     fill_random(in, nin, 1);
     fill_random(w, nw, 2);
     fill_random(b, (size_t)g.out_ch, 3);
-    size_t scratch_n = algo == ALGO_IM2COL     ? ld_conv2d_im2col_scratch_floats(&g, budget)
-                       : algo == ALGO_WINOGRAD ? ld_winograd_scratch_floats(&g, budget)
-                                               : ld_conv2d_scratch_floats(&g, budget);
+    const int threads = ld_pool_threads(pool);
+    size_t scratch_n = algo == ALGO_IM2COL ? ld_conv2d_im2col_scratch_floats(&g, budget, threads)
+                       : algo == ALGO_WINOGRAD ? ld_winograd_scratch_floats(&g, budget, threads)
+                                               : ld_conv2d_scratch_floats(&g, budget, threads);
     float *scratch = malloc(scratch_n * 4 + 4);
     if (algo == ALGO_IM2COL)
-        ld_conv2d_im2col(&g, in, NULL, w, b, out, 0, scratch, scratch_n);
+        ld_conv2d_im2col(pool, &g, in, NULL, w, b, out, 0, scratch, scratch_n);
     else if (algo == ALGO_WINOGRAD)
-        ld_conv2d_winograd(&g, in, NULL, w, b, out, 0, scratch, scratch_n);
+        ld_conv2d_winograd(pool, &g, in, NULL, w, b, out, 0, scratch, scratch_n);
     else
-        ld_conv2d(&g, in, w, b, out, scratch, scratch_n);
+        ld_conv2d(pool, &g, in, w, b, out, scratch, scratch_n);
     for (int co = 0; co < g.out_ch; co++)
         for (int y = 0; y < g.out_h; y++)
             for (int x = 0; x < g.out_w; x++) {
@@ -78,7 +95,8 @@ START_TEST(conv_3x3_same_padding_in_bands)
         }
     }
     check_conv_with(shapes[0], 5 * 9 * 9 * 2, ALGO_IM2COL); /* two rows per band */
-    check_conv_with(shapes[0], 36 * 12 * 3 * 2 + 36 * 7 * 5 + (size_t)ld_nn_threads() * 12 * 14,
+    check_conv_with(shapes[0],
+                    36 * 12 * 3 * 2 + 36 * 7 * 5 + (size_t)ld_pool_threads(pool) * 12 * 14,
                     ALGO_WINOGRAD); /* two tile rows */
 }
 END_TEST
@@ -114,20 +132,21 @@ START_TEST(conv_with_input_map_and_accumulate)
     fill_random(b, 5, 43);
     fill_random(gamma, 8, 44);
     fill_random(beta, 8, 45);
-    ld_group_norm(in, normed, 8, 63, 4, gamma, beta, 1e-6f, 1);
-    ld_group_norm_coeffs(in, 8, 63, 4, gamma, beta, 1e-6f, scale, shift);
+    ld_group_norm(pool, in, normed, 8, 63, 4, gamma, beta, 1e-6f, 1);
+    ld_group_norm_coeffs(pool, in, 8, 63, 4, gamma, beta, 1e-6f, scale, shift);
     const ld_input_map map = {scale, shift, 1};
     for (int algo = 0; algo < 2; algo++) {
         float *out = malloc(nout * 4), *residual = malloc(nout * 4);
         fill_random(residual, nout, 46);
         memcpy(out, residual, nout * 4);
-        size_t n = algo ? ld_winograd_scratch_floats(&g, 1 << 20)
-                        : ld_conv2d_im2col_scratch_floats(&g, 1 << 20);
+        const int threads = ld_pool_threads(pool);
+        size_t n = algo ? ld_winograd_scratch_floats(&g, 1 << 20, threads)
+                        : ld_conv2d_im2col_scratch_floats(&g, 1 << 20, threads);
         float *scratch = malloc(n * 4);
         if (algo)
-            ld_conv2d_winograd(&g, in, &map, w, b, out, 1, scratch, n);
+            ld_conv2d_winograd(pool, &g, in, &map, w, b, out, 1, scratch, n);
         else
-            ld_conv2d_im2col(&g, in, &map, w, b, out, 1, scratch, n);
+            ld_conv2d_im2col(pool, &g, in, &map, w, b, out, 1, scratch, n);
         for (int co = 0; co < 5; co++)
             for (int y = 0; y < 9; y++)
                 for (int x = 0; x < 7; x++) {
@@ -157,7 +176,7 @@ START_TEST(group_norm_matches_definition)
     fill_random(gamma, C, 6);
     fill_random(beta, C, 7);
     for (int silu = 0; silu <= 1; silu++) {
-        ld_group_norm(x, y, C, HW, G, gamma, beta, 1e-6f, silu);
+        ld_group_norm(pool, x, y, C, HW, G, gamma, beta, 1e-6f, silu);
         for (int g = 0; g < G; g++) {
             double mean = 0, var = 0;
             const int n = C / G * HW;
@@ -179,7 +198,7 @@ START_TEST(group_norm_matches_definition)
     /* in place gives the same */
     float z[12 * 37];
     memcpy(z, x, sizeof x);
-    ld_group_norm(z, z, C, HW, G, gamma, beta, 1e-6f, 1);
+    ld_group_norm(pool, z, z, C, HW, G, gamma, beta, 1e-6f, 1);
     ck_assert_mem_eq(z, y, sizeof y);
 }
 END_TEST
@@ -197,8 +216,8 @@ START_TEST(attention_matches_definition)
         fill_random(b[k], C, 30 + k);
     }
     ld_attn_weights aw = {w[0], b[0], w[1], b[1], w[2], b[2], w[3], b[3]};
-    float *scratch = malloc(ld_attention_scratch_floats(C, T) * 4);
-    ld_attention(x, C, T, &aw, out, scratch);
+    float *scratch = malloc(ld_attention_scratch_floats(C, T, ld_pool_threads(pool)) * 4);
+    ld_attention(pool, x, C, T, &aw, out, scratch);
     double *q = malloc(C * T * 8), *k = malloc(C * T * 8), *v = malloc(C * T * 8);
     double *proj[3] = {q, k, v};
     for (int p = 0; p < 3; p++)
@@ -252,6 +271,7 @@ static Suite *nn_suite(void)
     Suite *s = suite_create("nn");
     TCase *tc = tcase_create("kernels");
     tcase_set_timeout(tc, 600);
+    tcase_add_checked_fixture(tc, pool_setup, pool_teardown);
     tcase_add_test(tc, conv_3x3_same_padding_in_bands);
     tcase_add_test(tc, conv_downsample_pads_right_and_bottom);
     tcase_add_test(tc, conv_pointwise);
