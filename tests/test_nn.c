@@ -4,6 +4,8 @@
 
 #include <check.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -266,6 +268,192 @@ START_TEST(attention_matches_definition)
 }
 END_TEST
 
+/* ---- the thread pool ---- */
+
+typedef struct {
+    int n;
+    atomic_int *visits;       /* per index */
+    atomic_int calls[8];      /* per thread */
+    atomic_int bad_thread;    /* calls with a thread index outside the pool */
+    int threads;
+} visit_log;
+
+static void visit(void *ctx, int begin, int end, int thread)
+{
+    visit_log *log = ctx;
+    if (thread < 0 || thread >= log->threads || begin < 0 || end > log->n || begin >= end) {
+        atomic_fetch_add(&log->bad_thread, 1);
+        return;
+    }
+    atomic_fetch_add(&log->calls[thread], 1);
+    for (int i = begin; i < end; i++)
+        atomic_fetch_add(&log->visits[i], 1);
+}
+
+/* every index of [0, n) exactly once; grain 0 is the static schedule */
+static void check_visits(ld_pool *p, int n, int grain)
+{
+    visit_log log = {.n = n, .threads = ld_pool_threads(p)};
+    log.visits = calloc((size_t)n + 1, sizeof *log.visits);
+    ck_assert_ptr_nonnull(log.visits);
+    if (grain == 0)
+        ld_pool_for(p, n, visit, &log);
+    else
+        ld_pool_for_dynamic(p, n, grain, visit, &log);
+    ck_assert_int_eq(atomic_load(&log.bad_thread), 0);
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(atomic_load(&log.visits[i]) == 1, "n %d grain %d threads %d: index %d "
+                      "visited %d times", n, grain, log.threads, i, atomic_load(&log.visits[i]));
+    if (grain == 0) /* static: one contiguous range per thread at most */
+        for (int t = 0; t < log.threads; t++)
+            ck_assert_int_le(atomic_load(&log.calls[t]), 1);
+    free(log.visits);
+}
+
+START_TEST(pool_visits_every_index_once)
+{
+    static const int sizes[] = {0, 1, 2, 3, 5, 7, 8, 64, 1001};
+    static const int grains[] = {0, 1, 3, 16};
+    for (int threads = 1; threads <= 8; threads++) {
+        char err[LD_ERR_LEN];
+        ld_pool *p;
+        ck_assert_msg(ld_pool_new(threads, &p, err) == LD_OK, "%s", err);
+        ck_assert_int_eq(ld_pool_threads(p), threads);
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+            for (size_t g = 0; g < sizeof grains / sizeof grains[0]; g++)
+                check_visits(p, sizes[s], grains[g]);
+        ld_pool_free(p);
+    }
+    /* NULL is a pool of one: the caller does everything */
+    ck_assert_int_eq(ld_pool_threads(NULL), 1);
+    check_visits(NULL, 10, 0);
+    check_visits(NULL, 10, 4);
+}
+END_TEST
+
+/* Back-to-back loops: each starts only after the last has finished everywhere. */
+static void add_round(void *ctx, int begin, int end, int thread)
+{
+    (void)thread;
+    int *cells = ctx;
+    for (int i = begin; i < end; i++)
+        cells[i] += 1; /* plain ints: a loop overlapping the next would be a data race */
+}
+
+START_TEST(pool_runs_loops_one_after_another)
+{
+    char err[LD_ERR_LEN];
+    ld_pool *p;
+    ck_assert_msg(ld_pool_new(4, &p, err) == LD_OK, "%s", err);
+    int cells[37] = {0};
+    for (int round = 0; round < 2000; round++) {
+        if (round % 2)
+            ld_pool_for(p, 37, add_round, cells);
+        else
+            ld_pool_for_dynamic(p, 37, 2, add_round, cells);
+    }
+    for (int i = 0; i < 37; i++)
+        ck_assert_int_eq(cells[i], 2000);
+    ld_pool_free(p);
+}
+END_TEST
+
+typedef struct {
+    ld_pool *pool;
+    visit_log *inner;  /* indices outer·inner_n + j */
+    int inner_n;
+    atomic_int thread_mismatch;
+} nested_ctx;
+
+typedef struct {
+    nested_ctx *outer;
+    int base, thread;
+} inner_ctx;
+
+static void inner_visit(void *ctx, int begin, int end, int thread)
+{
+    inner_ctx *in = ctx;
+    if (thread != in->thread) /* a nested loop runs as the thread that started it */
+        atomic_fetch_add(&in->outer->thread_mismatch, 1);
+    visit(in->outer->inner, in->base + begin, in->base + end, thread);
+}
+
+static void outer_visit(void *ctx, int begin, int end, int thread)
+{
+    nested_ctx *nc = ctx;
+    for (int i = begin; i < end; i++) {
+        inner_ctx in = {nc, i * nc->inner_n, thread};
+        ld_pool_for(nc->pool, nc->inner_n, inner_visit, &in);
+    }
+}
+
+START_TEST(pool_nested_loops_run_serially)
+{
+    char err[LD_ERR_LEN];
+    ld_pool *p;
+    ck_assert_msg(ld_pool_new(3, &p, err) == LD_OK, "%s", err);
+    const int outer = 7, inner = 5;
+    visit_log log = {.n = outer * inner, .threads = 3};
+    log.visits = calloc((size_t)outer * inner, sizeof *log.visits);
+    nested_ctx nc = {p, &log, inner, 0};
+    ld_pool_for(p, outer, outer_visit, &nc);
+    ck_assert_int_eq(atomic_load(&nc.thread_mismatch), 0);
+    ck_assert_int_eq(atomic_load(&log.bad_thread), 0);
+    for (int i = 0; i < outer * inner; i++)
+        ck_assert_int_eq(atomic_load(&log.visits[i]), 1);
+    free(log.visits);
+    ld_pool_free(p);
+}
+END_TEST
+
+/* Two threads share one pool: their loops take turns, each complete. */
+typedef struct {
+    ld_pool *pool;
+    int cells[50];
+} caller_arg;
+
+static void *caller_main(void *arg)
+{
+    caller_arg *c = arg;
+    for (int round = 0; round < 300; round++)
+        ld_pool_for(c->pool, 50, add_round, c->cells);
+    return NULL;
+}
+
+START_TEST(pool_callers_on_other_threads_take_turns)
+{
+    char err[LD_ERR_LEN];
+    ld_pool *p;
+    ck_assert_msg(ld_pool_new(2, &p, err) == LD_OK, "%s", err);
+    caller_arg a = {p, {0}}, b = {p, {0}};
+    pthread_t ta, tb;
+    ck_assert_int_eq(pthread_create(&ta, NULL, caller_main, &a), 0);
+    ck_assert_int_eq(pthread_create(&tb, NULL, caller_main, &b), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    for (int i = 0; i < 50; i++) {
+        ck_assert_int_eq(a.cells[i], 300);
+        ck_assert_int_eq(b.cells[i], 300);
+    }
+    ld_pool_free(p);
+}
+END_TEST
+
+START_TEST(pool_sizes)
+{
+    char err[LD_ERR_LEN];
+    ld_pool *p;
+    ck_assert_int_eq(ld_pool_new(0, &p, err), LD_OK); /* one per core */
+    ck_assert_int_eq(ld_pool_threads(p), ld_cores());
+    ck_assert_int_ge(ld_cores(), 1);
+    ld_pool_free(p);
+    ck_assert_int_eq(ld_pool_new(100000, &p, err), LD_EINVAL);
+    ck_assert_ptr_null(p);
+    ck_assert_ptr_nonnull(strstr(err, "threads"));
+    ld_pool_free(NULL);
+}
+END_TEST
+
 static Suite *nn_suite(void)
 {
     Suite *s = suite_create("nn");
@@ -279,6 +467,14 @@ static Suite *nn_suite(void)
     tcase_add_test(tc, group_norm_matches_definition);
     tcase_add_test(tc, attention_matches_definition);
     suite_add_tcase(s, tc);
+    TCase *tp = tcase_create("pool");
+    tcase_set_timeout(tp, 600);
+    tcase_add_test(tp, pool_visits_every_index_once);
+    tcase_add_test(tp, pool_runs_loops_one_after_another);
+    tcase_add_test(tp, pool_nested_loops_run_serially);
+    tcase_add_test(tp, pool_callers_on_other_threads_take_turns);
+    tcase_add_test(tp, pool_sizes);
+    suite_add_tcase(s, tp);
     return s;
 }
 
