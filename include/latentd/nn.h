@@ -40,7 +40,10 @@ typedef struct ld_pool ld_pool;
 /* fn handles indices [begin, end) as thread `thread` (0 <= thread < threads). */
 typedef void (*ld_pool_fn)(void *ctx, int begin, int end, int thread);
 
-/* threads <= 0: one per core this process may run on. */
+/* threads <= 0: one per core this process may run on.  Creating the pool also
+ * maps OpenBLAS's work buffers for every thread that may call BLAS at once
+ * (see src/nn/blas.c), so no matrix product has to map memory later:
+ * LD_ENOMEM when they cannot be had. */
 int ld_pool_new(int threads, ld_pool **out, char *err);
 void ld_pool_free(ld_pool *pool); /* accepts NULL; the pool must be idle */
 int ld_pool_threads(const ld_pool *pool); /* 1 for NULL */

@@ -340,8 +340,8 @@ static int load_images(const ld_model *model, const cli_args *a, cli_item *items
 
 static int run(const cli_args *a, ld_model *model, cli_item *items, char *err)
 {
-    /* the compute threads first: the images and the encoder's working memory
-     * then take what is left */
+    /* the compute threads first, and with them BLAS's buffers: the images and
+     * the encoder's working memory then take what is left */
     ld_pool *pool = NULL;
     int rc = ld_pool_new(a->threads, &pool, err);
     if (rc == LD_OK)

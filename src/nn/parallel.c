@@ -13,6 +13,7 @@
 #include "config.h"
 #endif
 #include "latentd/nn.h"
+#include "blas.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -36,6 +37,7 @@ struct ld_pool {
     int started; /* workers running */
     pthread_t *workers;
     worker_arg *args;
+    bool blas_reserved;
     pthread_mutex_t turn; /* held by the thread whose loop is running */
     pthread_mutex_t lock; /* guards generation, pending, stopping */
     pthread_cond_t wake;  /* workers: a new loop, or stop */
@@ -199,6 +201,10 @@ int ld_pool_new(int threads, ld_pool **out, char *err)
     p->args = calloc((size_t)threads, sizeof *p->args);
     int rc = p->workers && p->args ? start_workers(p, err)
                                    : ld_fail(err, LD_ENOMEM, "out of memory for a thread pool");
+    if (rc == LD_OK) {
+        rc = ld_blas_reserve(p, err);
+        p->blas_reserved = rc == LD_OK;
+    }
     if (rc != LD_OK) {
         ld_pool_free(p);
         return rc;
@@ -217,6 +223,8 @@ void ld_pool_free(ld_pool *p)
     pthread_mutex_unlock(&p->lock);
     for (int i = 0; i < p->started; i++)
         pthread_join(p->workers[i], NULL);
+    if (p->blas_reserved)
+        ld_blas_unreserve(p);
     pthread_mutex_destroy(&p->turn);
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->wake);

@@ -379,8 +379,8 @@ int ld_encode(const ld_model *m, const float *images, int n, int h, int w,
     int rc = check_args(m, n, h, w, opts, &lh, &lw, err);
     if (rc != LD_OK)
         return rc;
-    /* the pool first: its threads come before the workspace, which then
-     * takes what is left */
+    /* the pool first: its threads and BLAS buffers come before the workspace,
+     * which then takes what is left */
     ld_pool *own_pool = NULL;
     if (!opts->pool && (rc = ld_pool_new(opts->threads, &own_pool, err)) != LD_OK)
         return rc;
