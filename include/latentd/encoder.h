@@ -18,6 +18,7 @@
 #ifndef LATENTD_ENCODER_H
 #define LATENTD_ENCODER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -101,6 +102,12 @@ typedef struct {
     ld_progress_fn progress;
     void *progress_ctx;
     ld_encode_stats *stats; /* optional; times are added to it */
+    /* optional: once *cancel is true (from any thread) the call returns
+     * LD_ECANCELLED after the layer it is in, its memory freed */
+    const _Atomic bool *cancel;
+    /* optional: incremented after every layer of every image, so a watchdog
+     * can tell a working call from a stuck one */
+    _Atomic uint64_t *heartbeat;
 } ld_encode_opts;
 
 void ld_encode_opts_init(ld_encode_opts *opts);

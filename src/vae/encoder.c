@@ -4,6 +4,7 @@
 #include "vae_internal.h"
 #include "latentd/nn.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -36,6 +37,8 @@ typedef struct {
     size_t conv_scratch_floats;
     float *attn_scratch;
     ld_encode_stats *stats;
+    const _Atomic bool *cancel;  /* may be NULL */
+    _Atomic uint64_t *heartbeat; /* may be NULL */
 } fwd;
 
 static double now_seconds(void)
@@ -149,10 +152,21 @@ static float *slice(fbuf b, int i)
     return b.p + (size_t)i * b.stride;
 }
 
+/* One layer done for one image: a heartbeat, and LD_ECANCELLED once the
+ * caller has asked to stop. */
+static int layer_done(fwd *f)
+{
+    if (f->heartbeat)
+        atomic_fetch_add_explicit(f->heartbeat, 1, memory_order_relaxed);
+    if (f->cancel && atomic_load_explicit(f->cancel, memory_order_relaxed))
+        return LD_ECANCELLED;
+    return LD_OK;
+}
+
 /* dst = conv(src), or dst += conv(src) when accumulating; with `norm`, the
  * input passes through that GroupNorm and SiLU as it is read. */
-static void conv_all(fwd *f, const ld_conv *conv, fbuf src, fbuf dst, int stride,
-                     const ld_norm *norm, int accumulate)
+static int conv_all(fwd *f, const ld_conv *conv, fbuf src, fbuf dst, int stride,
+                    const ld_norm *norm, int accumulate)
 {
     ld_conv_geom g = geom_for(conv, f->h, f->w, stride);
     const ld_input_map map = {f->scale, f->shift, 1};
@@ -169,7 +183,11 @@ static void conv_all(fwd *f, const ld_conv *conv, fbuf src, fbuf dst, int stride
             f->stats->norm += t1 - t0;
             f->stats->conv += now_seconds() - t1;
         }
+        int rc = layer_done(f);
+        if (rc != LD_OK)
+            return rc;
     }
+    return LD_OK;
 }
 
 static void copy_all(fwd *f, fbuf src, fbuf dst, size_t count)
@@ -182,21 +200,24 @@ static void copy_all(fwd *f, fbuf src, fbuf dst, size_t count)
 
 /* a ← shortcut(a) + conv2(silu(norm2(conv1(silu(norm1(a)))))), the norms
  * fused into the convolutions and the residual added in place */
-static void resnet_forward(fwd *f, const ld_resnet *r)
+static int resnet_forward(fwd *f, const ld_resnet *r)
 {
-    conv_all(f, &r->conv1, f->a, f->c, 1, &r->norm1, 0);
-    if (r->has_shortcut) {
-        conv_all(f, &r->shortcut, f->a, f->b, 1, NULL, 0);
-        conv_all(f, &r->conv2, f->c, f->b, 1, &r->norm2, 1);
-        copy_all(f, f->b, f->a, (size_t)r->conv2.out_ch * f->h * f->w);
-    } else {
-        conv_all(f, &r->conv2, f->c, f->a, 1, &r->norm2, 1);
+    int rc = conv_all(f, &r->conv1, f->a, f->c, 1, &r->norm1, 0);
+    if (rc == LD_OK && r->has_shortcut) {
+        rc = conv_all(f, &r->shortcut, f->a, f->b, 1, NULL, 0);
+        if (rc == LD_OK)
+            rc = conv_all(f, &r->conv2, f->c, f->b, 1, &r->norm2, 1);
+        if (rc == LD_OK)
+            copy_all(f, f->b, f->a, (size_t)r->conv2.out_ch * f->h * f->w);
+    } else if (rc == LD_OK) {
+        rc = conv_all(f, &r->conv2, f->c, f->a, 1, &r->norm2, 1);
     }
     f->ch = r->conv2.out_ch;
+    return rc;
 }
 
 /* a ← a + attention(group_norm(a)) */
-static void attention_forward(fwd *f, const ld_attn *at)
+static int attention_forward(fwd *f, const ld_attn *at)
 {
     const size_t tokens = (size_t)f->h * f->w;
     const ld_attn_weights w = {at->q.weight, at->q.bias, at->k.weight, at->k.bias,
@@ -211,18 +232,23 @@ static void attention_forward(fwd *f, const ld_attn *at)
                      f->attn_scratch);
         ld_add_inplace(slice(f->a, i), slice(f->c, i), (size_t)f->ch * tokens);
         stat_add(f, f->stats ? &f->stats->attention : NULL, t0);
+        int rc = layer_done(f);
+        if (rc != LD_OK)
+            return rc;
     }
+    return LD_OK;
 }
 
-static void conv_step(fwd *f, const ld_conv *conv, int stride, const ld_norm *norm)
+static int conv_step(fwd *f, const ld_conv *conv, int stride, const ld_norm *norm)
 {
-    conv_all(f, conv, f->a, f->c, stride, norm, 0);
+    int rc = conv_all(f, conv, f->a, f->c, stride, norm, 0);
     swap(&f->a, &f->c);
     f->ch = conv->out_ch;
     if (stride == 2) {
         f->h /= 2;
         f->w /= 2;
     }
+    return rc;
 }
 
 static void center_input(fwd *f, const float *images, bool center)
@@ -240,25 +266,30 @@ static void center_input(fwd *f, const float *images, bool center)
 }
 
 /* Runs the graph; the moments end up in f->a, [n, 2·latent, lh, lw] with
- * per-image stride f->a.stride. */
-static void encoder_forward(fwd *f, const float *images, bool center)
+ * per-image stride f->a.stride.  Stops at the first layer that fails (only
+ * a cancellation can). */
+static int encoder_forward(fwd *f, const float *images, bool center)
 {
     const ld_model *m = f->m;
     center_input(f, images, center);
-    conv_step(f, &m->conv_in, 1, NULL);
-    for (int i = 0; i < m->cfg.n_levels; i++) {
-        for (int j = 0; j < m->cfg.layers_per_block; j++)
-            resnet_forward(f, &m->down[i].resnets[j]);
-        if (m->down[i].has_downsample)
-            conv_step(f, &m->down[i].downsample, 2, NULL);
+    int rc = conv_step(f, &m->conv_in, 1, NULL);
+    for (int i = 0; i < m->cfg.n_levels && rc == LD_OK; i++) {
+        for (int j = 0; j < m->cfg.layers_per_block && rc == LD_OK; j++)
+            rc = resnet_forward(f, &m->down[i].resnets[j]);
+        if (rc == LD_OK && m->down[i].has_downsample)
+            rc = conv_step(f, &m->down[i].downsample, 2, NULL);
     }
-    resnet_forward(f, &m->mid_resnet1);
-    if (m->cfg.mid_attention)
-        attention_forward(f, &m->mid_attn);
-    resnet_forward(f, &m->mid_resnet2);
-    conv_step(f, &m->conv_out, 1, &m->norm_out);
-    if (m->cfg.use_quant_conv)
-        conv_step(f, &m->quant_conv, 1, NULL);
+    if (rc == LD_OK)
+        rc = resnet_forward(f, &m->mid_resnet1);
+    if (rc == LD_OK && m->cfg.mid_attention)
+        rc = attention_forward(f, &m->mid_attn);
+    if (rc == LD_OK)
+        rc = resnet_forward(f, &m->mid_resnet2);
+    if (rc == LD_OK)
+        rc = conv_step(f, &m->conv_out, 1, &m->norm_out);
+    if (rc == LD_OK && m->cfg.use_quant_conv)
+        rc = conv_step(f, &m->quant_conv, 1, NULL);
+    return rc;
 }
 
 /* ---------------- chunking ---------------- */
@@ -313,6 +344,8 @@ static void fwd_init(fwd *f, const ld_model *m, const workspace *ws, int n, int 
     f->h = h;
     f->w = w;
     f->stats = opts->stats;
+    f->cancel = opts->cancel;
+    f->heartbeat = opts->heartbeat;
 }
 
 void ld_encoder_init(void)
@@ -342,6 +375,11 @@ static int check_args(const ld_model *m, int n, int h, int w, const ld_encode_op
     return LD_OK;
 }
 
+static bool cancelled(const ld_encode_opts *opts)
+{
+    return opts->cancel && atomic_load_explicit(opts->cancel, memory_order_relaxed);
+}
+
 /* The chunks, one after another, into out. */
 static int encode_chunks(const ld_model *m, const float *images, int n, int h, int w, int lh,
                          int lw, ld_pool *pool, const workspace *ws, const ld_encode_opts *opts,
@@ -354,7 +392,10 @@ static int encode_chunks(const ld_model *m, const float *images, int n, int h, i
         const int count = n - done < ws->chunk ? n - done : ws->chunk;
         fwd f;
         fwd_init(&f, m, ws, count, h, w, pool, opts);
-        encoder_forward(&f, images + (size_t)done * image_floats, opts->center_input);
+        if (encoder_forward(&f, images + (size_t)done * image_floats, opts->center_input) !=
+            LD_OK)
+            return ld_fail(err, LD_ECANCELLED, "encoding cancelled after %d of %d images",
+                           done, n);
         /* the moments are in f.a with per-image stride f.a.stride: compact them */
         for (int i = 1; i < count; i++)
             memmove(f.a.p + i * mom, slice(f.a, i), mom * sizeof(float));
@@ -379,6 +420,8 @@ int ld_encode(const ld_model *m, const float *images, int n, int h, int w,
     int rc = check_args(m, n, h, w, opts, &lh, &lw, err);
     if (rc != LD_OK)
         return rc;
+    if (cancelled(opts))
+        return ld_fail(err, LD_ECANCELLED, "encoding cancelled before it started");
     /* the pool first: its threads and BLAS buffers come before the workspace,
      * which then takes what is left */
     ld_pool *own_pool = NULL;
