@@ -222,10 +222,15 @@ int main(int argc, char **argv)
     uint32_t s = 99;
     for (size_t i = 0; i < pixels; i++)
         images[i] = 0.5f + 0.5f * uniform(&s);
+    ld_pool *pool;
+    if (ld_pool_new(threads, &pool, err) != LD_OK) {
+        fprintf(stderr, "bench-encode: %s\n", err);
+        return 1;
+    }
     ld_encode_opts eo;
     ld_encode_opts_init(&eo);
     eo.vae_split = batch;
-    eo.threads = threads;
+    eo.pool = pool; /* made once, as a daemon's worker does */
     ld_encode_out out = {latents, NULL, NULL, NULL, 0};
     if (ld_encode(model, images, batch, size, size, &eo, &out, err) != LD_OK) { /* warm-up */
         fprintf(stderr, "bench-encode: %s\n", err);
@@ -250,10 +255,12 @@ int main(int argc, char **argv)
     printf("per stage    conv %.3f s, norm %.3f s, attention %.3f s, other %.3f s (per pass)\n",
            stats.conv / reps, stats.norm / reps, stats.attention / reps, stats.other / reps);
     printf("workspace    %.1f MiB for a pass of %d\n",
-           ld_encode_workspace_bytes(model, batch, size, size) / 1048576.0, batch);
+           ld_encode_workspace_bytes(model, batch, size, size, ld_pool_threads(pool)) / 1048576.0,
+           batch);
     printf("peak RSS     %.1f MiB\n", ru.ru_maxrss / 1024.0);
     free(images);
     free(latents);
+    ld_pool_free(pool);
     ld_model_free(model);
     return 0;
 }

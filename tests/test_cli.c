@@ -4,9 +4,22 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
 
 static char *dir;
 
@@ -134,6 +147,83 @@ START_TEST(errors_exit_nonzero_with_one_line)
 }
 END_TEST
 
+/* ---- memory pressure ---- */
+
+#define HANG_SECONDS 60 /* a run that takes longer counts as hung (normal: under a second) */
+
+/* latent-encode on four 256x256 images in one chunk, under an address-space
+ * limit of `mib` MiB (what `prlimit --as` sets), in dir with stderr in
+ * dir/stderr.  Returns its wait status; SIGALRM means it hung.  OpenBLAS
+ * starts no threads of its own here: those map a work buffer each while the
+ * library loads, before main, and spin forever when that fails, a stall no
+ * code of latentd's could prevent (see src/nn/blas.c). */
+static int run_cli_limited(size_t mib)
+{
+    const char *build = getenv("LATENTD_BUILDDIR");
+    char exe[4200], model[4200], image[4200];
+    snprintf(exe, sizeof exe, "%s/latent-encode", build ? build : ".");
+    snprintf(model, sizeof model, "%s", fixture("models/tiny-sd"));
+    snprintf(image, sizeof image, "%s", fixture("images/astronaut_256.png"));
+    char *const argv[] = {exe,   "-q",  "-m",  model, "--vae-split", "4", "--threads", "2",
+                          "-o",  "limited.st", image, image, image, image, NULL};
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        const struct rlimit limit = {(rlim_t)mib << 20, (rlim_t)mib << 20};
+        int fd;
+        if (chdir(dir) != 0 || (fd = open("stderr", O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0 ||
+            dup2(fd, STDERR_FILENO) < 0 || setenv("OPENBLAS_NUM_THREADS", "1", 1) != 0 ||
+            setrlimit(RLIMIT_AS, &limit) != 0)
+            _exit(99);
+        alarm(HANG_SECONDS); /* survives exec; its default action ends the process */
+        execv(exe, argv);
+        _exit(98);
+    }
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    return status;
+}
+
+/* Whatever the limit, latent-encode finishes (halving its chunk when it must)
+ * or fails at once with one line: it never stalls.  A bisection between a
+ * limit too small to start and one that is no limit crosses every limit at
+ * which the encoder's own threads first need memory, so a stall at any of
+ * them is found: before the pool mapped OpenBLAS's buffers up front, a run
+ * at 64..250 MiB spun forever inside blas_memory_alloc. */
+START_TEST(memory_pressure_never_hangs)
+{
+#ifdef UNDER_ASAN
+    return; /* AddressSanitizer reserves terabytes of shadow: no address-space limit fits */
+#endif
+    size_t fails = 16, works = (size_t)16 << 10; /* MiB */
+    int status = run_cli_limited(works);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "latent-encode fails even without a real limit (status %#x)", status);
+    char path[4300], why[1024] = "", extra[1024];
+    snprintf(path, sizeof path, "%s/stderr", dir);
+    while (works - fails > 16) {
+        const size_t mib = (fails + works) / 2;
+        status = run_cli_limited(mib);
+        ck_assert_msg(!(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM),
+                      "latent-encode hung under a %zu MiB address-space limit", mib);
+        ck_assert_msg(WIFEXITED(status), "latent-encode died of signal %d under %zu MiB",
+                      WTERMSIG(status), mib);
+        if (WEXITSTATUS(status) == 0) {
+            works = mib;
+            continue;
+        }
+        /* a failure near the threshold is latent-encode's own, in one line */
+        fails = mib;
+        FILE *fp = fopen(path, "r");
+        ck_assert_ptr_nonnull(fp);
+        ck_assert_ptr_nonnull(fgets(why, sizeof why, fp));
+        ck_assert_msg(!fgets(extra, sizeof extra, fp), "more than one line: %s%s", why, extra);
+        fclose(fp);
+    }
+    ck_assert_msg(strstr(why, "latent-encode: ") == why, "last failure: %s", why);
+}
+END_TEST
+
 static Suite *cli_suite(void)
 {
     Suite *s = suite_create("latent-encode");
@@ -144,6 +234,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, mixed_sizes_get_one_set_each);
     tcase_add_test(tc, sampling_with_a_seed_repeats);
     tcase_add_test(tc, errors_exit_nonzero_with_one_line);
+    tcase_add_test(tc, memory_pressure_never_hangs);
     suite_add_tcase(s, tc);
     return s;
 }

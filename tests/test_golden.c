@@ -6,6 +6,7 @@
 
 #include <check.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -190,8 +191,8 @@ START_TEST(memory_limit_halves_the_chunk)
     ld_model *m = load_model("models/tiny-sd");
     ld_image imgs[3];
     float *batch = batch3(imgs);
-    const size_t one = ld_encode_workspace_bytes(m, 1, 64, 64);
-    const size_t two = ld_encode_workspace_bytes(m, 2, 64, 64);
+    const size_t one = ld_encode_workspace_bytes(m, 1, 64, 64, 0);
+    const size_t two = ld_encode_workspace_bytes(m, 2, 64, 64, 0);
     ck_assert_uint_gt(two, one);
     ld_encode_opts opts;
     ld_encode_opts_init(&opts);
@@ -245,6 +246,133 @@ START_TEST(progress_callback_can_cancel)
     ld_encode_out o = {out, NULL, NULL, NULL, 0};
     char err[LD_ERR_LEN];
     ck_assert_int_eq(ld_encode(m, batch, 3, 64, 64, &opts, &o, err), LD_ECANCELLED);
+    free(batch);
+    for (int i = 0; i < 3; i++)
+        ld_image_free(&imgs[i]);
+    ld_model_free(m);
+}
+END_TEST
+
+/* ---- cancellation and heartbeats ---- */
+
+static int set_cancel(void *ctx, int done, int total)
+{
+    (void)done;
+    (void)total;
+    atomic_store((_Atomic bool *)ctx, true); /* as another thread would */
+    return 0;
+}
+
+/* layers one image takes, counted by the heartbeat of a whole encode */
+static uint64_t layers_per_image(const ld_model *m, const float *batch)
+{
+    _Atomic uint64_t beats = 0;
+    ld_encode_opts opts;
+    ld_encode_opts_init(&opts);
+    opts.heartbeat = &beats;
+    result r = encode(m, batch, 2, 64, 64, &opts, NULL);
+    result_free(&r);
+    const uint64_t two = atomic_load(&beats);
+    ck_assert_uint_gt(two, 0);
+    ck_assert_uint_eq(two % 2, 0); /* every layer beats once per image */
+    return two / 2;
+}
+
+START_TEST(heartbeat_counts_every_layer)
+{
+    ld_model *m = load_model("models/tiny-sd");
+    ld_image imgs[3];
+    float *batch = batch3(imgs);
+    const uint64_t per_image = layers_per_image(m, batch);
+    /* tiny-sd: conv_in, 4 levels x 1 resnet (2 convs, +1 shortcut at 32->64),
+     * 3 downsamples, 2 mid resnets, attention, conv_out, quant_conv */
+    ck_assert_uint_eq(per_image, 1 + 4 * 2 + 1 + 3 + 2 * 2 + 1 + 1 + 1);
+    for (int split = 1; split <= 3; split++) { /* chunking changes nothing */
+        _Atomic uint64_t beats = 0;
+        ld_encode_opts opts;
+        ld_encode_opts_init(&opts);
+        opts.vae_split = split;
+        opts.heartbeat = &beats;
+        result r = encode(m, batch, 3, 64, 64, &opts, NULL);
+        ck_assert_uint_eq(atomic_load(&beats), 3 * per_image);
+        result_free(&r);
+    }
+    free(batch);
+    for (int i = 0; i < 3; i++)
+        ld_image_free(&imgs[i]);
+    ld_model_free(m);
+}
+END_TEST
+
+START_TEST(cancel_flag_stops_within_one_layer)
+{
+    ld_model *m = load_model("models/tiny-noattn");
+    ld_image imgs[3];
+    float *batch = batch3(imgs);
+    const uint64_t per_image = layers_per_image(m, batch);
+    float out[3 * 4 * 16 * 16];
+    char err[LD_ERR_LEN] = "";
+
+    /* set before the call: nothing runs */
+    _Atomic bool cancel = true;
+    _Atomic uint64_t beats = 0;
+    ld_encode_opts opts;
+    ld_encode_opts_init(&opts);
+    opts.cancel = &cancel;
+    opts.heartbeat = &beats;
+    ld_encode_out o = {out, NULL, NULL, NULL, 0};
+    ck_assert_int_eq(ld_encode(m, batch, 3, 64, 64, &opts, &o, err), LD_ECANCELLED);
+    ck_assert_uint_eq(atomic_load(&beats), 0);
+    ck_assert_ptr_nonnull(strstr(err, "cancelled"));
+
+    /* set once the first image is done: the second stops after its first layer */
+    atomic_store(&cancel, false);
+    opts.vae_split = 1;
+    opts.progress = set_cancel;
+    opts.progress_ctx = &cancel;
+    ck_assert_int_eq(ld_encode(m, batch, 3, 64, 64, &opts, &o, err), LD_ECANCELLED);
+    ck_assert_uint_eq(atomic_load(&beats), per_image + 1);
+
+    /* a caller's pool outlives a cancelled call and serves the next one */
+    ld_pool *pool;
+    ck_assert_int_eq(ld_pool_new(2, &pool, err), LD_OK);
+    opts.pool = pool;
+    atomic_store(&cancel, false);
+    ck_assert_int_eq(ld_encode(m, batch, 3, 64, 64, &opts, &o, err), LD_ECANCELLED);
+    atomic_store(&cancel, false);
+    atomic_store(&beats, 0);
+    opts.progress = NULL;
+    ck_assert_int_eq(ld_encode(m, batch, 3, 64, 64, &opts, &o, err), LD_OK);
+    ck_assert_uint_eq(atomic_load(&beats), 3 * per_image);
+    ld_pool_free(pool);
+    free(batch);
+    for (int i = 0; i < 3; i++)
+        ld_image_free(&imgs[i]);
+    ld_model_free(m);
+}
+END_TEST
+
+/* A caller's pool of any size gives the same latents as the fixtures. */
+START_TEST(caller_pool_of_any_size_matches)
+{
+    ld_model *m = load_model("models/tiny-sd");
+    ld_image imgs[3];
+    float *batch = batch3(imgs);
+    for (int threads = 1; threads <= 3; threads++) {
+        char err[LD_ERR_LEN];
+        ld_pool *pool;
+        ck_assert_int_eq(ld_pool_new(threads, &pool, err), LD_OK);
+        ld_encode_opts opts;
+        ld_encode_opts_init(&opts);
+        opts.pool = pool;
+        opts.vae_split = 2;
+        result r = encode(m, batch, 3, 64, 64, &opts, NULL);
+        char what[64];
+        snprintf(what, sizeof what, "pool of %d", threads);
+        assert_matches(&r, fixture("expected/tiny-sd/batch3_64.safetensors"), what);
+        result_free(&r);
+        ld_pool_free(pool);
+    }
     free(batch);
     for (int i = 0; i < 3; i++)
         ld_image_free(&imgs[i]);
@@ -390,6 +518,9 @@ static Suite *golden_suite(void)
     tcase_add_loop_test(tc, batch_of_three_matches_at_every_split, 0, N_MODELS);
     tcase_add_test(tc, memory_limit_halves_the_chunk);
     tcase_add_test(tc, progress_callback_can_cancel);
+    tcase_add_test(tc, heartbeat_counts_every_layer);
+    tcase_add_test(tc, cancel_flag_stops_within_one_layer);
+    tcase_add_test(tc, caller_pool_of_any_size_matches);
     tcase_add_test(tc, moments_are_unclamped);
     tcase_add_test(tc, sampling_is_seeded_and_standard_normal);
     tcase_add_test(tc, no_center_takes_input_as_given);

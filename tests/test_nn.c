@@ -4,8 +4,26 @@
 
 #include <check.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The kernels run on a pool of three threads (an odd count, so ranges split
+ * unevenly), made afresh for each test. */
+static ld_pool *pool;
+
+static void pool_setup(void)
+{
+    char err[LD_ERR_LEN];
+    ck_assert_msg(ld_pool_new(3, &pool, err) == LD_OK, "%s", err);
+}
+
+static void pool_teardown(void)
+{
+    ld_pool_free(pool);
+    pool = NULL;
+}
 
 static double conv_ref(const ld_conv_geom *g, const float *in, const float *w, const float *b,
                        int co, int y, int x)
@@ -35,16 +53,17 @@ static void check_conv_with(ld_conv_geom g, size_t budget, conv_algo algo)
     fill_random(in, nin, 1);
     fill_random(w, nw, 2);
     fill_random(b, (size_t)g.out_ch, 3);
-    size_t scratch_n = algo == ALGO_IM2COL     ? ld_conv2d_im2col_scratch_floats(&g, budget)
-                       : algo == ALGO_WINOGRAD ? ld_winograd_scratch_floats(&g, budget)
-                                               : ld_conv2d_scratch_floats(&g, budget);
+    const int threads = ld_pool_threads(pool);
+    size_t scratch_n = algo == ALGO_IM2COL ? ld_conv2d_im2col_scratch_floats(&g, budget, threads)
+                       : algo == ALGO_WINOGRAD ? ld_winograd_scratch_floats(&g, budget, threads)
+                                               : ld_conv2d_scratch_floats(&g, budget, threads);
     float *scratch = malloc(scratch_n * 4 + 4);
     if (algo == ALGO_IM2COL)
-        ld_conv2d_im2col(&g, in, NULL, w, b, out, 0, scratch, scratch_n);
+        ld_conv2d_im2col(pool, &g, in, NULL, w, b, out, 0, scratch, scratch_n);
     else if (algo == ALGO_WINOGRAD)
-        ld_conv2d_winograd(&g, in, NULL, w, b, out, 0, scratch, scratch_n);
+        ld_conv2d_winograd(pool, &g, in, NULL, w, b, out, 0, scratch, scratch_n);
     else
-        ld_conv2d(&g, in, w, b, out, scratch, scratch_n);
+        ld_conv2d(pool, &g, in, w, b, out, scratch, scratch_n);
     for (int co = 0; co < g.out_ch; co++)
         for (int y = 0; y < g.out_h; y++)
             for (int x = 0; x < g.out_w; x++) {
@@ -78,7 +97,8 @@ START_TEST(conv_3x3_same_padding_in_bands)
         }
     }
     check_conv_with(shapes[0], 5 * 9 * 9 * 2, ALGO_IM2COL); /* two rows per band */
-    check_conv_with(shapes[0], 36 * 12 * 3 * 2 + 36 * 7 * 5 + (size_t)ld_nn_threads() * 12 * 14,
+    check_conv_with(shapes[0],
+                    36 * 12 * 3 * 2 + 36 * 7 * 5 + (size_t)ld_pool_threads(pool) * 12 * 14,
                     ALGO_WINOGRAD); /* two tile rows */
 }
 END_TEST
@@ -114,20 +134,21 @@ START_TEST(conv_with_input_map_and_accumulate)
     fill_random(b, 5, 43);
     fill_random(gamma, 8, 44);
     fill_random(beta, 8, 45);
-    ld_group_norm(in, normed, 8, 63, 4, gamma, beta, 1e-6f, 1);
-    ld_group_norm_coeffs(in, 8, 63, 4, gamma, beta, 1e-6f, scale, shift);
+    ld_group_norm(pool, in, normed, 8, 63, 4, gamma, beta, 1e-6f, 1);
+    ld_group_norm_coeffs(pool, in, 8, 63, 4, gamma, beta, 1e-6f, scale, shift);
     const ld_input_map map = {scale, shift, 1};
     for (int algo = 0; algo < 2; algo++) {
         float *out = malloc(nout * 4), *residual = malloc(nout * 4);
         fill_random(residual, nout, 46);
         memcpy(out, residual, nout * 4);
-        size_t n = algo ? ld_winograd_scratch_floats(&g, 1 << 20)
-                        : ld_conv2d_im2col_scratch_floats(&g, 1 << 20);
+        const int threads = ld_pool_threads(pool);
+        size_t n = algo ? ld_winograd_scratch_floats(&g, 1 << 20, threads)
+                        : ld_conv2d_im2col_scratch_floats(&g, 1 << 20, threads);
         float *scratch = malloc(n * 4);
         if (algo)
-            ld_conv2d_winograd(&g, in, &map, w, b, out, 1, scratch, n);
+            ld_conv2d_winograd(pool, &g, in, &map, w, b, out, 1, scratch, n);
         else
-            ld_conv2d_im2col(&g, in, &map, w, b, out, 1, scratch, n);
+            ld_conv2d_im2col(pool, &g, in, &map, w, b, out, 1, scratch, n);
         for (int co = 0; co < 5; co++)
             for (int y = 0; y < 9; y++)
                 for (int x = 0; x < 7; x++) {
@@ -157,7 +178,7 @@ START_TEST(group_norm_matches_definition)
     fill_random(gamma, C, 6);
     fill_random(beta, C, 7);
     for (int silu = 0; silu <= 1; silu++) {
-        ld_group_norm(x, y, C, HW, G, gamma, beta, 1e-6f, silu);
+        ld_group_norm(pool, x, y, C, HW, G, gamma, beta, 1e-6f, silu);
         for (int g = 0; g < G; g++) {
             double mean = 0, var = 0;
             const int n = C / G * HW;
@@ -179,7 +200,7 @@ START_TEST(group_norm_matches_definition)
     /* in place gives the same */
     float z[12 * 37];
     memcpy(z, x, sizeof x);
-    ld_group_norm(z, z, C, HW, G, gamma, beta, 1e-6f, 1);
+    ld_group_norm(pool, z, z, C, HW, G, gamma, beta, 1e-6f, 1);
     ck_assert_mem_eq(z, y, sizeof y);
 }
 END_TEST
@@ -197,8 +218,8 @@ START_TEST(attention_matches_definition)
         fill_random(b[k], C, 30 + k);
     }
     ld_attn_weights aw = {w[0], b[0], w[1], b[1], w[2], b[2], w[3], b[3]};
-    float *scratch = malloc(ld_attention_scratch_floats(C, T) * 4);
-    ld_attention(x, C, T, &aw, out, scratch);
+    float *scratch = malloc(ld_attention_scratch_floats(C, T, ld_pool_threads(pool)) * 4);
+    ld_attention(pool, x, C, T, &aw, out, scratch);
     double *q = malloc(C * T * 8), *k = malloc(C * T * 8), *v = malloc(C * T * 8);
     double *proj[3] = {q, k, v};
     for (int p = 0; p < 3; p++)
@@ -247,11 +268,198 @@ START_TEST(attention_matches_definition)
 }
 END_TEST
 
+/* ---- the thread pool ---- */
+
+typedef struct {
+    int n;
+    atomic_int *visits;       /* per index */
+    atomic_int calls[8];      /* per thread */
+    atomic_int bad_thread;    /* calls with a thread index outside the pool */
+    int threads;
+} visit_log;
+
+static void visit(void *ctx, int begin, int end, int thread)
+{
+    visit_log *log = ctx;
+    if (thread < 0 || thread >= log->threads || begin < 0 || end > log->n || begin >= end) {
+        atomic_fetch_add(&log->bad_thread, 1);
+        return;
+    }
+    atomic_fetch_add(&log->calls[thread], 1);
+    for (int i = begin; i < end; i++)
+        atomic_fetch_add(&log->visits[i], 1);
+}
+
+/* every index of [0, n) exactly once; grain 0 is the static schedule */
+static void check_visits(ld_pool *p, int n, int grain)
+{
+    visit_log log = {.n = n, .threads = ld_pool_threads(p)};
+    log.visits = calloc((size_t)n + 1, sizeof *log.visits);
+    ck_assert_ptr_nonnull(log.visits);
+    if (grain == 0)
+        ld_pool_for(p, n, visit, &log);
+    else
+        ld_pool_for_dynamic(p, n, grain, visit, &log);
+    ck_assert_int_eq(atomic_load(&log.bad_thread), 0);
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(atomic_load(&log.visits[i]) == 1, "n %d grain %d threads %d: index %d "
+                      "visited %d times", n, grain, log.threads, i, atomic_load(&log.visits[i]));
+    if (grain == 0) /* static: one contiguous range per thread at most */
+        for (int t = 0; t < log.threads; t++)
+            ck_assert_int_le(atomic_load(&log.calls[t]), 1);
+    free(log.visits);
+}
+
+START_TEST(pool_visits_every_index_once)
+{
+    static const int sizes[] = {0, 1, 2, 3, 5, 7, 8, 64, 1001};
+    static const int grains[] = {0, 1, 3, 16};
+    for (int threads = 1; threads <= 8; threads++) {
+        char err[LD_ERR_LEN];
+        ld_pool *p;
+        ck_assert_msg(ld_pool_new(threads, &p, err) == LD_OK, "%s", err);
+        ck_assert_int_eq(ld_pool_threads(p), threads);
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+            for (size_t g = 0; g < sizeof grains / sizeof grains[0]; g++)
+                check_visits(p, sizes[s], grains[g]);
+        ld_pool_free(p);
+    }
+    /* NULL is a pool of one: the caller does everything */
+    ck_assert_int_eq(ld_pool_threads(NULL), 1);
+    check_visits(NULL, 10, 0);
+    check_visits(NULL, 10, 4);
+}
+END_TEST
+
+/* Back-to-back loops: each starts only after the last has finished everywhere. */
+static void add_round(void *ctx, int begin, int end, int thread)
+{
+    (void)thread;
+    int *cells = ctx;
+    for (int i = begin; i < end; i++)
+        cells[i] += 1; /* plain ints: a loop overlapping the next would be a data race */
+}
+
+START_TEST(pool_runs_loops_one_after_another)
+{
+    char err[LD_ERR_LEN];
+    ld_pool *p;
+    ck_assert_msg(ld_pool_new(4, &p, err) == LD_OK, "%s", err);
+    int cells[37] = {0};
+    for (int round = 0; round < 2000; round++) {
+        if (round % 2)
+            ld_pool_for(p, 37, add_round, cells);
+        else
+            ld_pool_for_dynamic(p, 37, 2, add_round, cells);
+    }
+    for (int i = 0; i < 37; i++)
+        ck_assert_int_eq(cells[i], 2000);
+    ld_pool_free(p);
+}
+END_TEST
+
+typedef struct {
+    ld_pool *pool;
+    visit_log *inner;  /* indices outer·inner_n + j */
+    int inner_n;
+    atomic_int thread_mismatch;
+} nested_ctx;
+
+typedef struct {
+    nested_ctx *outer;
+    int base, thread;
+} inner_ctx;
+
+static void inner_visit(void *ctx, int begin, int end, int thread)
+{
+    inner_ctx *in = ctx;
+    if (thread != in->thread) /* a nested loop runs as the thread that started it */
+        atomic_fetch_add(&in->outer->thread_mismatch, 1);
+    visit(in->outer->inner, in->base + begin, in->base + end, thread);
+}
+
+static void outer_visit(void *ctx, int begin, int end, int thread)
+{
+    nested_ctx *nc = ctx;
+    for (int i = begin; i < end; i++) {
+        inner_ctx in = {nc, i * nc->inner_n, thread};
+        ld_pool_for(nc->pool, nc->inner_n, inner_visit, &in);
+    }
+}
+
+START_TEST(pool_nested_loops_run_serially)
+{
+    char err[LD_ERR_LEN];
+    ld_pool *p;
+    ck_assert_msg(ld_pool_new(3, &p, err) == LD_OK, "%s", err);
+    const int outer = 7, inner = 5;
+    visit_log log = {.n = outer * inner, .threads = 3};
+    log.visits = calloc((size_t)outer * inner, sizeof *log.visits);
+    nested_ctx nc = {p, &log, inner, 0};
+    ld_pool_for(p, outer, outer_visit, &nc);
+    ck_assert_int_eq(atomic_load(&nc.thread_mismatch), 0);
+    ck_assert_int_eq(atomic_load(&log.bad_thread), 0);
+    for (int i = 0; i < outer * inner; i++)
+        ck_assert_int_eq(atomic_load(&log.visits[i]), 1);
+    free(log.visits);
+    ld_pool_free(p);
+}
+END_TEST
+
+/* Two threads share one pool: their loops take turns, each complete. */
+typedef struct {
+    ld_pool *pool;
+    int cells[50];
+} caller_arg;
+
+static void *caller_main(void *arg)
+{
+    caller_arg *c = arg;
+    for (int round = 0; round < 300; round++)
+        ld_pool_for(c->pool, 50, add_round, c->cells);
+    return NULL;
+}
+
+START_TEST(pool_callers_on_other_threads_take_turns)
+{
+    char err[LD_ERR_LEN];
+    ld_pool *p;
+    ck_assert_msg(ld_pool_new(2, &p, err) == LD_OK, "%s", err);
+    caller_arg a = {p, {0}}, b = {p, {0}};
+    pthread_t ta, tb;
+    ck_assert_int_eq(pthread_create(&ta, NULL, caller_main, &a), 0);
+    ck_assert_int_eq(pthread_create(&tb, NULL, caller_main, &b), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    for (int i = 0; i < 50; i++) {
+        ck_assert_int_eq(a.cells[i], 300);
+        ck_assert_int_eq(b.cells[i], 300);
+    }
+    ld_pool_free(p);
+}
+END_TEST
+
+START_TEST(pool_sizes)
+{
+    char err[LD_ERR_LEN];
+    ld_pool *p;
+    ck_assert_int_eq(ld_pool_new(0, &p, err), LD_OK); /* one per core */
+    ck_assert_int_eq(ld_pool_threads(p), ld_cores());
+    ck_assert_int_ge(ld_cores(), 1);
+    ld_pool_free(p);
+    ck_assert_int_eq(ld_pool_new(100000, &p, err), LD_EINVAL);
+    ck_assert_ptr_null(p);
+    ck_assert_ptr_nonnull(strstr(err, "threads"));
+    ld_pool_free(NULL);
+}
+END_TEST
+
 static Suite *nn_suite(void)
 {
     Suite *s = suite_create("nn");
     TCase *tc = tcase_create("kernels");
     tcase_set_timeout(tc, 600);
+    tcase_add_checked_fixture(tc, pool_setup, pool_teardown);
     tcase_add_test(tc, conv_3x3_same_padding_in_bands);
     tcase_add_test(tc, conv_downsample_pads_right_and_bottom);
     tcase_add_test(tc, conv_pointwise);
@@ -259,6 +467,14 @@ static Suite *nn_suite(void)
     tcase_add_test(tc, group_norm_matches_definition);
     tcase_add_test(tc, attention_matches_definition);
     suite_add_tcase(s, tc);
+    TCase *tp = tcase_create("pool");
+    tcase_set_timeout(tp, 600);
+    tcase_add_test(tp, pool_visits_every_index_once);
+    tcase_add_test(tp, pool_runs_loops_one_after_another);
+    tcase_add_test(tp, pool_nested_loops_run_serially);
+    tcase_add_test(tp, pool_callers_on_other_threads_take_turns);
+    tcase_add_test(tp, pool_sizes);
+    suite_add_tcase(s, tp);
     return s;
 }
 

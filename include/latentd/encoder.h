@@ -3,7 +3,18 @@
  * service and the CLI need: load a checkpoint, encode batches of images.
  *
  * A loaded model is read-only and may be shared by any number of threads, each
- * calling ld_encode with its own buffers. */
+ * calling ld_encode with its own buffers (and its own thread pool).
+ *
+ *   ld_encoder_init();
+ *   ld_model *model;  ld_pool *pool;
+ *   ld_model_load(path, NULL, &model, err);
+ *   ld_pool_new(threads, &pool, err);         // once per worker
+ *   ld_encode_opts opts;
+ *   ld_encode_opts_init(&opts);
+ *   opts.pool = pool;
+ *   ld_encode(model, images, n, h, w, &opts, &out, err);
+ *   ld_pool_free(pool);
+ *   ld_model_free(model); */
 #ifndef LATENTD_ENCODER_H
 #define LATENTD_ENCODER_H
 
@@ -13,6 +24,7 @@
 #include <stdint.h>
 
 #include "latentd/common.h"
+#include "latentd/nn.h" /* ld_pool */
 
 #define LD_MAX_LEVELS 8
 #define LD_MAX_LATENT_CHANNELS 64
@@ -37,8 +49,8 @@ typedef struct {
 typedef struct ld_model ld_model;
 
 /* Once per process, before encoding: the encoder splits its own work between
- * threads (ld_encode_opts.threads) and runs BLAS one thread per call, so the
- * two never oversubscribe the cores. */
+ * the threads of a pool and runs BLAS one thread per call, so the two never
+ * oversubscribe the cores. */
 void ld_encoder_init(void);
 
 /* Options for loading.  The scaling overrides apply to a single-file
@@ -80,7 +92,9 @@ typedef int (*ld_progress_fn)(void *ctx, int images_done, int images_total);
 
 typedef struct {
     int vae_split;          /* at most this many images per forward pass; <= 0: all */
-    int threads;            /* threads this call uses; <= 0: one per core */
+    ld_pool *pool;          /* the threads to compute on (the caller's, idle); NULL: a pool of
+                               `threads` made for this call alone */
+    int threads;            /* without a pool: threads this call uses; <= 0: one per core */
     bool center_input;      /* x*2-1 before the encoder (center_input_sample); default on */
     bool deterministic;     /* latents from the mode (mean); else a sample */
     const uint64_t *seeds;  /* sampling: one seed per image (the noise depends on it alone) */
@@ -88,8 +102,12 @@ typedef struct {
     ld_progress_fn progress;
     void *progress_ctx;
     ld_encode_stats *stats; /* optional; times are added to it */
-    const _Atomic bool *cancel;  /* optional; when it turns true the call stops (LD_ECANCELLED) */
-    _Atomic uint64_t *heartbeat; /* optional; bumped after every layer (for a watchdog) */
+    /* optional: once *cancel is true (from any thread) the call returns
+     * LD_ECANCELLED after the layer it is in, its memory freed */
+    const _Atomic bool *cancel;
+    /* optional: incremented after every layer of every image, so a watchdog
+     * can tell a working call from a stuck one */
+    _Atomic uint64_t *heartbeat;
 } ld_encode_opts;
 
 void ld_encode_opts_init(ld_encode_opts *opts);
@@ -109,11 +127,15 @@ typedef struct {
 /* Encode n images of h×w, given as RGB in [0, 1], [n, 3, h, w].
  * Works in chunks of at most vae_split images; when a chunk's working memory
  * cannot be had it halves the chunk and retries, down to one image, before it
- * reports LD_ENOMEM.  The result does not depend on the chunking. */
+ * reports LD_ENOMEM.  The result does not depend on the chunking.  That
+ * working memory is the only memory the call takes (besides a pool it makes
+ * itself, see ld_pool_new): nothing is mapped later, in the middle of the
+ * work, so memory pressure gives LD_ENOMEM up front, never a stall. */
 int ld_encode(const ld_model *model, const float *images, int n, int h, int w,
               const ld_encode_opts *opts, ld_encode_out *out, char *err);
 
-/* Bytes of working memory one pass over `chunk` images of h×w takes. */
-size_t ld_encode_workspace_bytes(const ld_model *model, int chunk, int h, int w);
+/* Bytes of working memory one pass over `chunk` images of h×w takes on
+ * `threads` compute threads (<= 0: one per core, ld_encode's default). */
+size_t ld_encode_workspace_bytes(const ld_model *model, int chunk, int h, int w, int threads);
 
 #endif

@@ -7,6 +7,8 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "latentd/common.h"
+
 /* SiLU (x·sigmoid(x)), the VAE's activation: one definition for every kernel
  * that applies it. */
 static inline float ld_silu(float v)
@@ -14,18 +16,51 @@ static inline float ld_silu(float v)
     return v / (1.0f + expf(-v));
 }
 
-/* Threads: call ld_nn_init() once per process (BLAS then runs one thread per
- * call), and ld_nn_set_threads(n) in each thread that runs the encoder: the
- * kernels then split their work n ways. */
+/* Call once per process, before any pool: BLAS then runs one thread per call,
+ * and the pools' threads are the only ones that share the cores. */
 void ld_nn_init(void);
-void ld_nn_set_threads(int threads);
-int ld_nn_threads(void);
-/* Which of the team's threads the caller is (0 outside parallel regions). */
-int ld_nn_thread_index(void);
+
+/* A team of compute threads that runs parallel loops.  The thread that calls
+ * ld_pool_for is thread 0 and does its share; the others sleep on a
+ * condition variable between loops, so an idle pool takes no CPU from the
+ * program's other threads (a daemon's I/O, say).
+ *
+ *   ld_pool *pool;
+ *   if (ld_pool_new(4, &pool, err) != LD_OK) ...   // 4 threads, the caller included
+ *   ld_pool_for(pool, n, fn, ctx);                  // fn(ctx, begin, end, thread) over [0, n)
+ *   ld_pool_free(pool);
+ *
+ * Every kernel below takes its pool explicitly and sizes any per-thread
+ * scratch from ld_pool_threads(); NULL is a pool of one (the caller runs
+ * everything).  A pool runs one loop at a time: callers on other threads
+ * wait their turn, and a loop started from inside one of its own loops runs
+ * serially on the thread that started it. */
+typedef struct ld_pool ld_pool;
+
+/* fn handles indices [begin, end) as thread `thread` (0 <= thread < threads). */
+typedef void (*ld_pool_fn)(void *ctx, int begin, int end, int thread);
+
+/* threads <= 0: one per core this process may run on.  Creating the pool also
+ * maps OpenBLAS's work buffers for every thread that may call BLAS at once
+ * (see src/nn/blas.c), so no matrix product has to map memory later:
+ * LD_ENOMEM when they cannot be had. */
+int ld_pool_new(int threads, ld_pool **out, char *err);
+void ld_pool_free(ld_pool *pool); /* accepts NULL; the pool must be idle */
+int ld_pool_threads(const ld_pool *pool); /* 1 for NULL */
+/* The cores this process may run on: the default number of threads. */
+int ld_cores(void);
+/* Static schedule: thread t gets the t-th of `threads` contiguous, near-equal
+ * ranges (one call at most; none when its range is empty).  Returns when
+ * every index has been handled. */
+void ld_pool_for(ld_pool *pool, int n, ld_pool_fn fn, void *ctx);
+/* Dynamic schedule: threads take ranges of `grain` indices in turn until none
+ * are left, for work whose cost varies. */
+void ld_pool_for_dynamic(ld_pool *pool, int n, int grain, ld_pool_fn fn, void *ctx);
+
 /* C = alpha·A·B + beta·C (row-major, no transposes), rows of A split between
- * the threads. */
-void ld_sgemm_split_rows(int m, int n, int k, float alpha, const float *a, int lda,
-                         const float *b, int ldb, float beta, float *c, int ldc);
+ * the pool's threads. */
+void ld_sgemm_split_rows(ld_pool *pool, int m, int n, int k, float alpha, const float *a,
+                         int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
 /* Geometry of a 2-D convolution over one image.  Padding on the bottom and
  * right is implied by the output size: taps that fall outside the input read
@@ -48,42 +83,43 @@ typedef struct {
 } ld_input_map;
 
 /* GroupNorm as per-channel scale and shift (biased variance, eps) for one image. */
-void ld_group_norm_coeffs(const float *in, int channels, size_t plane, int groups,
-                          const float *gamma, const float *beta, float eps, float *scale,
-                          float *shift);
+void ld_group_norm_coeffs(ld_pool *pool, const float *in, int channels, size_t plane,
+                          int groups, const float *gamma, const float *beta, float eps,
+                          float *scale, float *shift);
 
-/* Floats of scratch ld_conv2d needs to process at least one output row at a
- * time, and at most `budget` floats (bands of rows are sized to fit). */
-size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget);
+/* Floats of scratch ld_conv2d needs, on a pool of `threads`, to process at
+ * least one output row at a time, and at most `budget` floats (bands of rows
+ * are sized to fit). */
+size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget, int threads);
 
 /* out[co, y, x] = bias[co] + sum weight[co, ci, ky, kx] * in[ci, y*s+ky-pt, x*s+kx-pl].
  * weight is [out_ch, in_ch, k, k]; bias may be NULL.  scratch holds
  * scratch_floats floats (from ld_conv2d_scratch_floats). */
-void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, const float *bias,
-               float *out, float *scratch, size_t scratch_floats);
+void ld_conv2d(ld_pool *pool, const ld_conv_geom *g, const float *in, const float *weight,
+               const float *bias, float *out, float *scratch, size_t scratch_floats);
 /* The same with an optional input map (NULL: none) and, when accumulate is
  * set, out += conv instead of out = conv (a residual added in place). */
-void ld_conv2d_ex(const ld_conv_geom *g, const float *in, const ld_input_map *map,
-                  const float *weight, const float *bias, float *out, int accumulate,
-                  float *scratch, size_t scratch_floats);
+void ld_conv2d_ex(ld_pool *pool, const ld_conv_geom *g, const float *in,
+                  const ld_input_map *map, const float *weight, const float *bias, float *out,
+                  int accumulate, float *scratch, size_t scratch_floats);
 
 /* The two algorithms behind ld_conv2d, for tests and benchmarks.  Winograd
  * F(4x4,3x3) serves 3x3 stride-1 "same" convolutions (4x fewer
  * multiplications); im2col + sgemm serves everything. */
 int ld_winograd_applies(const ld_conv_geom *g);
-size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget);
-void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const ld_input_map *map,
-                        const float *weight, const float *bias, float *out, int accumulate,
-                        float *scratch, size_t scratch_floats);
-size_t ld_conv2d_im2col_scratch_floats(const ld_conv_geom *g, size_t budget);
-void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const ld_input_map *map,
-                      const float *weight, const float *bias, float *out, int accumulate,
-                      float *scratch, size_t scratch_floats);
+size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget, int threads);
+void ld_conv2d_winograd(ld_pool *pool, const ld_conv_geom *g, const float *in,
+                        const ld_input_map *map, const float *weight, const float *bias,
+                        float *out, int accumulate, float *scratch, size_t scratch_floats);
+size_t ld_conv2d_im2col_scratch_floats(const ld_conv_geom *g, size_t budget, int threads);
+void ld_conv2d_im2col(ld_pool *pool, const ld_conv_geom *g, const float *in,
+                      const ld_input_map *map, const float *weight, const float *bias, float *out,
+                      int accumulate, float *scratch, size_t scratch_floats);
 
 /* GroupNorm over one image (biased variance), then optional SiLU.
  * in and out may be the same buffer. */
-void ld_group_norm(const float *in, float *out, int channels, size_t plane, int groups,
-                   const float *gamma, const float *beta, float eps, int apply_silu);
+void ld_group_norm(ld_pool *pool, const float *in, float *out, int channels, size_t plane,
+                   int groups, const float *gamma, const float *beta, float eps, int apply_silu);
 
 /* dst[i] += src[i] */
 void ld_add_inplace(float *dst, const float *src, size_t n);
@@ -96,8 +132,8 @@ typedef struct {
     const float *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo;
 } ld_attn_weights;
 
-size_t ld_attention_scratch_floats(int channels, size_t tokens);
-void ld_attention(const float *xn, int channels, size_t tokens, const ld_attn_weights *w,
-                  float *out, float *scratch);
+size_t ld_attention_scratch_floats(int channels, size_t tokens, int threads);
+void ld_attention(ld_pool *pool, const float *xn, int channels, size_t tokens,
+                  const ld_attn_weights *w, float *out, float *scratch);
 
 #endif

@@ -171,8 +171,8 @@ static uint64_t fresh_seed(void)
 }
 
 /* Encode every image of items[] whose size is h×w, as one batch. */
-static int encode_group(const ld_model *model, const cli_args *a, cli_item *items, int h, int w,
-                        progress_bar *bar, char *err)
+static int encode_group(const ld_model *model, ld_pool *pool, const cli_args *a,
+                        cli_item *items, int h, int w, progress_bar *bar, char *err)
 {
     int n = 0;
     for (int i = 0; i < a->n_images; i++)
@@ -201,7 +201,7 @@ static int encode_group(const ld_model *model, const cli_args *a, cli_item *item
     ld_encode_opts opts;
     ld_encode_opts_init(&opts);
     opts.vae_split = a->vae_split;
-    opts.threads = a->threads;
+    opts.pool = pool;
     opts.center_input = a->center;
     opts.deterministic = !a->sample;
     opts.seeds = a->sample ? seeds : NULL;
@@ -340,14 +340,21 @@ static int load_images(const ld_model *model, const cli_args *a, cli_item *items
 
 static int run(const cli_args *a, ld_model *model, cli_item *items, char *err)
 {
-    int rc = load_images(model, a, items, err);
+    /* the compute threads first, and with them BLAS's buffers: the images and
+     * the encoder's working memory then take what is left */
+    ld_pool *pool = NULL;
+    int rc = ld_pool_new(a->threads, &pool, err);
+    if (rc == LD_OK)
+        rc = load_images(model, a, items, err);
     progress_bar bar = {.show = !a->quiet && isatty(STDERR_FILENO) && a->n_images > 1,
                         .total = a->n_images};
     for (int i = 0; i < a->n_images && rc == LD_OK; i++) {
         if (items[i].latents)
             continue; /* already encoded with an earlier image of its size */
-        rc = encode_group(model, a, items, items[i].img.height, items[i].img.width, &bar, err);
+        rc = encode_group(model, pool, a, items, items[i].img.height, items[i].img.width, &bar,
+                          err);
     }
+    ld_pool_free(pool);
     if (rc == LD_OK)
         rc = write_output(model, a, items, err);
     return rc;

@@ -8,20 +8,21 @@
 
 #define QUERY_BLOCK 128
 
-size_t ld_attention_scratch_floats(int channels, size_t tokens)
+size_t ld_attention_scratch_floats(int channels, size_t tokens, int threads)
 {
     /* q, k, v as [C, tokens] plus one block of scores per thread */
-    return 3 * (size_t)channels * tokens + (size_t)ld_nn_threads() * QUERY_BLOCK * tokens;
+    return 3 * (size_t)channels * tokens + (size_t)threads * QUERY_BLOCK * tokens;
 }
 
 /* dst[C, T] = W[C, C] · src[C, T] + b */
-static void project(const float *w, const float *b, const float *src, int c, size_t tokens,
-                    float *dst)
+static void project(ld_pool *pool, const float *w, const float *b, const float *src, int c,
+                    size_t tokens, float *dst)
 {
     for (int i = 0; i < c; i++)
         for (size_t t = 0; t < tokens; t++)
             dst[(size_t)i * tokens + t] = b[i];
-    ld_sgemm_split_rows(c, (int)tokens, c, 1.0f, w, c, src, (int)tokens, 1.0f, dst, (int)tokens);
+    ld_sgemm_split_rows(pool, c, (int)tokens, c, 1.0f, w, c, src, (int)tokens, 1.0f, dst,
+                        (int)tokens);
 }
 
 static void softmax_rows(float *s, int rows, size_t cols)
@@ -43,34 +44,48 @@ static void softmax_rows(float *s, int rows, size_t cols)
     }
 }
 
-void ld_attention(const float *xn, int c, size_t tokens, const ld_attn_weights *w, float *out,
-                  float *scratch)
+typedef struct {
+    float *q;             /* [C, T]; a block's columns take its result */
+    const float *k, *v;   /* [C, T] */
+    float *scores;        /* QUERY_BLOCK x T per thread */
+    int c, tokens;
+    float scale;
+} attn_job;
+
+/* Query blocks [first, last): each is independent, with the calling thread's
+ * own rows of scores. */
+static void attend_blocks(void *ctx, int first, int last, int thread)
+{
+    const attn_job *j = ctx;
+    const int T = j->tokens;
+    float *scores = j->scores + (size_t)thread * QUERY_BLOCK * (size_t)T;
+    for (int blk = first; blk < last; blk++) {
+        const int t0 = blk * QUERY_BLOCK;
+        const int nq = T - t0 < QUERY_BLOCK ? T - t0 : QUERY_BLOCK;
+        /* scores[nq, T] = scale · q[:, t0:t0+nq]ᵀ · k */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nq, T, j->c, j->scale, j->q + t0, T,
+                    j->k, T, 0.0f, scores, T);
+        softmax_rows(scores, nq, (size_t)T);
+        /* this block's queries are consumed: its columns of q take the result
+         * v · scoresᵀ, [C, nq] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->c, nq, T, 1.0f, j->v, T, scores,
+                    T, 0.0f, j->q + t0, T);
+    }
+}
+
+/* scratch: ld_attention_scratch_floats(c, tokens, ld_pool_threads(pool)) floats */
+void ld_attention(ld_pool *pool, const float *xn, int c, size_t tokens,
+                  const ld_attn_weights *w, float *out, float *scratch)
 {
     const int T = (int)tokens;
     float *q = scratch;
     float *k = q + (size_t)c * tokens;
     float *v = k + (size_t)c * tokens;
-    float *scratch_scores = v + (size_t)c * tokens;
-    project(w->wq, w->bq, xn, c, tokens, q);
-    project(w->wk, w->bk, xn, c, tokens, k);
-    project(w->wv, w->bv, xn, c, tokens, v);
-    const float scale = 1.0f / sqrtf((float)c);
-    const int blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
-    /* query blocks are independent: each thread takes whole blocks, with its
-     * own rows of scores */
-#pragma omp parallel for schedule(dynamic)
-    for (int blk = 0; blk < blocks; blk++) {
-        const int t0 = blk * QUERY_BLOCK;
-        const int nq = T - t0 < QUERY_BLOCK ? T - t0 : QUERY_BLOCK;
-        float *scores = scratch_scores + (size_t)ld_nn_thread_index() * QUERY_BLOCK * tokens;
-        /* scores[nq, T] = scale · q[:, t0:t0+nq]ᵀ · k */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nq, T, c, scale, q + t0, T, k, T,
-                    0.0f, scores, T);
-        softmax_rows(scores, nq, tokens);
-        /* this block's queries are consumed: its columns of q take the result
-         * v · scoresᵀ, [C, nq] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c, nq, T, 1.0f, v, T, scores, T,
-                    0.0f, q + t0, T);
-    }
-    project(w->wo, w->bo, q, c, tokens, out);
+    project(pool, w->wq, w->bq, xn, c, tokens, q);
+    project(pool, w->wk, w->bk, xn, c, tokens, k);
+    project(pool, w->wv, w->bv, xn, c, tokens, v);
+    const attn_job job = {q, k, v, v + (size_t)c * tokens, c, T, 1.0f / sqrtf((float)c)};
+    ld_pool_for_dynamic(pool, (T + QUERY_BLOCK - 1) / QUERY_BLOCK, 1, attend_blocks,
+                        (void *)&job);
+    project(pool, w->wo, w->bo, q, c, tokens, out);
 }

@@ -22,8 +22,9 @@ static int is_pointwise(const ld_conv_geom *g)
            g->out_h == g->in_h && g->out_w == g->in_w;
 }
 
-size_t ld_conv2d_im2col_scratch_floats(const ld_conv_geom *g, size_t budget)
+size_t ld_conv2d_im2col_scratch_floats(const ld_conv_geom *g, size_t budget, int threads)
 {
+    (void)threads; /* the column buffer is shared: each thread fills its channels' rows */
     /* a pointwise conv needs no columns, unless an input map must be applied:
      * then the columns hold the mapped input (callers size for the worst) */
     size_t row = col_rows(g) * (size_t)g->out_w;
@@ -70,30 +71,47 @@ static void map_row(const ld_conv_geom *g, const ld_input_map *map, int c, int x
     }
 }
 
-static void im2col_band(const ld_conv_geom *g, const float *in, const ld_input_map *map, int y0,
-                        int rows, float *col)
+typedef struct {
+    const ld_conv_geom *g;
+    const float *in;
+    const ld_input_map *map;
+    int y0, rows;
+    float *col;
+} im2col_job;
+
+/* The column rows of input channels [first, last) for one band of output rows. */
+static void im2col_channels(void *ctx, int first, int last, int thread)
 {
+    (void)thread;
+    const im2col_job *j = ctx;
+    const ld_conv_geom *g = j->g;
     const int k = g->kernel;
-    const size_t band = (size_t)rows * (size_t)g->out_w;
+    const size_t band = (size_t)j->rows * (size_t)g->out_w;
     const size_t plane = (size_t)g->in_h * (size_t)g->in_w;
-#pragma omp parallel for schedule(static)
-    for (int ci = 0; ci < g->in_ch; ci++) {
+    for (int ci = first; ci < last; ci++) {
         for (int ky = 0; ky < k; ky++) {
             for (int kx = 0; kx < k; kx++) {
-                float *dst = col + ((size_t)(ci * k + ky) * k + kx) * band;
-                for (int r = 0; r < rows; r++) {
-                    int iy = (y0 + r) * g->stride + ky - g->pad_top;
+                float *dst = j->col + ((size_t)(ci * k + ky) * k + kx) * band;
+                for (int r = 0; r < j->rows; r++) {
+                    int iy = (j->y0 + r) * g->stride + ky - g->pad_top;
                     const float *src = (iy >= 0 && iy < g->in_h)
-                                           ? in + ci * plane + (size_t)iy * g->in_w
+                                           ? j->in + ci * plane + (size_t)iy * g->in_w
                                            : NULL;
                     gather_row(src, g->in_w, g->out_w, g->stride, kx - g->pad_left,
                                dst + (size_t)r * g->out_w);
-                    if (map && src)
-                        map_row(g, map, ci, kx - g->pad_left, dst + (size_t)r * g->out_w);
+                    if (j->map && src)
+                        map_row(g, j->map, ci, kx - g->pad_left, dst + (size_t)r * g->out_w);
                 }
             }
         }
     }
+}
+
+static void im2col_band(ld_pool *pool, const ld_conv_geom *g, const float *in,
+                        const ld_input_map *map, int y0, int rows, float *col)
+{
+    const im2col_job job = {g, in, map, y0, rows, col};
+    ld_pool_for(pool, g->in_ch, im2col_channels, (void *)&job);
 }
 
 /* out = bias, or out += bias when accumulating (the product is added after) */
@@ -112,15 +130,15 @@ static void start_output(float *out, const float *bias, int channels, size_t str
     }
 }
 
-void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const ld_input_map *map,
-                      const float *weight, const float *bias, float *out, int accumulate,
-                      float *scratch, size_t scratch_floats)
+void ld_conv2d_im2col(ld_pool *pool, const ld_conv_geom *g, const float *in,
+                      const ld_input_map *map, const float *weight, const float *bias, float *out,
+                      int accumulate, float *scratch, size_t scratch_floats)
 {
     const size_t out_plane = (size_t)g->out_h * (size_t)g->out_w;
     const int K = (int)col_rows(g);
     if (is_pointwise(g) && !map) {
         start_output(out, bias, g->out_ch, out_plane, out_plane, accumulate);
-        ld_sgemm_split_rows(g->out_ch, (int)out_plane, K, 1.0f, weight, K, in, (int)out_plane,
+        ld_sgemm_split_rows(pool, g->out_ch, (int)out_plane, K, 1.0f, weight, K, in, (int)out_plane,
                             1.0f, out, (int)out_plane);
         return;
     }
@@ -131,9 +149,9 @@ void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const ld_input_map
         int rows = g->out_h - y0 < rows_per_band ? g->out_h - y0 : rows_per_band;
         int band = rows * g->out_w;
         float *dst = out + (size_t)y0 * g->out_w;
-        im2col_band(g, in, map, y0, rows, scratch);
+        im2col_band(pool, g, in, map, y0, rows, scratch);
         start_output(dst, bias, g->out_ch, out_plane, (size_t)band, accumulate);
-        ld_sgemm_split_rows(g->out_ch, band, K, 1.0f, weight, K, scratch, band, 1.0f, dst,
+        ld_sgemm_split_rows(pool, g->out_ch, band, K, 1.0f, weight, K, scratch, band, 1.0f, dst,
                             (int)out_plane);
     }
 }
@@ -144,24 +162,26 @@ void ld_conv2d_im2col(const ld_conv_geom *g, const float *in, const ld_input_map
 #define ld_winograd_applies(g) 0
 #endif
 
-size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget)
+size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget, int threads)
 {
-    return ld_winograd_applies(g) ? ld_winograd_scratch_floats(g, budget)
-                                  : ld_conv2d_im2col_scratch_floats(g, budget);
+    return ld_winograd_applies(g) ? ld_winograd_scratch_floats(g, budget, threads)
+                                  : ld_conv2d_im2col_scratch_floats(g, budget, threads);
 }
 
-void ld_conv2d_ex(const ld_conv_geom *g, const float *in, const ld_input_map *map,
+void ld_conv2d_ex(ld_pool *pool, const ld_conv_geom *g, const float *in, const ld_input_map *map,
                   const float *weight, const float *bias, float *out, int accumulate,
                   float *scratch, size_t scratch_floats)
 {
     if (ld_winograd_applies(g))
-        ld_conv2d_winograd(g, in, map, weight, bias, out, accumulate, scratch, scratch_floats);
+        ld_conv2d_winograd(pool, g, in, map, weight, bias, out, accumulate, scratch,
+                           scratch_floats);
     else
-        ld_conv2d_im2col(g, in, map, weight, bias, out, accumulate, scratch, scratch_floats);
+        ld_conv2d_im2col(pool, g, in, map, weight, bias, out, accumulate, scratch,
+                         scratch_floats);
 }
 
-void ld_conv2d(const ld_conv_geom *g, const float *in, const float *weight, const float *bias,
-               float *out, float *scratch, size_t scratch_floats)
+void ld_conv2d(ld_pool *pool, const ld_conv_geom *g, const float *in, const float *weight,
+               const float *bias, float *out, float *scratch, size_t scratch_floats)
 {
-    ld_conv2d_ex(g, in, NULL, weight, bias, out, 0, scratch, scratch_floats);
+    ld_conv2d_ex(pool, g, in, NULL, weight, bias, out, 0, scratch, scratch_floats);
 }

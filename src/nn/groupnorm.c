@@ -28,37 +28,38 @@ static float group_inv_std(const float *in, int g, int per_group, size_t plane, 
     return (float)(1.0 / sqrt(var + (double)eps));
 }
 
-void ld_group_norm_coeffs(const float *in, int channels, size_t plane, int groups,
-                          const float *gamma, const float *beta, float eps, float *scale,
-                          float *shift)
-{
-    const int per_group = channels / groups;
-#pragma omp parallel for schedule(static)
-    for (int g = 0; g < groups; g++) {
-        double mean;
-        const float inv_std = group_inv_std(in, g, per_group, plane, eps, &mean);
-        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
-            /* normalisation and affine folded into one multiply-add per element */
-            scale[c] = gamma[c] * inv_std;
-            shift[c] = beta[c] - (float)mean * scale[c];
-        }
-    }
-}
+typedef struct {
+    const float *in;
+    float *out; /* ld_group_norm: the normalised values; NULL: coefficients only */
+    int per_group;
+    size_t plane;
+    const float *gamma, *beta;
+    float eps;
+    int apply_silu;
+    float *scale, *shift; /* ld_group_norm_coeffs: per channel */
+} norm_job;
 
-void ld_group_norm(const float *in, float *out, int channels, size_t plane, int groups,
-                   const float *gamma, const float *beta, float eps, int apply_silu)
+/* Groups [first, last): their channels' scale and shift, normalisation and
+ * affine folded into one multiply-add per element. */
+static void norm_groups(void *ctx, int first, int last, int thread)
 {
-    const int per_group = channels / groups;
-#pragma omp parallel for schedule(static)
-    for (int g = 0; g < groups; g++) {
+    (void)thread;
+    const norm_job *j = ctx;
+    for (int g = first; g < last; g++) {
         double mean;
-        const float inv_std = group_inv_std(in, g, per_group, plane, eps, &mean);
-        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
-            const float scale = gamma[c] * inv_std;
-            const float shift = beta[c] - (float)mean * scale;
-            const float *src = in + (size_t)c * plane;
-            float *dst = out + (size_t)c * plane;
-            if (apply_silu)
+        const float inv_std = group_inv_std(j->in, g, j->per_group, j->plane, j->eps, &mean);
+        for (int c = g * j->per_group; c < (g + 1) * j->per_group; c++) {
+            const float scale = j->gamma[c] * inv_std;
+            const float shift = j->beta[c] - (float)mean * scale;
+            if (!j->out) {
+                j->scale[c] = scale;
+                j->shift[c] = shift;
+                continue;
+            }
+            const size_t plane = j->plane;
+            const float *src = j->in + (size_t)c * plane;
+            float *dst = j->out + (size_t)c * plane;
+            if (j->apply_silu)
                 for (size_t i = 0; i < plane; i++)
                     dst[i] = ld_silu(src[i] * scale + shift);
             else
@@ -66,6 +67,22 @@ void ld_group_norm(const float *in, float *out, int channels, size_t plane, int 
                     dst[i] = src[i] * scale + shift;
         }
     }
+}
+
+void ld_group_norm_coeffs(ld_pool *pool, const float *in, int channels, size_t plane, int groups,
+                          const float *gamma, const float *beta, float eps, float *scale,
+                          float *shift)
+{
+    const norm_job job = {in, NULL, channels / groups, plane, gamma, beta, eps, 0, scale, shift};
+    ld_pool_for(pool, groups, norm_groups, (void *)&job);
+}
+
+void ld_group_norm(ld_pool *pool, const float *in, float *out, int channels, size_t plane,
+                   int groups, const float *gamma, const float *beta, float eps, int apply_silu)
+{
+    const norm_job job = {in, out, channels / groups, plane, gamma, beta, eps, apply_silu, NULL,
+                          NULL};
+    ld_pool_for(pool, groups, norm_groups, (void *)&job);
 }
 
 void ld_add_inplace(float *dst, const float *src, size_t n)

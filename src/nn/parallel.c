@@ -1,69 +1,235 @@
-/* How the kernels share the cores: OpenMP threads run the kernels' own loops
- * and split each matrix product between them, while BLAS itself runs one
- * thread per call.  Two pools (OpenMP's and OpenBLAS's) each sized to the
- * cores would otherwise fight: one spins while the other works. */
+/* latentd's compute threads: a fixed team per pool that runs parallel loops.
+ *
+ * Why not OpenMP: libgomp's idle threads spin (GOMP_SPINCOUNT) before they
+ * sleep, so between two loops a worker burns a core that a daemon's I/O
+ * threads want, and the team size lives in hidden per-thread state.  Here an
+ * idle thread sleeps on a condition variable until the next loop, and the
+ * team is an object the caller owns and passes to every kernel.
+ *
+ * One loop runs at a time.  The caller publishes the loop, bumps
+ * `generation` and wakes the workers; each runs its share and the last one
+ * to finish wakes the caller, which has done its own share meanwhile. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
 #include "latentd/nn.h"
+#include "blas.h"
 
-#include <cblas.h>
+#include <assert.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
-void openblas_set_num_threads(int);
-#endif
+#define MAX_THREADS 1024
 
-void ld_nn_init(void)
+typedef struct {
+    ld_pool *pool;
+    int index; /* 1 .. threads-1; the caller is 0 */
+} worker_arg;
+
+struct ld_pool {
+    int threads; /* the caller included */
+    int started; /* workers running */
+    pthread_t *workers;
+    worker_arg *args;
+    bool blas_reserved;
+    pthread_mutex_t turn; /* held by the thread whose loop is running */
+    pthread_mutex_t lock; /* guards generation, pending, stopping */
+    pthread_cond_t wake;  /* workers: a new loop, or stop */
+    pthread_cond_t done;  /* the caller: every worker finished its share */
+    unsigned long generation;
+    int pending; /* workers still in the current loop */
+    bool stopping;
+    /* the current loop: written by the caller before `generation` moves,
+     * read by the workers after they see it move (both under `lock`) */
+    ld_pool_fn fn;
+    void *ctx;
+    int n;
+    int grain;        /* 0: static schedule */
+    atomic_int next;  /* dynamic schedule: the first index not yet taken */
+};
+
+/* Which pool's loop this thread is running, and as which thread: a loop
+ * started from inside a loop of the same pool must not wait for the team it
+ * is part of. */
+static _Thread_local const ld_pool *running_pool;
+static _Thread_local int running_thread;
+
+static void run_share(ld_pool *p, int thread)
 {
-#ifdef HAVE_OPENBLAS_SET_NUM_THREADS
-    openblas_set_num_threads(1);
-#endif
-}
-
-void ld_nn_set_threads(int threads)
-{
-#ifdef _OPENMP
-    if (threads > 0)
-        omp_set_num_threads(threads);
-#else
-    (void)threads;
-#endif
-}
-
-int ld_nn_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-int ld_nn_thread_index(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-void ld_sgemm_split_rows(int m, int n, int k, float alpha, const float *a, int lda,
-                         const float *b, int ldb, float beta, float *c, int ldc)
-{
-#pragma omp parallel
-    {
-        int team = 1, me = 0;
-#ifdef _OPENMP
-        team = omp_get_num_threads();
-        me = omp_get_thread_num();
-#endif
-        const int first = (int)((long)m * me / team), last = (int)((long)m * (me + 1) / team);
-        if (last > first)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, last - first, n, k, alpha,
-                        a + (size_t)first * lda, lda, b, ldb, beta, c + (size_t)first * ldc, ldc);
+    const ld_pool *outer_pool = running_pool;
+    const int outer_thread = running_thread;
+    running_pool = p;
+    running_thread = thread;
+    if (p->grain == 0) {
+        const int begin = (int)((long)p->n * thread / p->threads);
+        const int end = (int)((long)p->n * (thread + 1) / p->threads);
+        if (end > begin)
+            p->fn(p->ctx, begin, end, thread);
+    } else {
+        for (;;) {
+            const int begin = atomic_fetch_add_explicit(&p->next, p->grain, memory_order_relaxed);
+            if (begin >= p->n)
+                break;
+            p->fn(p->ctx, begin, p->n - begin < p->grain ? p->n : begin + p->grain, thread);
+        }
     }
+    running_pool = outer_pool;
+    running_thread = outer_thread;
+}
+
+static void *worker_main(void *arg)
+{
+    const worker_arg *w = arg;
+    ld_pool *p = w->pool;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        while (p->generation == seen && !p->stopping)
+            pthread_cond_wait(&p->wake, &p->lock);
+        if (p->stopping)
+            break;
+        seen = p->generation;
+        pthread_mutex_unlock(&p->lock);
+        run_share(p, w->index);
+        pthread_mutex_lock(&p->lock);
+        if (--p->pending == 0)
+            pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+static void run(ld_pool *p, int n, int grain, ld_pool_fn fn, void *ctx)
+{
+    if (n <= 0)
+        return;
+    if (!p || p->threads == 1 || n == 1) {
+        fn(ctx, 0, n, 0);
+        return;
+    }
+    if (running_pool == p) { /* nested: this thread alone, as the thread it already is */
+        fn(ctx, 0, n, running_thread);
+        return;
+    }
+    pthread_mutex_lock(&p->turn);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n = n;
+    p->grain = grain;
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+    pthread_mutex_lock(&p->lock);
+    p->generation++;
+    p->pending = p->threads - 1;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    run_share(p, 0);
+    pthread_mutex_lock(&p->lock);
+    while (p->pending > 0)
+        pthread_cond_wait(&p->done, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+    pthread_mutex_unlock(&p->turn);
+}
+
+void ld_pool_for(ld_pool *p, int n, ld_pool_fn fn, void *ctx)
+{
+    run(p, n, 0, fn, ctx);
+}
+
+void ld_pool_for_dynamic(ld_pool *p, int n, int grain, ld_pool_fn fn, void *ctx)
+{
+    run(p, n, grain > 0 ? grain : 1, fn, ctx);
+}
+
+int ld_pool_threads(const ld_pool *p)
+{
+    return p ? p->threads : 1;
+}
+
+/* The affinity mask, as OpenMP counted cores. */
+int ld_cores(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+/* Workers start with every signal blocked, so a program's signals reach its
+ * own threads and never interrupt (or get handled on) a compute thread. */
+static int start_workers(ld_pool *p, char *err)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = LD_OK;
+    for (int i = 1; i < p->threads && rc == LD_OK; i++) {
+        p->args[i - 1] = (worker_arg){p, i};
+        if (pthread_create(&p->workers[i - 1], NULL, worker_main, &p->args[i - 1]) != 0)
+            rc = ld_fail(err, LD_ENOMEM, "cannot start compute thread %d of %d", i + 1,
+                         p->threads);
+        else
+            p->started++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+int ld_pool_new(int threads, ld_pool **out, char *err)
+{
+    *out = NULL;
+    if (threads <= 0)
+        threads = ld_cores();
+    if (threads > MAX_THREADS)
+        return ld_fail(err, LD_EINVAL, "%d compute threads requested; at most %d", threads,
+                       MAX_THREADS);
+    ld_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return ld_fail(err, LD_ENOMEM, "out of memory for a thread pool");
+    p->threads = threads;
+    pthread_mutex_init(&p->turn, NULL);
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->done, NULL);
+    p->workers = calloc((size_t)threads, sizeof *p->workers);
+    p->args = calloc((size_t)threads, sizeof *p->args);
+    int rc = p->workers && p->args ? start_workers(p, err)
+                                   : ld_fail(err, LD_ENOMEM, "out of memory for a thread pool");
+    if (rc == LD_OK) {
+        rc = ld_blas_reserve(p, err);
+        p->blas_reserved = rc == LD_OK;
+    }
+    if (rc != LD_OK) {
+        ld_pool_free(p);
+        return rc;
+    }
+    *out = p;
+    return LD_OK;
+}
+
+void ld_pool_free(ld_pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stopping = true;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    for (int i = 0; i < p->started; i++)
+        pthread_join(p->workers[i], NULL);
+    if (p->blas_reserved)
+        ld_blas_unreserve(p);
+    pthread_mutex_destroy(&p->turn);
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->done);
+    free(p->workers);
+    free(p->args);
+    free(p);
 }

@@ -18,6 +18,7 @@
  * bounded whatever the image size. */
 #include "latentd/nn.h"
 
+#include <assert.h>
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -44,7 +45,7 @@ typedef struct {
     size_t row_buffers;  /* floats of padded rows, 12 per thread */
 } wino_plan;
 
-static wino_plan plan(const ld_conv_geom *g)
+static wino_plan plan(const ld_conv_geom *g, int threads)
 {
     wino_plan p;
     p.tiles_w = (g->out_w + OUT_TILE - 1) / OUT_TILE;
@@ -52,7 +53,7 @@ static wino_plan plan(const ld_conv_geom *g)
     p.padded_w = OUT_TILE * p.tiles_w + 2;
     p.weights = (size_t)POSITIONS * g->out_ch * g->in_ch;
     p.per_tile_row = (size_t)POSITIONS * (size_t)(g->in_ch + g->out_ch) * (size_t)p.tiles_w;
-    p.row_buffers = (size_t)ld_nn_threads() * 2 * IN_TILE * (size_t)p.padded_w;
+    p.row_buffers = (size_t)threads * 2 * IN_TILE * (size_t)p.padded_w;
     return p;
 }
 
@@ -62,9 +63,9 @@ int ld_winograd_applies(const ld_conv_geom *g)
            g->out_h == g->in_h && g->out_w == g->in_w;
 }
 
-size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget)
+size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget, int threads)
 {
-    const wino_plan p = plan(g);
+    const wino_plan p = plan(g, threads);
     size_t rows = budget / p.per_tile_row;
     if (rows < 1)
         rows = 1;
@@ -73,29 +74,38 @@ size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget)
     return p.weights + p.row_buffers + rows * p.per_tile_row;
 }
 
-/* U[p][co][ci] = (G g Gᵀ)[p], a block of input channels at a time so the
- * writes run along ci instead of leaping between positions. */
-static void transform_weights(const ld_conv_geom *g, const float *w, float *u)
+typedef struct {
+    const ld_conv_geom *g;
+    const float *w;
+    float *u;
+} weights_job;
+
+/* U[p][co][ci] = (G g Gᵀ)[p] for output channels [first, last), a block of
+ * input channels at a time so the writes run along ci instead of leaping
+ * between positions. */
+static void transform_weights(void *ctx, int first, int last, int thread)
 {
+    (void)thread;
+    const weights_job *j = ctx;
+    const ld_conv_geom *g = j->g;
     const size_t pair_stride = (size_t)g->out_ch * g->in_ch;
-#pragma omp parallel for schedule(static)
-    for (int co = 0; co < g->out_ch; co++) {
+    for (int co = first; co < last; co++) {
         for (int ci0 = 0; ci0 < g->in_ch; ci0 += CI_BLOCK) {
             const int count = g->in_ch - ci0 < CI_BLOCK ? g->in_ch - ci0 : CI_BLOCK;
             float block[POSITIONS][CI_BLOCK];
             for (int n = 0; n < count; n++) {
-                const float *k = w + ((size_t)co * g->in_ch + ci0 + n) * 9;
+                const float *k = j->w + ((size_t)co * g->in_ch + ci0 + n) * 9;
                 float gg[IN_TILE][3]; /* G g */
                 for (int i = 0; i < IN_TILE; i++)
                     for (int c = 0; c < 3; c++)
                         gg[i][c] = G[i][0] * k[c] + G[i][1] * k[3 + c] + G[i][2] * k[6 + c];
                 for (int i = 0; i < IN_TILE; i++) /* (G g) Gᵀ */
-                    for (int j = 0; j < IN_TILE; j++)
-                        block[i * IN_TILE + j][n] =
-                            gg[i][0] * G[j][0] + gg[i][1] * G[j][1] + gg[i][2] * G[j][2];
+                    for (int jj = 0; jj < IN_TILE; jj++)
+                        block[i * IN_TILE + jj][n] =
+                            gg[i][0] * G[jj][0] + gg[i][1] * G[jj][1] + gg[i][2] * G[jj][2];
             }
             for (int pos = 0; pos < POSITIONS; pos++)
-                memcpy(u + pos * pair_stride + (size_t)co * g->in_ch + ci0, block[pos],
+                memcpy(j->u + pos * pair_stride + (size_t)co * g->in_ch + ci0, block[pos],
                        (size_t)count * sizeof(float));
         }
     }
@@ -156,38 +166,51 @@ static void bt_cols(const float *row, int tiles, float *const o[IN_TILE])
     }
 }
 
-/* V[p][ci][t] = (Bᵀ d B)[p] for the tiles of rows [ty0, ty0+rows) */
-static void transform_input(const ld_conv_geom *g, const wino_plan *p, const float *in,
-                            const ld_input_map *map, int ty0, int rows, float *v,
-                            float *row_buffers)
+/* One band of tile rows [ty0, ty0+rows), shared by the input and output
+ * transforms. */
+typedef struct {
+    const ld_conv_geom *g;
+    const wino_plan *p;
+    const float *in;        /* transform_input */
+    const ld_input_map *map;
+    float *v;
+    const float *m;         /* transform_output */
+    const float *bias;
+    float *out;
+    int accumulate;
+    int ty0, rows;
+    float *row_buffers;     /* 2·IN_TILE padded rows per thread */
+} band_job;
+
+/* V[p][ci][t] = (Bᵀ d B)[p] for input channels [first, last) */
+static void transform_input(void *ctx, int first, int last, int thread)
 {
-    const size_t tiles = (size_t)rows * p->tiles_w;
+    const band_job *j = ctx;
+    const ld_conv_geom *g = j->g;
+    const wino_plan *p = j->p;
+    const size_t tiles = (size_t)j->rows * p->tiles_w;
     const size_t pos_stride = (size_t)g->in_ch * tiles;
     const size_t plane = (size_t)g->in_h * g->in_w;
     const int pw = p->padded_w;
-#pragma omp parallel
-    {
-        float *buf = row_buffers + (size_t)ld_nn_thread_index() * 2 * IN_TILE * pw;
-        float *d[IN_TILE], *t[IN_TILE];
-        for (int k = 0; k < IN_TILE; k++) {
-            d[k] = buf + (size_t)k * pw;
-            t[k] = buf + (size_t)(IN_TILE + k) * pw;
-        }
-#pragma omp for schedule(static)
-        for (int ci = 0; ci < g->in_ch; ci++) {
-            const float *src = in + ci * plane;
-            for (int r = 0; r < rows; r++) {
-                const int y = OUT_TILE * (ty0 + r) - 1;
-                for (int k = 0; k < IN_TILE; k++)
-                    pad_row(src, g->in_h, g->in_w, y + k, pw, map, ci, d[k]);
-                bt_rows(d, t, pw);
-                float *dst = v + (size_t)ci * tiles + (size_t)r * p->tiles_w;
-                for (int i = 0; i < IN_TILE; i++) {
-                    float *o[IN_TILE];
-                    for (int j = 0; j < IN_TILE; j++)
-                        o[j] = dst + (size_t)(i * IN_TILE + j) * pos_stride;
-                    bt_cols(t[i], p->tiles_w, o);
-                }
+    float *buf = j->row_buffers + (size_t)thread * 2 * IN_TILE * pw;
+    float *d[IN_TILE], *t[IN_TILE];
+    for (int k = 0; k < IN_TILE; k++) {
+        d[k] = buf + (size_t)k * pw;
+        t[k] = buf + (size_t)(IN_TILE + k) * pw;
+    }
+    for (int ci = first; ci < last; ci++) {
+        const float *src = j->in + ci * plane;
+        for (int r = 0; r < j->rows; r++) {
+            const int y = OUT_TILE * (j->ty0 + r) - 1;
+            for (int k = 0; k < IN_TILE; k++)
+                pad_row(src, g->in_h, g->in_w, y + k, pw, j->map, ci, d[k]);
+            bt_rows(d, t, pw);
+            float *dst = j->v + (size_t)ci * tiles + (size_t)r * p->tiles_w;
+            for (int i = 0; i < IN_TILE; i++) {
+                float *o[IN_TILE];
+                for (int jj = 0; jj < IN_TILE; jj++)
+                    o[jj] = dst + (size_t)(i * IN_TILE + jj) * pos_stride;
+                bt_cols(t[i], p->tiles_w, o);
             }
         }
     }
@@ -217,100 +240,117 @@ static void at_combine(int k, const float *const m[IN_TILE], int tiles, float *s
     }
 }
 
-/* out tiles of rows [ty0, ty0+rows) = Aᵀ M A + bias, a row of tiles at a time:
- * Aᵀ combines the position runs into six runs per output row, and A combines
- * those into the row's pixels. */
-static void transform_output(const ld_conv_geom *g, const wino_plan *p, const float *m,
-                             const float *bias, int ty0, int rows, float *out,
-                             int accumulate, float *row_buffers)
+/* Output channels [first, last) of the band's tile rows: Aᵀ M A + bias, a row
+ * of tiles at a time.  Aᵀ combines the position runs into six runs per
+ * output row, and A combines those into the row's pixels. */
+static void transform_output(void *ctx, int first, int last, int thread)
 {
-    const size_t tiles = (size_t)rows * p->tiles_w;
+    const band_job *j = ctx;
+    const ld_conv_geom *g = j->g;
+    const wino_plan *p = j->p;
+    const size_t tiles = (size_t)j->rows * p->tiles_w;
     const size_t pos_stride = (size_t)g->out_ch * tiles;
     const size_t plane = (size_t)g->out_h * g->out_w;
     const int tw = p->tiles_w;
     const int full_tiles = g->out_w / OUT_TILE; /* tiles whose 4 columns are all inside */
-#pragma omp parallel
-    {
-        float *sv[IN_TILE];
-        float *buf = row_buffers + (size_t)ld_nn_thread_index() * 2 * IN_TILE * p->padded_w;
-        for (int c = 0; c < IN_TILE; c++)
-            sv[c] = buf + (size_t)c * tw;
-#pragma omp for schedule(static)
-        for (int co = 0; co < g->out_ch; co++) {
-            const float b = bias ? bias[co] : 0.0f;
-            for (int r = 0; r < rows; r++) {
-                const int y = OUT_TILE * (ty0 + r);
-                const float *src = m + (size_t)co * tiles + (size_t)r * tw;
-                for (int k = 0; k < OUT_TILE && y + k < g->out_h; k++) {
-                    for (int c = 0; c < IN_TILE; c++) { /* row k of Aᵀ M, column c */
-                        const float *col[IN_TILE];
-                        for (int i = 0; i < IN_TILE; i++)
-                            col[i] = src + (size_t)(i * IN_TILE + c) * pos_stride;
-                        at_combine(k, col, tw, sv[c]);
+    const int accumulate = j->accumulate;
+    float *sv[IN_TILE];
+    float *buf = j->row_buffers + (size_t)thread * 2 * IN_TILE * p->padded_w;
+    for (int c = 0; c < IN_TILE; c++)
+        sv[c] = buf + (size_t)c * tw;
+    for (int co = first; co < last; co++) {
+        const float b = j->bias ? j->bias[co] : 0.0f;
+        for (int r = 0; r < j->rows; r++) {
+            const int y = OUT_TILE * (j->ty0 + r);
+            const float *src = j->m + (size_t)co * tiles + (size_t)r * tw;
+            for (int k = 0; k < OUT_TILE && y + k < g->out_h; k++) {
+                for (int c = 0; c < IN_TILE; c++) { /* row k of Aᵀ M, column c */
+                    const float *col[IN_TILE];
+                    for (int i = 0; i < IN_TILE; i++)
+                        col[i] = src + (size_t)(i * IN_TILE + c) * pos_stride;
+                    at_combine(k, col, tw, sv[c]);
+                }
+                float *row = j->out + co * plane + (size_t)(y + k) * g->out_w;
+                const float *s0 = sv[0], *s1 = sv[1], *s2 = sv[2], *s3 = sv[3],
+                            *s4 = sv[4], *s5 = sv[5];
+                /* out = (Aᵀ M) A + b, or out += when a residual is added in place;
+                 * never read an output that is not being accumulated into */
+                if (accumulate)
+                    for (int tx = 0; tx < full_tiles; tx++) {
+                        float *o = row + OUT_TILE * tx;
+                        o[0] += s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
+                        o[1] += s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
+                        o[2] += s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
+                        o[3] += s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
                     }
-                    float *row = out + co * plane + (size_t)(y + k) * g->out_w;
-                    const float *s0 = sv[0], *s1 = sv[1], *s2 = sv[2], *s3 = sv[3],
-                                *s4 = sv[4], *s5 = sv[5];
-                    /* out = (Aᵀ M) A + b, or out += when a residual is added in place;
-                     * never read an output that is not being accumulated into */
-                    if (accumulate)
-                        for (int tx = 0; tx < full_tiles; tx++) {
-                            float *o = row + OUT_TILE * tx;
-                            o[0] += s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
-                            o[1] += s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
-                            o[2] += s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
-                            o[3] += s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
-                        }
-                    else
-                        for (int tx = 0; tx < full_tiles; tx++) {
-                            float *o = row + OUT_TILE * tx;
-                            o[0] = s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
-                            o[1] = s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
-                            o[2] = s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
-                            o[3] = s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
-                        }
-                    for (int tx = full_tiles; tx < tw; tx++) { /* a partial last tile */
-                        const float yv[OUT_TILE] = {
-                            s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b,
-                            s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b,
-                            s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b,
-                            s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b,
-                        };
-                        for (int j = 0; OUT_TILE * tx + j < g->out_w; j++)
-                            row[OUT_TILE * tx + j] = accumulate ? row[OUT_TILE * tx + j] + yv[j]
-                                                                : yv[j];
+                else
+                    for (int tx = 0; tx < full_tiles; tx++) {
+                        float *o = row + OUT_TILE * tx;
+                        o[0] = s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
+                        o[1] = s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
+                        o[2] = s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
+                        o[3] = s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
                     }
+                for (int tx = full_tiles; tx < tw; tx++) { /* a partial last tile */
+                    const float yv[OUT_TILE] = {
+                        s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b,
+                        s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b,
+                        s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b,
+                        s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b,
+                    };
+                    for (int x = 0; OUT_TILE * tx + x < g->out_w; x++)
+                        row[OUT_TILE * tx + x] = accumulate ? row[OUT_TILE * tx + x] + yv[x]
+                                                            : yv[x];
                 }
             }
         }
     }
 }
 
-void ld_conv2d_winograd(const ld_conv_geom *g, const float *in, const ld_input_map *map,
-                        const float *weight, const float *bias, float *out, int accumulate,
-                        float *scratch, size_t scratch_floats)
+typedef struct {
+    const ld_conv_geom *g;
+    const float *u, *v;
+    float *m;
+    int tiles;
+} product_job;
+
+/* M_p = U_p · V_p for positions [first, last) */
+static void multiply_positions(void *ctx, int first, int last, int thread)
 {
-    const wino_plan p = plan(g);
+    (void)thread;
+    const product_job *j = ctx;
+    const ld_conv_geom *g = j->g;
+    for (int pos = first; pos < last; pos++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, j->tiles, g->in_ch,
+                    1.0f, j->u + (size_t)pos * g->out_ch * g->in_ch, g->in_ch,
+                    j->v + (size_t)pos * g->in_ch * j->tiles, j->tiles, 0.0f,
+                    j->m + (size_t)pos * g->out_ch * j->tiles, j->tiles);
+}
+
+/* scratch: ld_winograd_scratch_floats(g, budget, ld_pool_threads(pool)) floats */
+void ld_conv2d_winograd(ld_pool *pool, const ld_conv_geom *g, const float *in,
+                        const ld_input_map *map, const float *weight, const float *bias,
+                        float *out, int accumulate, float *scratch, size_t scratch_floats)
+{
+    const wino_plan p = plan(g, ld_pool_threads(pool));
+    assert(scratch_floats >= p.weights + p.row_buffers + p.per_tile_row);
     float *u = scratch;
     float *row_buffers = scratch + p.weights;
     float *band = row_buffers + p.row_buffers;
-    int rows_per_band = (int)((scratch_floats - p.weights - p.row_buffers) / p.per_tile_row);
-    if (rows_per_band < 1)
-        rows_per_band = 1; /* the caller sized scratch with ld_winograd_scratch_floats */
-    transform_weights(g, weight, u);
+    const int rows_per_band = (int)((scratch_floats - p.weights - p.row_buffers) / p.per_tile_row);
+    const weights_job wj = {g, weight, u};
+    ld_pool_for(pool, g->out_ch, transform_weights, (void *)&wj);
     for (int ty0 = 0; ty0 < p.tiles_h; ty0 += rows_per_band) {
         const int rows = p.tiles_h - ty0 < rows_per_band ? p.tiles_h - ty0 : rows_per_band;
         const int tiles = rows * p.tiles_w;
         float *v = band;
         float *m = band + (size_t)POSITIONS * g->in_ch * tiles;
-        transform_input(g, &p, in, map, ty0, rows, v, row_buffers);
+        const band_job bj = {g, &p, in, map, v, m, bias, out, accumulate, ty0, rows,
+                             row_buffers};
+        ld_pool_for(pool, g->in_ch, transform_input, (void *)&bj);
         /* the 36 products are independent: one thread each, in turn */
-#pragma omp parallel for schedule(dynamic)
-        for (int pos = 0; pos < POSITIONS; pos++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, tiles, g->in_ch,
-                        1.0f, u + (size_t)pos * g->out_ch * g->in_ch, g->in_ch,
-                        v + (size_t)pos * g->in_ch * tiles, tiles, 0.0f,
-                        m + (size_t)pos * g->out_ch * tiles, tiles);
-        transform_output(g, &p, m, bias, ty0, rows, out, accumulate, row_buffers);
+        const product_job pj = {g, u, v, m, tiles};
+        ld_pool_for_dynamic(pool, POSITIONS, 1, multiply_positions, (void *)&pj);
+        ld_pool_for(pool, g->out_ch, transform_output, (void *)&bj);
     }
 }
