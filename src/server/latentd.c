@@ -166,7 +166,7 @@ static int reserve_fixed_memory(srv_state *st, size_t *worker_memory, char *err)
         return ld_fail(err, LD_EINVAL, "max_image_pixels is too small for this model");
     const size_t channels = (size_t)ld_model_config(st->model)->latent_channels;
     const size_t pixels = (size_t)cfg->max_image_pixels;
-    *worker_memory = ld_encode_workspace_bytes(st->model, 1, side, side);
+    *worker_memory = ld_encode_workspace_bytes(st->model, 1, side, side, cfg->threads);
     const size_t batch = (size_t)cfg->vae_split *
                          (3 * pixels + 5 * channels * (size_t)lh * (size_t)lw) * sizeof(float);
     const size_t decoders = (size_t)cfg->decode_threads * 8 * pixels;

@@ -26,6 +26,7 @@ typedef struct {
     srv_queue *q;
     pthread_t thread;
     bool started;
+    ld_pool *pool;               /* its compute threads (OpenBLAS buffers mapped at start) */
     _Atomic bool cancel;         /* stop the running encode */
     _Atomic uint64_t heartbeat;  /* bumped by the encoder after every layer */
     /* under q->lock */
@@ -323,7 +324,7 @@ static int encode_batch(worker *w, entry **batch, int n, batch_buffers *b, size_
     ld_encode_opts opts;
     ld_encode_opts_init(&opts);
     opts.vae_split = q->params.vae_split;
-    opts.threads = q->params.threads;
+    opts.pool = w->pool;
     opts.max_memory = q->params.worker_memory;
     opts.center_input = srv_job_center(first);
     opts.deterministic = srv_job_deterministic(first);
@@ -463,6 +464,9 @@ static int start_threads(srv_queue *q, char *err)
         w->batch = calloc((size_t)q->params.vae_split, sizeof *w->batch);
         if (!w->batch)
             return ld_fail(err, LD_ENOMEM, "out of memory");
+        char inner[LD_ERR_LEN];
+        if (ld_pool_new(q->params.threads, &w->pool, inner) != LD_OK)
+            return ld_fail(err, LD_ENOMEM, "worker %d: %s", i, inner);
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
             return ld_fail(err, LD_ENOMEM, "cannot start worker thread %d", i);
         w->started = true;
@@ -550,8 +554,10 @@ void srv_queue_free(srv_queue *q)
         srv_job_unref(d->job);
         free(d);
     }
-    for (int k = 0; q->workers && k < q->params.workers; k++)
+    for (int k = 0; q->workers && k < q->params.workers; k++) {
         free(q->workers[k].batch);
+        ld_pool_free(q->workers[k].pool);
+    }
     free(q->workers);
     free(q->decoders);
     pthread_mutex_destroy(&q->lock);
