@@ -111,6 +111,7 @@ typedef struct {
     size_t received;
     size_t reserved;          /* budget held by the request until its job takes it */
     bool chunked;             /* no Content-Length: reserve as the body arrives */
+    bool body_pending;        /* a body was announced and is not all in yet */
     struct MHD_PostProcessor *pp;
     srv_blobs blobs;
     srv_options from_body;    /* JSON fields or form fields */
@@ -180,7 +181,8 @@ static MHD_Result_t send_body(request *rq, const char *method, const char *url, 
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    if (close || atomic_load(&st->draining) ||
+    /* answered before its body is in: the rest of it is not worth reading */
+    if (close || rq->body_pending || atomic_load(&st->draining) ||
         (rq->conn && srv_conn_requests(rq->conn) >= st->cfg->max_requests_per_connection))
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     if (rq->conn)
@@ -839,7 +841,9 @@ static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const
     framing f;
     bool method_ok;
     rq->route = find_route(url, method, &method_ok);
-    if (check_framing(rq, c, &f) != E_NONE)
+    const answer_error framing_error = check_framing(rq, c, &f);
+    rq->body_pending = f.codings > 0 || (f.lengths && f.length > 0);
+    if (framing_error != E_NONE)
         ; /* answered below */
     else if (rq->route == ROUTE_NONE)
         fail(rq, E_NOT_FOUND, "no such endpoint");
@@ -869,6 +873,7 @@ static MHD_Result_t on_request(void *cls, struct MHD_Connection *c, const char *
         *upload_size = 0;
         return keep ? MHD_YES : MHD_NO;
     }
+    rq->body_pending = false;
     if (rq->route != ROUTE_ENCODE)
         return answer_get(rq, method, url);
     if (rq->job)
@@ -979,7 +984,13 @@ int srv_http_start(srv_state *st, char *err)
     rc = srv_conns_new(&cp, &st->metrics, &st->conns, err);
     if (rc != LD_OK)
         return rc;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+    /* poll(), not epoll: libmicrohttpd 0.9.75's epoll mode is edge-triggered
+     * and, with connections suspended and resumed on the same thread, was seen
+     * to stop reading a body halfway (the rest already in the socket, so no
+     * new edge) and to leave closed sockets in CLOSE-WAIT until its timeout.
+     * Level-triggered poll() has neither problem; it is still event-driven
+     * (a few threads, none per connection), at O(connections) per wake-up. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     if (addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;

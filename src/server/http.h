@@ -1,4 +1,4 @@
-/* The HTTP front: libmicrohttpd in its event-driven mode (epoll, a small fixed
+/* The HTTP front: libmicrohttpd in its event-driven mode (poll, a small fixed
  * pool of threads).  An idle or slow connection costs a table entry and no
  * thread; a request waiting for the encoder is suspended and resumed when its
  * job finishes.  Every request is admitted before work is done for it: its
