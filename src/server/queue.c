@@ -68,7 +68,7 @@ int srv_queue_admit(srv_queue *q, int n, char *err)
     int rc = LD_OK;
     if (q->stopping)
         rc = ld_fail(err, LD_ECANCELLED, "shutting down");
-    else if (q->admitted + n > q->params.max_queue)
+    else if (q->admitted >= q->params.max_queue) /* see srv_queue_admit's comment */
         rc = ld_fail(err, LD_ETOOLARGE, "the queue is full (%d of %d images waiting)",
                      q->admitted, q->params.max_queue);
     else

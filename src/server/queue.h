@@ -31,7 +31,11 @@ typedef struct {
 
 int srv_queue_new(const ld_model *model, const srv_queue_params *params, srv_metrics *metrics,
                   srv_queue **out, char *err);
-/* Reserve n image slots: LD_ETOOLARGE when they do not fit now. */
+/* Reserve n image slots (n <= max_queue): LD_ETOOLARGE when the queue is full
+ * now.  A request is admitted while fewer than max_queue images wait, whatever
+ * its size, so the queue holds at most max_queue + n - 1: were a request of
+ * many images to wait for that many free slots at once, a stream of one-image
+ * requests would take every slot as it freed and starve it. */
 int srv_queue_admit(srv_queue *q, int n, char *err);
 /* Give back slots admitted for a request that will not be submitted. */
 void srv_queue_unadmit(srv_queue *q, int n);
