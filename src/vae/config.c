@@ -139,19 +139,35 @@ static int read_config_object(json_t *root, ld_vae_config *cfg, const char *path
     return rc;
 }
 
+/* root (owned, released here) → cfg, checked. */
+static int config_from_json(json_t *root, const char *origin, ld_vae_config *cfg, char *err)
+{
+    int rc = json_is_object(root)
+                 ? read_config_object(root, cfg, origin, err)
+                 : ld_fail(err, LD_EFORMAT, "%s: not a JSON object", origin);
+    json_decref(root);
+    if (rc == LD_OK)
+        rc = ld_config_check(cfg, origin, err);
+    return rc;
+}
+
 int ld_config_read(const char *path, ld_vae_config *cfg, char *err)
 {
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
     if (!root)
         return ld_fail(err, LD_EFORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
-    int rc = json_is_object(root)
-                 ? read_config_object(root, cfg, path, err)
-                 : ld_fail(err, LD_EFORMAT, "%s: not a JSON object", path);
-    json_decref(root);
-    if (rc == LD_OK)
-        rc = ld_config_check(cfg, path, err);
-    return rc;
+    return config_from_json(root, path, cfg, err);
+}
+
+int ld_config_parse(const char *text, size_t len, const char *origin, ld_vae_config *cfg,
+                    char *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, 0, &jerr);
+    if (!root)
+        return ld_fail(err, LD_EFORMAT, "%s: line %d: %s", origin, jerr.line, jerr.text);
+    return config_from_json(root, origin, cfg, err);
 }
 
 int ld_config_check(const ld_vae_config *cfg, const char *origin, char *err)
