@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs what latentd needs to build, test and run on Debian (bookworm or later).
-# Run as root (or through sudo).
+# Run as root (or through sudo).  clang, libclang-rt-dev (libFuzzer) and libomp-dev
+# are for scripts/fuzz.sh.
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -8,5 +9,6 @@ apt-get install -y -qq --no-install-recommends \
     build-essential autoconf automake libtool pkg-config \
     libmicrohttpd-dev libjansson-dev libpng-dev libopenblas-dev \
     libjpeg62-turbo-dev libsystemd-dev \
-    check valgrind curl ca-certificates libcurl4-openssl-dev >/dev/null
+    check valgrind curl ca-certificates libcurl4-openssl-dev \
+    clang libclang-rt-dev libomp-dev >/dev/null
 echo "install-deps: done"

@@ -1,20 +1,23 @@
 #!/bin/sh
 # Builds latentd out of tree and runs its test suite: plainly, then under
-# AddressSanitizer + UndefinedBehaviorSanitizer, then under valgrind.
-#   scripts/test.sh            all three
-#   scripts/test.sh plain|sanitize|valgrind   one of them
+# AddressSanitizer + UndefinedBehaviorSanitizer, then under valgrind; then
+# fuzzes every parser of outside bytes for a bounded time (scripts/fuzz.sh,
+# $LATENTD_FUZZ_SECONDS per target, default 30).
+#   scripts/test.sh            all four
+#   scripts/test.sh plain|sanitize|valgrind|fuzz   one of them (or a quoted list)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 [ -x configure ] || autoreconf -fi >/dev/null 2>&1
 jobs=$(nproc 2>/dev/null || echo 2)
-modes=${1:-"plain sanitize valgrind"}
+modes=${1:-"plain sanitize valgrind fuzz"}
 status=0
 
 summary() { # the Check runners' closing lines, one per test program
     for log in "$1"/tests/*.log; do
         printf '%s: %s\n' "$(basename "$log" .log)" "$(grep -E '^[0-9]+%: Checks' "$log" | tail -n 1)"
     done
+    grep -hE '^replay ' "$1"/tests/fuzz/replay_*.log 2>/dev/null || true # fuzz corpora replayed
 }
 
 run_mode() { # mode, configure flags..., then make variables after --
@@ -58,6 +61,9 @@ for mode in $modes; do
         echo "== load =="
         (cd "$dir" && "$top/configure" -q && make -s -j"$jobs" latentd latent-encode tests/load/latentd-load \
             && "$top/tests/load/run-load.sh" "$top/$dir/latentd") || status=1 ;;
+    fuzz)
+        echo "== fuzz =="
+        scripts/fuzz.sh "${LATENTD_FUZZ_SECONDS:-30}" || status=1 ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
 done

@@ -138,6 +138,47 @@ START_TEST(bad_configs)
 }
 END_TEST
 
+/* A single-file checkpoint whose every channel count is 0: each tensor is empty,
+ * so the shapes agree with one another and the file is a header alone.  The
+ * architecture read off it must be refused, not encoded with (it divided by
+ * zero). */
+START_TEST(zero_channel_checkpoint)
+{
+    static const char *const convs[] = {
+        "encoder.conv_in", "encoder.down_blocks.0.resnets.0.conv1",
+        "encoder.down_blocks.0.resnets.0.conv2", "encoder.mid_block.resnets.0.conv1",
+        "encoder.mid_block.resnets.0.conv2", "encoder.mid_block.resnets.1.conv1",
+        "encoder.mid_block.resnets.1.conv2", "encoder.conv_out"};
+    static const char *const norms[] = {
+        "encoder.down_blocks.0.resnets.0.norm1", "encoder.down_blocks.0.resnets.0.norm2",
+        "encoder.mid_block.resnets.0.norm1", "encoder.mid_block.resnets.0.norm2",
+        "encoder.mid_block.resnets.1.norm1", "encoder.mid_block.resnets.1.norm2",
+        "encoder.conv_norm_out"};
+    char names[2 * 15][96];
+    ld_st_out outs[2 * 15];
+    size_t n = 0;
+    for (size_t i = 0; i < 8; i++) {
+        const int64_t in = i == 0 ? 3 : 0;
+        snprintf(names[n], sizeof names[n], "%s.weight", convs[i]);
+        outs[n] = (ld_st_out){names[n], 4, {0, in, 3, 3}, NULL};
+        n++;
+        snprintf(names[n], sizeof names[n], "%s.bias", convs[i]);
+        outs[n] = (ld_st_out){names[n], 1, {0}, NULL};
+        n++;
+    }
+    for (size_t i = 0; i < 7; i++)
+        for (int b = 0; b < 2; b++) {
+            snprintf(names[n], sizeof names[n], "%s.%s", norms[i], b ? "bias" : "weight");
+            outs[n] = (ld_st_out){names[n], 1, {0}, NULL};
+            n++;
+        }
+    char err[LD_ERR_LEN], single[4300];
+    snprintf(single, sizeof single, "%s/zero.safetensors", dir);
+    ck_assert_int_eq(ld_st_write(single, outs, n, NULL, 0, err), LD_OK);
+    assert_load_fails(single, LD_EFORMAT, "at least 1", single);
+}
+END_TEST
+
 START_TEST(unsupported_dtype_on_a_needed_tensor)
 {
     copy_file(fixture("models/tiny-sd/config.json"), config);
@@ -214,6 +255,7 @@ static Suite *errors_suite(void)
     tcase_add_test(tc, missing_tensor_is_named);
     tcase_add_test(tc, config_that_does_not_match_the_tensors);
     tcase_add_test(tc, bad_configs);
+    tcase_add_test(tc, zero_channel_checkpoint);
     tcase_add_test(tc, unsupported_dtype_on_a_needed_tensor);
     tcase_add_test(tc, truncated_and_missing_files);
     tcase_add_test(tc, survives_corrupted_checkpoints);

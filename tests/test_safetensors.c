@@ -77,6 +77,36 @@ START_TEST(reads_a_full_checkpoint_with_foreign_tensors)
 }
 END_TEST
 
+/* The memory reader sees what the file reader sees, and never reads outside
+ * the bytes it is given. */
+START_TEST(reads_from_memory_as_from_a_file)
+{
+    char err[LD_ERR_LEN];
+    size_t len;
+    uint8_t *raw = read_all(fixture("models/tiny-sd-fp16/diffusion_pytorch_model.safetensors"),
+                            &len);
+    ld_st_file *f;
+    ck_assert_msg(ld_st_open_memory(raw, len, "upload", &f, err) == LD_OK, "%s", err);
+    ck_assert_str_eq(ld_st_path(f), "upload");
+    const ld_st_tensor *t = ld_st_find(f, "encoder.conv_in.bias");
+    ck_assert_ptr_nonnull(t);
+    ck_assert(t->data >= raw && t->data + t->nbytes <= raw + len);
+    float bias[32];
+    ck_assert_uint_eq(t->numel, 32);
+    ck_assert_int_eq(ld_st_to_f32(f, t, bias, err), LD_OK);
+    ld_st_close(f);
+    for (size_t cut = 0; cut < 8; cut++) {
+        f = (ld_st_file *)0x1;
+        ck_assert_int_eq(ld_st_open_memory(raw, cut, "short", &f, err), LD_EFORMAT);
+        ck_assert_ptr_null(f);
+        ck_assert_ptr_nonnull(strstr(err, "too short"));
+    }
+    ck_assert_int_eq(ld_st_open_memory(raw, len - 1, "cut", &f, err), LD_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(err, "cut"));
+    free(raw);
+}
+END_TEST
+
 START_TEST(half_precision_converts_exactly)
 {
     ck_assert_float_eq(ld_f16_to_f32(0x3c00), 1.0f);
@@ -225,6 +255,7 @@ static Suite *safetensors_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, reads_a_full_checkpoint_with_foreign_tensors);
+    tcase_add_test(tc, reads_from_memory_as_from_a_file);
     tcase_add_test(tc, half_precision_converts_exactly);
     tcase_add_test(tc, writer_round_trips);
     tcase_add_test(tc, refuses_short_and_oversized_headers);

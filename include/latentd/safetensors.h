@@ -43,6 +43,11 @@ typedef struct {
 typedef struct ld_st_file ld_st_file;
 
 int ld_st_open(const char *path, ld_st_file **out, char *err);
+/* The same checks over bytes already in memory (an upload, a fuzzer's input).
+ * The bytes are borrowed: they must stay valid and unchanged until ld_st_close.
+ * name stands for the path in messages and in ld_st_path. */
+int ld_st_open_memory(const void *data, size_t len, const char *name, ld_st_file **out,
+                      char *err);
 void ld_st_close(ld_st_file *file);
 
 const char *ld_st_path(const ld_st_file *file);

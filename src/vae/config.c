@@ -139,23 +139,55 @@ static int read_config_object(json_t *root, ld_vae_config *cfg, const char *path
     return rc;
 }
 
+/* root (owned, released here) → cfg, checked. */
+static int config_from_json(json_t *root, const char *origin, ld_vae_config *cfg, char *err)
+{
+    int rc = json_is_object(root)
+                 ? read_config_object(root, cfg, origin, err)
+                 : ld_fail(err, LD_EFORMAT, "%s: not a JSON object", origin);
+    json_decref(root);
+    if (rc == LD_OK)
+        rc = ld_config_check(cfg, origin, err);
+    return rc;
+}
+
 int ld_config_read(const char *path, ld_vae_config *cfg, char *err)
 {
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
     if (!root)
         return ld_fail(err, LD_EFORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
-    int rc = json_is_object(root)
-                 ? read_config_object(root, cfg, path, err)
-                 : ld_fail(err, LD_EFORMAT, "%s: not a JSON object", path);
-    json_decref(root);
-    if (rc == LD_OK)
-        rc = ld_config_check(cfg, path, err);
-    return rc;
+    return config_from_json(root, path, cfg, err);
+}
+
+int ld_config_parse(const char *text, size_t len, const char *origin, ld_vae_config *cfg,
+                    char *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, 0, &jerr);
+    if (!root)
+        return ld_fail(err, LD_EFORMAT, "%s: line %d: %s", origin, jerr.line, jerr.text);
+    return config_from_json(root, origin, cfg, err);
 }
 
 int ld_config_check(const ld_vae_config *cfg, const char *origin, char *err)
 {
+    /* an architecture read off a checkpoint's shapes may hold any count, 0
+     * included (every tensor empty), and the encoder divides by them */
+    if (cfg->n_levels < 1 || cfg->n_levels > LD_MAX_LEVELS || cfg->layers_per_block < 1 ||
+        cfg->norm_num_groups < 1 || cfg->latent_channels < 1)
+        return ld_fail(err, LD_EFORMAT,
+                       "%s: %d levels, %d layers per block, %d groups, %d latent channels: "
+                       "each must be at least 1",
+                       origin, cfg->n_levels, cfg->layers_per_block, cfg->norm_num_groups,
+                       cfg->latent_channels);
+    if (cfg->latent_channels > LD_MAX_LATENT_CHANNELS)
+        return ld_fail(err, LD_EUNSUPPORTED, "%s: latent_channels %d is above %d", origin,
+                       cfg->latent_channels, LD_MAX_LATENT_CHANNELS);
+    for (int i = 0; i < cfg->n_levels; i++)
+        if (cfg->block_out_channels[i] < 1)
+            return ld_fail(err, LD_EFORMAT, "%s: block_out_channels[%d] is %d", origin, i,
+                           cfg->block_out_channels[i]);
     if (cfg->in_channels != 3)
         return ld_fail(err, LD_EUNSUPPORTED, "%s: in_channels is %d; latentd encodes RGB (3)",
                        origin, cfg->in_channels);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +16,9 @@
 
 struct ld_st_file {
     char *path;
-    uint8_t *map;
+    const uint8_t *map; /* the whole file: mapped, or the caller's bytes */
     size_t map_size;
+    bool mapped;        /* map is ours to munmap */
     const uint8_t *data; /* first byte after the header */
     size_t data_size;
     ld_st_tensor *tensors;
@@ -56,6 +58,12 @@ static int read_u64_le(const uint8_t *p, uint64_t *out)
     return 0;
 }
 
+static int too_short(const ld_st_file *f, char *err)
+{
+    return ld_fail(err, LD_EFORMAT, "%s: too short for a safetensors file (%zu bytes)", f->path,
+                   f->map_size);
+}
+
 static int map_file(ld_st_file *f, char *err)
 {
     int fd = open(f->path, O_RDONLY | O_CLOEXEC);
@@ -71,18 +79,18 @@ static int map_file(ld_st_file *f, char *err)
         close(fd);
         return ld_fail(err, LD_EIO, "%s: not a regular file", f->path);
     }
-    if (st.st_size < 8) {
-        close(fd);
-        return ld_fail(err, LD_EFORMAT, "%s: too short for a safetensors file (%lld bytes)",
-                       f->path, (long long)st.st_size);
-    }
     f->map_size = (size_t)st.st_size;
+    if (f->map_size < 8) { /* mmap refuses an empty file; say what is wrong instead */
+        close(fd);
+        return too_short(f, err);
+    }
     void *m = mmap(NULL, f->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
     if (m == MAP_FAILED)
         return ld_fail(err, LD_EIO, "%s: cannot map: %s", f->path, strerror(e));
     f->map = m;
+    f->mapped = true;
     return LD_OK;
 }
 
@@ -169,6 +177,8 @@ static int parse_metadata(ld_st_file *f, json_t *meta, char *err)
 
 static int parse_header(ld_st_file *f, char *err)
 {
+    if (f->map_size < 8)
+        return too_short(f, err);
     uint64_t header_len;
     read_u64_le(f->map, &header_len);
     if (header_len > ST_MAX_HEADER || header_len > f->map_size - 8)
@@ -208,23 +218,53 @@ done:
     return rc;
 }
 
-int ld_st_open(const char *path, ld_st_file **out, char *err)
+/* A file with only its name set, or NULL. */
+static ld_st_file *new_file(const char *name)
 {
-    *out = NULL;
     ld_st_file *f = calloc(1, sizeof *f);
-    if (!f || !(f->path = strdup(path))) {
+    if (f && !(f->path = strdup(name))) {
         free(f);
-        return ld_fail(err, LD_ENOMEM, "%s: out of memory", path);
+        return NULL;
     }
-    int rc = map_file(f, err);
-    if (rc == LD_OK)
-        rc = parse_header(f, err);
+    return f;
+}
+
+/* Parse the header of f->map; on failure f is closed. */
+static int finish_open(ld_st_file *f, ld_st_file **out, char *err)
+{
+    int rc = parse_header(f, err);
     if (rc != LD_OK) {
         ld_st_close(f);
         return rc;
     }
     *out = f;
     return LD_OK;
+}
+
+int ld_st_open(const char *path, ld_st_file **out, char *err)
+{
+    *out = NULL;
+    ld_st_file *f = new_file(path);
+    if (!f)
+        return ld_fail(err, LD_ENOMEM, "%s: out of memory", path);
+    int rc = map_file(f, err);
+    if (rc != LD_OK) {
+        ld_st_close(f);
+        return rc;
+    }
+    return finish_open(f, out, err);
+}
+
+int ld_st_open_memory(const void *data, size_t len, const char *name, ld_st_file **out,
+                      char *err)
+{
+    *out = NULL;
+    ld_st_file *f = new_file(name);
+    if (!f)
+        return ld_fail(err, LD_ENOMEM, "%s: out of memory", name);
+    f->map = data;
+    f->map_size = len;
+    return finish_open(f, out, err);
 }
 
 void ld_st_close(ld_st_file *f)
@@ -235,8 +275,8 @@ void ld_st_close(ld_st_file *f)
         free(f->tensors[i].name);
     free(f->tensors);
     json_decref(f->metadata);
-    if (f->map)
-        munmap(f->map, f->map_size);
+    if (f->mapped)
+        munmap((void *)f->map, f->map_size);
     free(f->path);
     free(f);
 }

@@ -51,8 +51,11 @@ struct ld_model {
 
 #define LD_GN_EPS 1e-6f
 
-/* config.c: read a diffusers config.json into cfg. */
+/* config.c: read a diffusers config.json into cfg; ld_config_parse takes the
+ * JSON text from memory (origin names it in messages). */
 int ld_config_read(const char *path, ld_vae_config *cfg, char *err);
+int ld_config_parse(const char *text, size_t len, const char *origin, ld_vae_config *cfg,
+                    char *err);
 int ld_config_check(const ld_vae_config *cfg, const char *origin, char *err);
 
 /* keymap.c: where the encoder's tensors live in a checkpoint. */

@@ -55,6 +55,12 @@ static int load_tensor(const ld_keymap *map, const char *key, const int64_t *sha
         return ld_fail(err, LD_EFORMAT, "%s: tensor '%s' has shape %s, the config needs %s",
                        path, t->name, have, want);
     }
+    /* before allocating: only the bytes of a dtype latentd knows are checked
+     * against the shape, so only then does the file's size bound numel */
+    if (t->dtype != LD_DT_F32 && t->dtype != LD_DT_F16 && t->dtype != LD_DT_BF16)
+        return ld_fail(err, LD_EUNSUPPORTED,
+                       "%s: tensor '%s': dtype %s is not supported (need F32, F16 or BF16)",
+                       path, t->name, t->dtype_name);
     *dst = ld_alloc_aligned(t->numel, sizeof(float));
     if (!*dst)
         return ld_fail(err, LD_ENOMEM, "%s: out of memory for tensor '%s'", path, t->name);
