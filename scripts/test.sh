@@ -2,15 +2,16 @@
 # Builds latentd out of tree and runs its test suite: plainly, then under
 # AddressSanitizer + UndefinedBehaviorSanitizer, then under valgrind; then
 # fuzzes every parser of outside bytes for a bounded time (scripts/fuzz.sh,
-# $LATENTD_FUZZ_SECONDS per target, default 30).
-#   scripts/test.sh            all four
-#   scripts/test.sh plain|sanitize|valgrind|fuzz   one of them (or a quoted list)
+# $LATENTD_FUZZ_SECONDS per target, default 30); then loads and attacks the
+# real daemon past its capacity (tests/load, $LATENTD_LOAD_SECONDS, default 60).
+#   scripts/test.sh            all five
+#   scripts/test.sh plain|sanitize|valgrind|fuzz|load   one of them (or a quoted list)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 [ -x configure ] || autoreconf -fi >/dev/null 2>&1
 jobs=$(nproc 2>/dev/null || echo 2)
-modes=${1:-"plain sanitize valgrind fuzz"}
+modes=${1:-"plain sanitize valgrind fuzz load"}
 status=0
 
 summary() { # the Check runners' closing lines, one per test program
@@ -53,7 +54,7 @@ for mode in $modes; do
             LOG_COMPILER=valgrind \
             AM_LOG_FLAGS="--quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-origins=no --trace-children=yes --trace-children-skip=*/sh,*/rm,*/bash,*/prlimit,*/timeout" ;;
     load)
-        # the load and abuse test (tests/load/README.md), not in the default list: builds
+        # the load and abuse test (tests/load/README.md): builds
         # the daemon and the client, then tests/load/run-load.sh within LATENTD_LOAD_SECONDS
         # (default 60); its table ends with "N passed, N failed"
         dir=build/test-load

@@ -349,6 +349,60 @@ START_TEST(work_of_a_departed_client_is_dropped)
 }
 END_TEST
 
+/* ---- 5: a worker that makes no progress is noticed; shutdown stays bounded ---- */
+
+static void *fire_and_forget(void *arg)
+{
+    poster *p = arg;
+    int fd = raw_connect(p->d);
+    char head[256];
+    const int hl = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\n"
+                            "Content-Type: image/png\r\nContent-Length: %zu\r\n\r\n", p->len);
+    raw_send(fd, head, (size_t)hl);
+    raw_send(fd, p->body, p->len);
+    char *answer = raw_read_all(fd, NULL); /* whatever comes, or the close at shutdown */
+    p->status = raw_status(answer);
+    free(answer);
+    close(fd);
+    return NULL;
+}
+
+START_TEST(a_stuck_worker_is_reported_and_shutdown_stays_bounded)
+{
+    if (test_quick())
+        return; /* one long layer is the point: too slow under valgrind */
+    /* the mid-block attention of a 1536x1536 image (36864 tokens) is one layer
+     * of many seconds on one thread: longer than stall_timeout_ms */
+    static const char *const flags[] = {"--set", "max_image_pixels=2359296", "--set",
+                                        "stall_timeout_ms=1000", "--set",
+                                        "shutdown_timeout_ms=2000", "--set",
+                                        "memory_budget_bytes=8G", NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    size_t len;
+    void *png = flat_png(1536, 1536, &len);
+    poster p = {&d, png, len, 0, false};
+    pthread_t t;
+    pthread_create(&t, NULL, fire_and_forget, &p);
+    ck_assert_msg(wait_for_metric(&d, "latentd_workers_stalled", 1, 120),
+                  "the watchdog never reported the worker");
+    reply r = http(&d, "/readyz", NULL, NULL, 0, NULL, NULL);
+    assert_error(&r, 503, "not-ready");
+    ck_assert_ptr_nonnull(strstr(r.body, "stalled"));
+    free(r.body);
+    const double t0 = now_seconds();
+    kill(d.pid, SIGTERM);
+    int status;
+    ck_assert_int_eq(waitpid(d.pid, &status, 0), d.pid);
+    const double took = now_seconds() - t0;
+    ck_assert_msg(took < 2.0 + 1.5, "shutdown with a busy worker took %.2f s", took);
+    ck_assert(WIFEXITED(status));
+    pthread_join(t, NULL);
+    ck_assert_msg(p.status == 503 || p.status == -1, "the request got %ld", p.status);
+    daemon_cleanup(&d);
+    free(png);
+}
+END_TEST
+
 /* ---- 8: answers that were wrong or missing ---- */
 
 static json_t *post_raw_json(const daemon_t *d, const char *query, long want_status)
@@ -556,6 +610,7 @@ static Suite *hardening_suite(void)
     tcase_add_test(tc, many_scan_jpeg_is_refused_quickly);
     tcase_add_test(tc, shutdown_is_bounded_and_readyz_says_so);
     tcase_add_test(tc, work_of_a_departed_client_is_dropped);
+    tcase_add_test(tc, a_stuck_worker_is_reported_and_shutdown_stays_bounded);
     tcase_add_test(tc, seeds_are_unsigned_64_bit_everywhere);
     tcase_add_test(tc, npy_answers_the_output_asked_for);
     tcase_add_test(tc, split_form_field_is_read_whole);

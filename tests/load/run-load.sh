@@ -37,7 +37,12 @@ eval "$(awk -v b="$budget" 'function at_least(x, m) { return x < m ? m : x }
     BEGIN { printf "calib=%d over=%d hold=%d drain=%d\n", at_least(b * 0.13, 4),
             at_least(b / 3, 8), at_least(b / 4, 16), at_least(b / 6, 5) }')"
 
+# The daemon as an operator would size it for this load: a queue its ~5 images/s drain
+# within the clients' 10 s patience, and a memory budget the peak RSS must stay under
+# (plus the tiny model and some 64 MiB of code, stacks and allocator slack).
+budget_mb=${LATENTD_LOAD_BUDGET_MB:-768}
 exec "$client" --latentd "$daemon" --latent-encode "$cli" --fixtures "$top/tests/fixtures" \
     --calib-seconds "$calib" --duration "$over" --grace 10 --patience 10 \
     --slow-hold "$hold" --drain-wait "$drain" --settle 5 \
-    --rss-limit-mb "${LATENTD_LOAD_RSS_MB:-1024}" "$@"
+    --set max_queue=16 --set "memory_budget_bytes=${budget_mb}M" \
+    --rss-limit-mb "${LATENTD_LOAD_RSS_MB:-$((budget_mb + 64))}" "$@"
