@@ -65,6 +65,18 @@ static char *multipart(const void *image, size_t len, int n, const char *const *
     return body;
 }
 
+/* Send a whole POST on a raw socket (no answer read): the socket, to read or drop. */
+static int raw_post(const daemon_t *d, const char *type, const void *body, size_t len)
+{
+    char head[256];
+    const int hl = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\n"
+                            "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n", type, len);
+    int fd = raw_connect(d);
+    raw_send(fd, head, (size_t)hl);
+    raw_send(fd, body, len);
+    return fd;
+}
+
 static reply post_multipart(const daemon_t *d, const char *path, const char *body, size_t len)
 {
     return http(d, path, "multipart/form-data; boundary=bb", body, len, NULL, NULL);
@@ -242,13 +254,8 @@ START_TEST(a_full_queue_refuses_before_the_body)
     size_t png_len, len;
     uint8_t *png = read_all(fixture("images/astronaut_64.png"), &png_len);
     char *body = multipart(png, png_len, 2, NULL, &len);
-    char head[256];
-    const int hl = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\n"
-                            "Content-Type: multipart/form-data; boundary=bb\r\n"
-                            "Content-Length: %zu\r\n\r\n", len);
-    int fd = raw_connect(&d); /* two images wait 60 s for a batch of four */
-    raw_send(fd, head, (size_t)hl);
-    raw_send(fd, body, len);
+    /* two images wait 60 s for a batch of four */
+    int fd = raw_post(&d, "multipart/form-data; boundary=bb", body, len);
     ck_assert(wait_for_metric(&d, "latentd_queue_depth", 2, 30));
     reply r = http(&d, "/v1/encode", "image/png", png, png_len, NULL, NULL);
     assert_error(&r, 503, "queue-full");
@@ -329,13 +336,7 @@ START_TEST(work_of_a_departed_client_is_dropped)
     size_t png_len, len;
     void *png = flat_png(512, 512, &png_len);
     char *body = multipart(png, png_len, 8, NULL, &len);
-    char head[256];
-    const int hl = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\n"
-                            "Content-Type: multipart/form-data; boundary=bb\r\n"
-                            "Content-Length: %zu\r\n\r\n", len);
-    int fd = raw_connect(&d);
-    raw_send(fd, head, (size_t)hl);
-    raw_send(fd, body, len);
+    int fd = raw_post(&d, "multipart/form-data; boundary=bb", body, len);
     ck_assert(wait_for_metric(&d, "latentd_requests_in_flight", 1, 30));
     close(fd); /* gone while its images wait */
     ck_assert(wait_for_metric(&d, "latentd_requests_cancelled_total{reason=\"client_gone\"}", 1, 10));
@@ -354,12 +355,7 @@ END_TEST
 static void *fire_and_forget(void *arg)
 {
     poster *p = arg;
-    int fd = raw_connect(p->d);
-    char head[256];
-    const int hl = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\n"
-                            "Content-Type: image/png\r\nContent-Length: %zu\r\n\r\n", p->len);
-    raw_send(fd, head, (size_t)hl);
-    raw_send(fd, p->body, p->len);
+    int fd = raw_post(p->d, "image/png", p->body, p->len);
     char *answer = raw_read_all(fd, NULL); /* whatever comes, or the close at shutdown */
     p->status = raw_status(answer);
     free(answer);
