@@ -544,6 +544,35 @@ START_TEST(errors_are_always_valid_json)
 }
 END_TEST
 
+/* Bodies whose parsing would cost far more than their size are refused early. */
+START_TEST(cheap_bodies_cannot_cost_dear)
+{
+    daemon_t d = start_daemon("models/tiny-sd", NULL);
+    /* 200,000 empty strings: some 10 MB of parser nodes for 600 KB of text */
+    const size_t n = 200000;
+    char *json = malloc(n * 3 + 64);
+    size_t used = (size_t)sprintf(json, "{\"images\": [");
+    for (size_t i = 0; i < n; i++)
+        used += (size_t)sprintf(json + used, "%s\"\"", i ? "," : "");
+    used += (size_t)sprintf(json + used, "]}");
+    reply r = http(&d, "/v1/encode", "application/json", json, used, NULL, NULL);
+    assert_error(&r, 400, "bad-request");
+    ck_assert_ptr_nonnull(strstr(r.body, "values"));
+    free(r.body);
+    free(json);
+    /* a multipart body of more image parts than a request may hold stops at the limit */
+    size_t png_len, len;
+    uint8_t *png = read_all(fixture("images/astronaut_64.png"), &png_len);
+    char *body = multipart(png, png_len, 40, NULL, &len);
+    r = post_multipart(&d, "/v1/encode", body, len);
+    assert_error(&r, 413, "too-many-images");
+    free(r.body);
+    free(body);
+    free(png);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
 START_TEST(log_lines_cannot_be_forged)
 {
     daemon_t d = start_daemon("models/tiny-sd", NULL);
@@ -611,6 +640,7 @@ static Suite *hardening_suite(void)
     tcase_add_test(tc, npy_answers_the_output_asked_for);
     tcase_add_test(tc, split_form_field_is_read_whole);
     tcase_add_test(tc, errors_are_always_valid_json);
+    tcase_add_test(tc, cheap_bodies_cannot_cost_dear);
     tcase_add_test(tc, log_lines_cannot_be_forged);
     tcase_add_test(tc, framing_a_proxy_could_read_otherwise_is_refused);
     suite_add_tcase(s, tc);

@@ -370,6 +370,11 @@ static MHD_Result_t on_form_part(void *cls, enum MHD_ValueKind kind, const char 
         return MHD_YES;
     }
     flush_field(rq);
+    if (off == 0 && rq->blobs.count >= rq->st->cfg->max_images_per_request) {
+        fail(rq, E_TOO_MANY_IMAGES, "more than %d images; at most %d per request",
+             rq->st->cfg->max_images_per_request, rq->st->cfg->max_images_per_request);
+        return MHD_YES;
+    }
     int rc = off == 0 ? srv_blobs_add(&rq->blobs, (const uint8_t *)data, size)
                       : srv_blobs_append(&rq->blobs, (const uint8_t *)data, size);
     if (rc != LD_OK)
@@ -836,14 +841,16 @@ static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const
     rq->connection = c;
     rq->conn = conn_of(c);
     rq->started = now_seconds();
-    if (rq->conn)
+    if (!rq->conn) /* its table entry could not be made: no deadline could be kept */
+        fail(rq, E_BUSY, "out of memory");
+    else
         srv_conn_enter(st->conns, rq->conn, CONN_BODY);
     framing f;
     bool method_ok;
     rq->route = find_route(url, method, &method_ok);
     const answer_error framing_error = check_framing(rq, c, &f);
     rq->body_pending = f.codings > 0 || (f.lengths && f.length > 0);
-    if (framing_error != E_NONE)
+    if (rq->failed || framing_error != E_NONE)
         ; /* answered below */
     else if (rq->route == ROUTE_NONE)
         fail(rq, E_NOT_FOUND, "no such endpoint");

@@ -329,8 +329,35 @@ static int json_option(srv_options *o, const char *key, json_t *v, char *err)
     return ld_fail(err, LD_EINVAL, "unknown field '%.40s'", key);
 }
 
+/* How many values the text holds, at most: one per '[', '{', ',' and ':'
+ * outside strings, plus one.  jansson spends some 50 bytes on each value, so
+ * a body of a million tiny ones would cost 16 times its size: count first. */
+static size_t count_json_values(const char *text, size_t len)
+{
+    size_t values = 1;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        const char ch = text[i];
+        if (in_string) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_string = false;
+        } else if (ch == '"') {
+            in_string = true;
+        } else if (ch == '[' || ch == '{' || ch == ',' || ch == ':') {
+            values++;
+        }
+    }
+    return values;
+}
+
 int srv_parse_json(const char *body, size_t len, srv_blobs *blobs, srv_options *o, char *err)
 {
+    /* an encode request is a few dozen values: images, options, outputs */
+    if (count_json_values(body, len) > SRV_MAX_JSON_VALUES)
+        return ld_fail(err, LD_EINVAL, "the JSON body holds more than %d values",
+                       SRV_MAX_JSON_VALUES);
     json_error_t jerr;
     json_t *root = json_loadb(body, len, 0, &jerr);
     if (!root)

@@ -62,7 +62,9 @@ int srv_blobs_append(srv_blobs *b, const uint8_t *data, size_t len);
 void srv_blobs_free(srv_blobs *b);
 
 /* {"images": [...]} or {"image": "..."} plus options; base64 with an optional
- * data: URL prefix.  Fills only the options the body names (o->set). */
+ * data: URL prefix.  Fills only the options the body names (o->set).  A body
+ * of more than SRV_MAX_JSON_VALUES values is refused before it is parsed. */
+#define SRV_MAX_JSON_VALUES 4096
 int srv_parse_json(const char *body, size_t len, srv_blobs *blobs, srv_options *o, char *err);
 
 #endif
