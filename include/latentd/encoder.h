@@ -92,8 +92,8 @@ typedef int (*ld_progress_fn)(void *ctx, int images_done, int images_total);
 
 typedef struct {
     int vae_split;          /* at most this many images per forward pass; <= 0: all */
-    ld_pool *pool;          /* the threads to compute on (the caller's, idle); NULL: a pool of
-                               `threads` made for this call alone */
+    ld_pool *pool;          /* the threads to compute on (a daemon worker's own); NULL: a
+                               pool of `threads` made for this call alone */
     int threads;            /* without a pool: threads this call uses; <= 0: one per core */
     bool center_input;      /* x*2-1 before the encoder (center_input_sample); default on */
     bool deterministic;     /* latents from the mode (mean); else a sample */

@@ -218,6 +218,7 @@ void ld_pool_free(ld_pool *p)
     if (!p)
         return;
     pthread_mutex_lock(&p->lock);
+    assert(p->pending == 0); /* no loop is running on it */
     p->stopping = true;
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
