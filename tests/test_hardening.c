@@ -295,7 +295,9 @@ START_TEST(shutdown_is_bounded_and_readyz_says_so)
 {
     if (test_quick())
         return; /* minutes of 512x512 encodes under valgrind: plain and ASan runs cover it */
-    static const char *const flags[] = {"--set", "shutdown_timeout_ms=1500", NULL};
+    /* one image per pass keeps each layer short, also under ASan */
+    static const char *const flags[] = {"--set", "shutdown_timeout_ms=3000", "--vae-split", "1",
+                                        NULL};
     daemon_t d = start_daemon("models/tiny-sd", flags);
     size_t png_len, len;
     void *png = flat_png(512, 512, &png_len);
@@ -319,7 +321,7 @@ START_TEST(shutdown_is_bounded_and_readyz_says_so)
     int status;
     ck_assert_int_eq(waitpid(d.pid, &status, 0), d.pid);
     const double took = now_seconds() - t0;
-    ck_assert_msg(took < 1.5 + 1.0, "shutdown took %.2f s", took);
+    ck_assert_msg(took < 3.0 + 1.0, "shutdown took %.2f s", took);
     ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     daemon_cleanup(&d);
     free(body);
