@@ -8,7 +8,7 @@
 # build/fuzz/corpus/<name> for the next run.  Any crash, leak, timeout or
 # out-of-memory input is copied into tests/fuzz/regressions/<name>/ (commit it:
 # `make check` replays it from then on) and the script exits 1.
-# Needs clang, libFuzzer (libclang-rt-dev) and libomp-dev: scripts/install-deps.sh.
+# Needs clang and libFuzzer (libclang-rt-dev): scripts/install-deps.sh.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"

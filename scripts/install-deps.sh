@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs what latentd needs to build, test and run on Debian (bookworm or later).
-# Run as root (or through sudo).  clang, libclang-rt-dev (libFuzzer) and libomp-dev
+# Run as root (or through sudo).  clang and libclang-rt-dev (libFuzzer)
 # are for scripts/fuzz.sh.
 set -eu
 export DEBIAN_FRONTEND=noninteractive
@@ -10,5 +10,5 @@ apt-get install -y -qq --no-install-recommends \
     libmicrohttpd-dev libjansson-dev libpng-dev libopenblas-dev \
     libjpeg62-turbo-dev libsystemd-dev \
     check valgrind curl ca-certificates libcurl4-openssl-dev \
-    clang libclang-rt-dev libomp-dev >/dev/null
+    clang libclang-rt-dev >/dev/null
 echo "install-deps: done"
