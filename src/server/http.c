@@ -112,6 +112,7 @@ typedef struct {
     size_t reserved;          /* budget held by the request until its job takes it */
     bool chunked;             /* no Content-Length: reserve as the body arrives */
     bool body_pending;        /* a body was announced and is not all in yet */
+    size_t declared;          /* its Content-Length */
     struct MHD_PostProcessor *pp;
     srv_blobs blobs;
     srv_options from_body;    /* JSON fields or form fields */
@@ -124,7 +125,7 @@ typedef struct {
     char fail_msg[LD_ERR_LEN];
     double started;
     int images;
-    bool admitted;            /* counted in in_flight */
+    bool counted;             /* counted in in_flight: accepted at its headers */
     srv_job *job;
 } request;
 
@@ -262,7 +263,8 @@ static const char *not_ready_reason(srv_state *st)
         return "a worker is stalled (no progress for stall_timeout_ms)";
     if (srv_queue_depth(st->queue) >= srv_queue_capacity(st->queue))
         return "the queue is full";
-    if (srv_budget_used(&st->budget) / 10 * 10 >= st->budget.limit / 10 * 9)
+    const size_t for_requests = st->budget.limit - st->budget_fixed;
+    if (srv_budget_used(&st->budget) - st->budget_fixed >= for_requests / 10 * 9)
         return "the memory budget is nearly spent";
     return NULL;
 }
@@ -370,6 +372,8 @@ static MHD_Result_t on_form_part(void *cls, enum MHD_ValueKind kind, const char 
         return MHD_YES;
     }
     flush_field(rq);
+    if (size == 0)
+        return MHD_YES; /* libmicrohttpd announces a part's start with an empty piece at 0 */
     if (off == 0 && rq->blobs.count >= rq->st->cfg->max_images_per_request) {
         fail(rq, E_TOO_MANY_IMAGES, "more than %d images; at most %d per request",
              rq->st->cfg->max_images_per_request, rq->st->cfg->max_images_per_request);
@@ -525,15 +529,45 @@ static void start_encode(request *rq, struct MHD_Connection *c, const framing *f
         return;
     }
     rq->chunked = f->lengths == 0;
+    rq->declared = (size_t)f->length;
     if (!rq->chunked && !reserve(rq, body_cost(rq->kind, (size_t)f->length))) {
         fail(rq, E_BUSY, "the memory budget is spent; try again shortly");
         return;
     }
     if (rq->kind == BODY_MULTIPART) {
         rq->pp = MHD_create_post_processor(c, 64 * 1024, on_form_part, rq);
-        if (!rq->pp)
+        if (!rq->pp) {
             fail(rq, E_BAD_REQUEST, "malformed multipart/form-data header");
+            return;
+        }
     }
+    /* accepted: a drain waits for it, from its upload to its answer */
+    rq->counted = true;
+    atomic_fetch_add(&st->in_flight, 1);
+}
+
+/* Room for `need` bytes of a JSON or raw body.  A declared length was
+ * reserved at the headers and is allocated at once; a chunked body reserves
+ * each doubling of its buffer before it allocates it. */
+static bool grow_body(request *rq, size_t need)
+{
+    size_t cap = rq->body_cap ? rq->body_cap : 64 * 1024;
+    if (!rq->chunked)
+        cap = rq->declared; /* more than declared: libmicrohttpd never passes it */
+    while (cap < need)
+        cap *= 2;
+    if (rq->chunked && !reserve(rq, body_cost(rq->kind, cap - rq->body_cap))) {
+        fail(rq, E_BUSY, "the memory budget is spent; try again shortly");
+        return false;
+    }
+    char *grown = realloc(rq->body, cap);
+    if (!grown) {
+        fail(rq, E_BUSY, "out of memory receiving the body");
+        return false;
+    }
+    rq->body = grown;
+    rq->body_cap = cap;
+    return true;
 }
 
 /* A piece of the body.  False: the connection must be dropped (a failure in
@@ -543,27 +577,21 @@ static bool receive(request *rq, const char *data, size_t size)
 {
     srv_state *st = rq->st;
     rq->received += size;
-    if (rq->failed)
-        return true; /* a refused body from the headers: nothing is kept */
     if (rq->received > st->cfg->max_body_bytes)
         return false;
-    if (rq->chunked && !reserve(rq, body_cost(rq->kind, size)))
-        return false;
+    if (rq->failed)
+        return true; /* refused: the rest is read and dropped, nothing kept */
     if (rq->kind == BODY_MULTIPART) {
+        if (rq->chunked && !reserve(rq, size)) {
+            fail(rq, E_BUSY, "the memory budget is spent; try again shortly");
+            return true;
+        }
         if (MHD_post_process(rq->pp, data, size) != MHD_YES)
             fail(rq, E_BAD_REQUEST, "malformed multipart/form-data body");
         return true;
     }
-    if (rq->body_len + size > rq->body_cap) {
-        size_t cap = rq->body_cap ? rq->body_cap : 64 * 1024;
-        while (cap < rq->body_len + size)
-            cap *= 2;
-        char *grown = realloc(rq->body, cap);
-        if (!grown)
-            return false;
-        rq->body = grown;
-        rq->body_cap = cap;
-    }
+    if (rq->body_len + size > rq->body_cap && !grow_body(rq, rq->body_len + size))
+        return true; /* failed: answered once the body is over */
     memcpy(rq->body + rq->body_len, data, size);
     rq->body_len += size;
     return true;
@@ -686,9 +714,16 @@ static bool settle_reservation(request *rq, size_t cost)
 static void on_job_done(void *cls)
 {
     request *rq = cls;
+    srv_state *st = rq->st;
     if (srv_job_outcome(rq->job, NULL, NULL, 0) != JOB_DONE)
-        srv_queue_job_stopped(rq->st->queue); /* drop its images wherever they wait */
+        srv_queue_job_stopped(st->queue); /* drop its images wherever they wait */
     MHD_resume_connection(rq->connection);
+    /* rq may be gone from here on: the connection can complete at once */
+    if (atomic_fetch_sub(&st->suspended, 1) == 1) {
+        pthread_mutex_lock(&st->idle_lock);
+        pthread_cond_broadcast(&st->idle);
+        pthread_mutex_unlock(&st->idle_lock);
+    }
 }
 
 static uint64_t draw_seed(void)
@@ -708,6 +743,10 @@ static bool admit(request *rq)
     const int n = rq->blobs.count;
     if (n == 0) {
         fail(rq, E_NO_IMAGE, "the request holds no image");
+        return false;
+    }
+    if (atomic_load(&st->closing)) { /* past the drain: nothing new is suspended */
+        fail(rq, E_DRAINING, "shutting down");
         return false;
     }
     if (n > cfg->max_images_per_request || n > srv_queue_capacity(st->queue)) {
@@ -764,8 +803,6 @@ static bool admit(request *rq)
         return false;
     }
     rq->reserved = 0; /* the job holds it now */
-    rq->admitted = true;
-    atomic_fetch_add(&st->in_flight, 1);
     return true;
 }
 
@@ -773,6 +810,7 @@ static void wait_for_job(request *rq)
 {
     srv_state *st = rq->st;
     /* suspend first: the job may finish (and resume us) as soon as it is submitted */
+    atomic_fetch_add(&st->suspended, 1);
     MHD_suspend_connection(rq->connection);
     srv_conn_wait(st->conns, rq->conn, rq->job, now_seconds() + st->cfg->request_timeout_ms / 1000.0);
     srv_queue_submit(st->queue, rq->job);
@@ -915,7 +953,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     free(rq->body);
     release_reservation(rq);
     srv_job_unref(rq->job); /* gives the job's reservation back once the workers let go */
-    if (rq->admitted && atomic_fetch_sub(&st->in_flight, 1) == 1) {
+    if (rq->counted && atomic_fetch_sub(&st->in_flight, 1) == 1) {
         pthread_mutex_lock(&st->idle_lock);
         pthread_cond_broadcast(&st->idle);
         pthread_mutex_unlock(&st->idle_lock);
@@ -1034,10 +1072,43 @@ bool srv_http_wait_idle(srv_state *st, const struct timespec *deadline)
     return idle;
 }
 
+/* libmicrohttpd must not be stopped with a connection suspended: cancel every
+ * waiting job (each resumes its connection) until none is left, for at most
+ * a second — a request suspended just as the sweep ran is caught by the next. */
+static void resume_all(srv_state *st)
+{
+    atomic_store(&st->closing, true);
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += 1;
+    for (;;) {
+        srv_conns_cancel_all(st->conns, JOB_SHUTDOWN);
+        struct timespec tick;
+        clock_gettime(CLOCK_MONOTONIC, &tick);
+        if (tick.tv_sec > until.tv_sec ||
+            (tick.tv_sec == until.tv_sec && tick.tv_nsec >= until.tv_nsec))
+            break;
+        tick.tv_nsec += 50 * 1000 * 1000;
+        if (tick.tv_nsec >= 1000000000L) {
+            tick.tv_sec++;
+            tick.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&st->idle_lock);
+        if (atomic_load(&st->suspended) > 0)
+            pthread_cond_timedwait(&st->idle, &st->idle_lock, &tick);
+        const bool none = atomic_load(&st->suspended) == 0;
+        pthread_mutex_unlock(&st->idle_lock);
+        if (none)
+            break;
+    }
+    if (atomic_load(&st->suspended) > 0)
+        srv_log(LOG_ERROR, "%d connections still suspended at stop", atomic_load(&st->suspended));
+}
+
 void srv_http_stop(srv_state *st)
 {
-    if (st->conns) /* a suspended connection must be resumed before the daemon stops */
-        srv_conns_cancel_all(st->conns, JOB_SHUTDOWN);
+    if (st->conns && st->mhd)
+        resume_all(st);
     if (st->mhd)
         MHD_stop_daemon(st->mhd);
     st->mhd = NULL;

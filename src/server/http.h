@@ -29,10 +29,12 @@ typedef struct {
     srv_metrics metrics;
     struct MHD_Daemon *mhd;
     int port;                  /* the bound port (the config's, or the kernel's pick for 0) */
-    pthread_mutex_t idle_lock; /* with idle: in_flight reached 0 */
+    pthread_mutex_t idle_lock; /* with idle: in_flight or suspended reached 0 */
     pthread_cond_t idle;
-    atomic_int in_flight;      /* encode requests admitted, not yet answered */
+    atomic_int in_flight;      /* encode requests accepted at their headers, not yet answered */
+    atomic_int suspended;      /* connections waiting for their job (with idle: reached 0) */
     atomic_bool draining;      /* SIGTERM: refuse new work, finish the rest */
+    atomic_bool closing;       /* past the drain: admit nothing more */
     atomic_int workers_stalled; /* the watchdog's last count */
 } srv_state;
 
