@@ -6,10 +6,11 @@
  * and with replay.c into tests/fuzz/replay_<name>, which `make check` runs over
  * tests/fuzz/corpus/<name>/ and tests/fuzz/regressions/<name>/.
  *
- * A target must not leak, must not keep state between inputs, and checks the
- * properties its parser promises with FUZZ_CHECK, which (unlike assert) no
- * NDEBUG removes and which aborts, so libFuzzer and the replay alike see a
- * crash. */
+ * A target must not leak, must not keep state between inputs (fuzz_http.c,
+ * which keeps one daemon running and checks it is at rest after each input,
+ * is the exception), and checks the properties its parser promises with
+ * FUZZ_CHECK, which (unlike assert) no NDEBUG removes and which aborts, so
+ * libFuzzer and the replay alike see a crash. */
 #ifndef LATENTD_FUZZ_H
 #define LATENTD_FUZZ_H
 

@@ -248,8 +248,116 @@ def request_seeds():
     out("base64", "bytes", bytes(range(256)))
 
 
+# ---------------- whole HTTP requests ----------------
+
+KEY = "X-API-Key: fuzz-key-0123456789\r\n"  # fuzz_http.c's daemon wants it
+
+
+def fixture(name):
+    with open(os.path.join(FIXTURES, "images", name), "rb") as f:
+        return f.read()
+
+
+def request(target, body=b"", method="POST", headers="", length=True, key=True):
+    head = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + (KEY if key else "") + headers
+    if length and (body or method == "POST"):
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def chunked(body, size=700):
+    parts = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in parts) + b"0\r\n\r\n"
+
+
+def form(parts, boundary="bb"):
+    """parts: (name or None, filename or None, content type or None, bytes)"""
+    out_ = b""
+    for name, filename, ctype, data in parts:
+        out_ += b"--" + boundary.encode() + b"\r\n"
+        if name is not None:
+            disp = f'Content-Disposition: form-data; name="{name}"'
+            if filename:
+                disp += f'; filename="{filename}"'
+            out_ += disp.encode() + b"\r\n"
+        if ctype:
+            out_ += f"Content-Type: {ctype}\r\n".encode()
+        out_ += b"\r\n" + data + b"\r\n"
+    return out_ + b"--" + boundary.encode() + b"--\r\n"
+
+
+def http_seeds():
+    small = png(8, 8, 2, 8)  # the model takes sides that are multiples of 8
+    gray = fixture("astronaut_64_gray.png")
+    jpeg = fixture("astronaut_64.jpg")
+    enc = "/v1/encode"
+    mp = "Content-Type: multipart/form-data; boundary=bb\r\n"
+    js = "Content-Type: application/json\r\n"
+    png_type = "Content-Type: image/png\r\n"
+    # the GET endpoints
+    out("http", "get-healthz", request("/healthz", method="GET", key=False))
+    out("http", "get-model", request("/v1/model", method="GET"))
+    out("http", "get-metrics-readyz-pipelined",
+        request("/metrics", method="GET", key=False) + request("/readyz", method="GET", key=False))
+    out("http", "head-healthz-http10", b"HEAD /healthz HTTP/1.0\r\n\r\n")
+    # each kind of body
+    out("http", "multipart-png-fields", request(enc, form([
+        ("image", "a.png", "image/png", small), ("outputs", None, None, b"mean"),
+        ("format", None, None, b"npy")]), headers=mp))
+    out("http", "multipart-jpeg-two-images", request(enc, form([
+        ("images[]", "a.jpg", "image/jpeg", jpeg), ("images[]", None, None, small),
+        ("seed", None, None, b"7"), ("tensor_encoding", None, None, b"list")],
+        boundary="----x7MA4YWxkTrZu0gW"),
+        headers="Content-Type: multipart/form-data; boundary=----x7MA4YWxkTrZu0gW\r\n"))
+    out("http", "json-images", request(enc, json.dumps({
+        "images": [base64.b64encode(small).decode()], "outputs": ["latents", "moments"],
+        "format": "json", "deterministic": True}).encode(), headers=js))
+    out("http", "json-data-url-gray", request(enc, json.dumps({
+        "image": "data:image/png;base64," + base64.b64encode(gray).decode()}).encode(),
+        headers=js))
+    out("http", "raw-png", request(enc, small, headers=png_type))
+    out("http", "raw-jpeg-octet-stream",
+        request(enc, jpeg, headers="Content-Type: application/octet-stream\r\n"))
+    out("http", "raw-png-query-options", request(
+        enc + "?format=safetensors&seed=18446744073709551615&outputs=mean,logvar&center_input_sample=1",
+        small, headers=png_type))
+    out("http", "raw-png-accept-npy", request(enc, small, headers=png_type + "Accept: application/x-npy\r\n"))
+    out("http", "chunked-multipart", request(enc, chunked(form([("image", "a.png", None, small),
+                                                                  ("format", None, None, b"json")])),
+        headers=mp + "Transfer-Encoding: chunked\r\n", length=False))
+    out("http", "chunked-json", request(enc, chunked(json.dumps(
+        {"images": [base64.b64encode(small).decode()] * 2}).encode(), size=100),
+        headers=js + "Transfer-Encoding: chunked\r\n", length=False))
+    out("http", "expect-continue-bearer", request(enc, small, key=False,
+        headers=png_type + "Expect: 100-continue\r\nAuthorization: Bearer fuzz-key-0123456789\r\n"))
+    out("http", "keep-alive-two-requests",
+        request(enc, small, headers=png_type + "Connection: keep-alive\r\n") +
+        request("/healthz", method="GET", headers="Connection: close\r\n"))
+    # refused ones
+    out("http", "no-api-key", request(enc, small, headers=png_type, key=False))
+    out("http", "multipart-part-without-name",
+        request(enc, b"--bb\r\n\r\nx\r\n--bb--\r\n", headers=mp))
+    out("http", "content-length-twice-differ",
+        request(enc, small, headers=png_type + "Content-Length: 5\r\n"))
+    out("http", "content-length-and-chunked", request(enc, chunked(small),
+        headers=png_type + "Content-Length: 10\r\nTransfer-Encoding: chunked\r\n", length=False))
+    out("http", "transfer-encoding-gzip", request(enc, small,
+        headers=png_type + "Transfer-Encoding: gzip\r\n", length=False))
+    out("http", "content-type-pngx", request(enc, small, headers="Content-Type: image/pngx\r\n"))
+    out("http", "query-bad-percent", request(enc + "?%ff=1", small, headers=png_type))
+    out("http", "path-with-newline", request("/v1/en%0acode", small, headers=png_type))
+    out("http", "body-too-large", request(enc, b"", headers=png_type + "Content-Length: 2000000\r\n",
+                                          length=False))
+    out("http", "json-no-image", request(enc, b'{"outputs":"mean"}', headers=js))
+    out("http", "multipart-truncated", request(enc, form([("image", "a.png", None, small)])[:-20],
+                                               headers=mp))
+    out("http", "method-delete", request(enc, method="DELETE"))
+    out("http", "bad-request-line", b"GET  /healthz HTTP/1.1\r\n\r\n")
+
+
 if __name__ == "__main__":
     png_seeds()
     safetensors_seeds()
     config_seeds()
     request_seeds()
+    http_seeds()
