@@ -43,16 +43,16 @@ for mode in $modes; do
             "CFLAGS='-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all'" \
             "LDFLAGS='-fsanitize=address,undefined'" ;;
     valgrind)
-        # CK_FORK=no keeps each test in the process valgrind watches, and
-        # --trace-children follows the daemon and the CLI the tests start (not
-        # the shell tools they run).  One BLAS thread and the quick sets keep
+        # CK_FORK=no keeps each test in the process valgrind watches (following
+        # the daemon the tests start, --trace-children, is not on yet: see the
+        # notes of the hardening issue).  One BLAS thread and the quick sets keep
         # it to minutes (valgrind runs the vector code ~200x slower; the
         # sanitizer run covers the full sets); time limits in the tests
         # stretch by LATENTD_TEST_TIME_SCALE.
         CK_FORK=no OPENBLAS_NUM_THREADS=1 LATENTD_TEST_QUICK=1 LATENTD_TEST_TIME_SCALE=30 \
         run_mode valgrind "CFLAGS='-O1 -g'" -- \
             LOG_COMPILER=valgrind \
-            AM_LOG_FLAGS="--quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-origins=no --trace-children=yes --trace-children-skip=*/sh,*/rm,*/bash,*/prlimit,*/timeout" ;;
+            AM_LOG_FLAGS="--quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-origins=no" ;;
     load)
         # the load and abuse test (tests/load/README.md): builds
         # the daemon and the client, then tests/load/run-load.sh within LATENTD_LOAD_SECONDS
