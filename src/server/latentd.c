@@ -229,8 +229,13 @@ static int serve(srv_config *cfg)
         deadline_in(5.0, &soon);
         clean = !st.queue || srv_queue_stop(st.queue, &soon);
     }
-    if (!clean)
-        return 1; /* a thread may still use the model: leave it to the exit */
+    if (!clean) {
+        /* A worker may still be inside the encoder.  exit() would run the
+         * libraries' destructors under it (OpenBLAS frees its buffers), which
+         * turns a bounded shutdown into a crash: leave without them. */
+        srv_log_close();
+        _exit(1);
+    }
     srv_queue_free(st.queue);
     ld_model_free(model);
     srv_metrics_destroy(&st.metrics);
