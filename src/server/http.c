@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "latentd/tensor_input.h"
 #include "log.h"
 #include "request.h"
 #include "response.h"
@@ -24,7 +25,15 @@ typedef int MHD_Result_t;
 typedef enum MHD_Result MHD_Result_t;
 #endif
 
-typedef enum { ROUTE_NONE, ROUTE_ENCODE, ROUTE_HEALTH, ROUTE_READY, ROUTE_METRICS, ROUTE_MODEL } route;
+typedef enum {
+    ROUTE_NONE,
+    ROUTE_ENCODE,
+    ROUTE_REMOTE, /* diffusers' remote_encode: raw tensor bytes in and out */
+    ROUTE_HEALTH,
+    ROUTE_READY,
+    ROUTE_METRICS,
+    ROUTE_MODEL
+} route;
 typedef enum { BODY_NONE, BODY_JSON, BODY_MULTIPART, BODY_RAW } body_kind;
 
 /* ---------------- errors: one table from what went wrong to the answer ---------------- */
@@ -127,7 +136,13 @@ typedef struct {
     int images;
     bool counted;             /* counted in in_flight: accepted at its headers */
     srv_job *job;
+    srv_tensor_input tensor;  /* the body was a tensor: its images' dtype and size */
 } request;
+
+static bool is_encode(const request *rq)
+{
+    return rq->route == ROUTE_ENCODE || rq->route == ROUTE_REMOTE;
+}
 
 static double now_seconds(void)
 {
@@ -178,6 +193,10 @@ static MHD_Result_t send_body(request *rq, const char *method, const char *url, 
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, body->content_type);
+    if (body->tensor_dtype) { /* a bare tensor: what diffusers' remote client reads */
+        MHD_add_response_header(r, "shape", body->tensor_shape);
+        MHD_add_response_header(r, "dtype", body->tensor_dtype);
+    }
     if (retry)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401)
@@ -191,7 +210,7 @@ static MHD_Result_t send_body(request *rq, const char *method, const char *url, 
     MHD_Result_t ok = MHD_queue_response(rq->connection, (unsigned)status, r);
     MHD_destroy_response(r);
     srv_metrics_request(&st->metrics, status);
-    if (rq->route == ROUTE_ENCODE || status >= 400) {
+    if (is_encode(rq) || status >= 400) {
         double queue_wait = 0, encode_seconds = 0;
         if (rq->job)
             srv_job_times(rq->job, &queue_wait, &encode_seconds);
@@ -222,7 +241,7 @@ static MHD_Result_t send_text(request *rq, const char *method, const char *url, 
 {
     if (!text)
         return send_error(rq, method, url, E_INTERNAL, "out of memory");
-    srv_body body = {text, strlen(text), type};
+    srv_body body = {.data = text, .len = strlen(text), .content_type = type};
     return send_body(rq, method, url, 200, &body, false, false);
 }
 
@@ -405,9 +424,12 @@ static body_kind classify_body(const char *type)
         return BODY_JSON;
     if (media_type_is(type, "multipart/form-data"))
         return BODY_MULTIPART;
-    if (media_type_is(type, "image/png") || media_type_is(type, "image/jpeg") ||
-        media_type_is(type, "application/octet-stream"))
-        return BODY_RAW;
+    static const char *const raw[] = {"image/png", "image/jpeg", "image/jpg",
+                                      "application/octet-stream", "application/x-npy",
+                                      "application/safetensors"};
+    for (size_t i = 0; i < sizeof raw / sizeof raw[0]; i++)
+        if (media_type_is(type, raw[i]))
+            return BODY_RAW;
     return BODY_NONE;
 }
 
@@ -523,9 +545,12 @@ static void start_encode(request *rq, struct MHD_Connection *c, const framing *f
     }
     const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     rq->kind = classify_body(type);
+    if (rq->kind == BODY_NONE && !type && rq->route == ROUTE_REMOTE)
+        rq->kind = BODY_RAW; /* diffusers' client sends its bytes without a type */
     if (rq->kind == BODY_NONE) {
         fail(rq, E_MEDIA_TYPE, "Content-Type must be application/json, multipart/form-data, "
-             "image/png, image/jpeg or application/octet-stream");
+             "image/png, image/jpeg, application/x-npy, application/safetensors or "
+             "application/octet-stream");
         return;
     }
     rq->chunked = f->lengths == 0;
@@ -613,6 +638,73 @@ static MHD_Result_t on_query(void *cls, enum MHD_ValueKind kind, const char *key
     return MHD_YES;
 }
 
+/* The tensor a raw body holds, if it is one: .npy and safetensors by their
+ * signature, bare elements by the shape and dtype parameters.  LD_EUNSUPPORTED
+ * when the body is not a tensor (a picture file). */
+static int describe_tensor(request *rq, ld_tensor_batch *batch, char *err)
+{
+    const uint8_t *data = (const uint8_t *)rq->body;
+    const srv_options *o = &rq->opts;
+    if (o->set & (OPT_SHAPE | OPT_DTYPE)) {
+        if ((o->set & (OPT_SHAPE | OPT_DTYPE)) != (OPT_SHAPE | OPT_DTYPE))
+            return ld_fail(err, LD_EINVAL, "a raw tensor needs both shape and dtype");
+        return ld_tensor_from_raw(data, rq->body_len, o->shape, o->shape_ndim, o->dtype, batch,
+                                  err);
+    }
+    if (ld_tensor_is_npy(data, rq->body_len))
+        return ld_tensor_from_npy(data, rq->body_len, batch, err);
+    if (ld_image_sniff(data, rq->body_len) == LD_IMG_UNKNOWN &&
+        ld_tensor_is_safetensors(data, rq->body_len))
+        return ld_tensor_from_safetensors(data, rq->body_len, batch, err);
+    return LD_EUNSUPPORTED;
+}
+
+/* A tensor body becomes one blob per image (each converted by a decoder,
+ * like a picture); anything else is one picture file.  The copies are
+ * reserved before they are made, so a tensor costs no more than priced. */
+static void take_raw_body(request *rq)
+{
+    char err[LD_ERR_LEN];
+    ld_tensor_batch batch;
+    const int rc = rq->body_len ? describe_tensor(rq, &batch, err) : LD_EUNSUPPORTED;
+    if (rc == LD_EUNSUPPORTED) {
+        if (rq->body_len && srv_blobs_adopt(&rq->blobs, (uint8_t *)rq->body, rq->body_len) == LD_OK)
+            rq->body = NULL; /* the blob owns it now */
+        else if (rq->body_len)
+            fail(rq, E_BUSY, "out of memory");
+        return;
+    }
+    if (rc != LD_OK) {
+        fail(rq, error_for_status(rc), "%s", err);
+        return;
+    }
+    if (batch.n > rq->st->cfg->max_images_per_request) {
+        fail(rq, E_TOO_MANY_IMAGES, "%d images; at most %d per request", batch.n,
+             rq->st->cfg->max_images_per_request);
+        return;
+    }
+    const size_t per_image = ld_tensor_image_bytes(&batch);
+    if (!reserve(rq, per_image * (size_t)batch.n)) {
+        fail(rq, E_BUSY, "the memory budget is spent; try again shortly");
+        return;
+    }
+    for (int i = 0; i < batch.n; i++)
+        if (srv_blobs_add(&rq->blobs, batch.data + (size_t)i * per_image, per_image) != LD_OK) {
+            fail(rq, E_BUSY, "out of memory");
+            return;
+        }
+    rq->tensor = (srv_tensor_input){.active = true, .dtype = batch.dtype,
+                                    .width = batch.width, .height = batch.height};
+}
+
+/* diffusers' remote_encode wants the mode as one bare float32 tensor. */
+static void remote_options(request *rq)
+{
+    rq->opts.deterministic = true;
+    rq->opts.outputs = OUT_LATENTS;
+    rq->opts.format = FMT_REMOTE;
+}
+
 /* Body complete: the images' bytes and every option, merged once:
  * defaults < Accept < query string < body. */
 static void finish_body(request *rq, struct MHD_Connection *c)
@@ -628,16 +720,12 @@ static void finish_body(request *rq, struct MHD_Connection *c)
         if (srv_parse_json(rq->body ? rq->body : "", rq->body_len, &rq->blobs, &rq->from_body,
                            err) != LD_OK)
             fail(rq, E_BAD_REQUEST, "%s", err);
-    } else if (rq->body_len) {
-        if (srv_blobs_adopt(&rq->blobs, (uint8_t *)rq->body, rq->body_len) == LD_OK)
-            rq->body = NULL; /* the blob owns it now */
-        else
-            fail(rq, E_BUSY, "out of memory");
     }
-    free(rq->body);
-    rq->body = NULL;
-    if (rq->failed)
+    if (rq->failed) {
+        free(rq->body);
+        rq->body = NULL;
         return;
+    }
     srv_options accept, query_default;
     srv_options_clear(&accept);
     srv_options_from_accept(&accept, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
@@ -654,6 +742,15 @@ static void finish_body(request *rq, struct MHD_Connection *c)
     srv_options_merge(&rq->opts, &accept);
     srv_options_merge(&rq->opts, &query.opts);
     srv_options_merge(&rq->opts, &rq->from_body);
+    if (rq->route == ROUTE_REMOTE)
+        remote_options(rq);
+    else if (rq->opts.set & (OPT_SCALING | OPT_SHIFT))
+        fail(rq, E_BAD_REQUEST, "scaling_factor and shift_factor belong to /v1/remote/encode; "
+             "/v1/encode scales the latents as the model's config says");
+    if (rq->kind == BODY_RAW && !rq->failed)
+        take_raw_body(rq);
+    free(rq->body);
+    rq->body = NULL;
 }
 
 /* ---------------- admission: decide before doing any work ---------------- */
@@ -675,8 +772,14 @@ static int price_images(request *rq, uint32_t (*sizes)[2], size_t *cost)
     for (int i = 0; i < rq->blobs.count; i++) {
         char err[LD_ERR_LEN];
         ld_image_format format;
-        int rc = ld_image_probe(rq->blobs.data[i], rq->blobs.len[i], &format, &sizes[i][0],
+        int rc = LD_OK;
+        if (rq->tensor.active) {
+            sizes[i][0] = (uint32_t)rq->tensor.width;
+            sizes[i][1] = (uint32_t)rq->tensor.height;
+        } else {
+            rc = ld_image_probe(rq->blobs.data[i], rq->blobs.len[i], &format, &sizes[i][0],
                                 &sizes[i][1], err);
+        }
         if (rc != LD_OK) {
             fail(rq, error_for_status(rc), "image %d: %s", i, err);
             return rc;
@@ -791,6 +894,7 @@ static bool admit(request *rq)
         .limits = {.max_pixels = cfg->max_image_pixels,
                    .max_scans = cfg->max_jpeg_scans,
                    .max_decode_ms = cfg->decode_timeout_ms},
+        .tensor = rq->tensor,
         .on_done = on_job_done,
         .on_done_ctx = rq,
     };
@@ -846,9 +950,11 @@ static route find_route(const char *url, const char *method, bool *method_ok)
         const char *path, *method;
         route r;
     } routes[] = {
-        {"/v1/encode", "POST", ROUTE_ENCODE}, {"/healthz", "GET", ROUTE_HEALTH},
-        {"/readyz", "GET", ROUTE_READY},      {"/metrics", "GET", ROUTE_METRICS},
-        {"/v1/model", "GET", ROUTE_MODEL},
+        {"/v1/encode", "POST", ROUTE_ENCODE}, {"/v1/remote/encode", "POST", ROUTE_REMOTE},
+        {"/healthz", "GET", ROUTE_HEALTH},    {"/readyz", "GET", ROUTE_READY},
+        {"/metrics", "GET", ROUTE_METRICS},   {"/v1/model", "GET", ROUTE_MODEL},
+        /* KServe / Open Inference Protocol names for the same probes */
+        {"/v2/health/live", "GET", ROUTE_HEALTH}, {"/v2/health/ready", "GET", ROUTE_READY},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (!strcmp(url, routes[i].path)) {
@@ -894,7 +1000,7 @@ static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const
         fail(rq, E_NOT_FOUND, "no such endpoint");
     else if (!method_ok)
         fail(rq, E_METHOD, "this method is not allowed here");
-    else if (rq->route == ROUTE_ENCODE)
+    else if (is_encode(rq))
         start_encode(rq, c, &f);
     else if (rq->route == ROUTE_MODEL && !authorised(st, c))
         fail(rq, E_UNAUTHORIZED, "missing or wrong API key");
@@ -914,12 +1020,12 @@ static MHD_Result_t on_request(void *cls, struct MHD_Connection *c, const char *
     if (!rq)
         return begin_request(st, c, url, method, con_cls);
     if (*upload_size) {
-        const bool keep = rq->route != ROUTE_ENCODE || receive(rq, upload_data, *upload_size);
+        const bool keep = !is_encode(rq) || receive(rq, upload_data, *upload_size);
         *upload_size = 0;
         return keep ? MHD_YES : MHD_NO;
     }
     rq->body_pending = false;
-    if (rq->route != ROUTE_ENCODE)
+    if (!is_encode(rq))
         return answer_get(rq, method, url);
     if (rq->job)
         return answer_job(rq, method, url); /* resumed: the job has finished */

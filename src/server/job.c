@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "latentd/tensor_input.h"
+
 typedef struct {
     uint8_t *bytes; /* the upload, until decoded */
     size_t len;
@@ -154,7 +156,11 @@ uint64_t srv_job_seed(const srv_job *job, int i) { return job->params.seed + (ui
 int srv_job_decode(srv_job *job, int i, char *err)
 {
     job_image *img = &job->images[i];
-    int rc = ld_image_decode(img->bytes, img->len, &job->params.limits, &img->image, err);
+    const srv_tensor_input *tensor = &job->params.tensor;
+    int rc = tensor->active
+                 ? ld_tensor_to_image(img->bytes, tensor->dtype, tensor->height, tensor->width, i,
+                                      &job->params.limits, &img->image, err)
+                 : ld_image_decode(img->bytes, img->len, &job->params.limits, &img->image, err);
     free(img->bytes);
     img->bytes = NULL;
     if (rc == LD_OK && (img->image.width != job->items[i].width ||

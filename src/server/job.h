@@ -38,6 +38,7 @@ typedef struct {
     bool deterministic, center;
     uint64_t seed;               /* image k samples with seed + k */
     ld_image_limits limits;      /* for decoding */
+    srv_tensor_input tensor;     /* the images are tensor elements, not picture files */
     void (*on_done)(void *ctx);  /* called once when the job finishes */
     void *on_done_ctx;
 } srv_job_params;

@@ -2,11 +2,13 @@
 
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "latentd/base64.h"
+#include "latentd/tensor_input.h"
 
 void srv_options_defaults(srv_options *o)
 {
@@ -34,6 +36,16 @@ void srv_options_merge(srv_options *dst, const srv_options *src)
         dst->format = src->format;
     if (src->set & OPT_ENCODING)
         dst->list_encoding = src->list_encoding;
+    if (src->set & OPT_SHAPE) {
+        memcpy(dst->shape, src->shape, sizeof dst->shape);
+        dst->shape_ndim = src->shape_ndim;
+    }
+    if (src->set & OPT_DTYPE)
+        dst->dtype = src->dtype;
+    if (src->set & OPT_SCALING)
+        dst->scaling_factor = src->scaling_factor;
+    if (src->set & OPT_SHIFT)
+        dst->shift_factor = src->shift_factor;
     dst->set |= src->set;
 }
 
@@ -103,6 +115,40 @@ int srv_parse_seed(const char *text, uint64_t *out, char *err)
     return LD_OK;
 }
 
+/* Dimensions appended to o->shape: "64", "1,3,64,64" or "[1, 3, 64, 64]". */
+static int parse_shape(const char *value, srv_options *o, char *err)
+{
+    const char *p = value + strspn(value, " [");
+    bool any = false;
+    while (*p && *p != ']') {
+        if (*p < '0' || *p > '9' || o->shape_ndim == SRV_MAX_SHAPE)
+            return ld_fail(err, LD_EINVAL, "shape: want [N, 3, H, W] or [3, H, W] as integers");
+        int64_t dim = 0;
+        while (*p >= '0' && *p <= '9') {
+            if (dim > (INT64_C(1) << 40))
+                return ld_fail(err, LD_EINVAL, "shape: a dimension is too large");
+            dim = dim * 10 + (*p++ - '0');
+        }
+        o->shape[o->shape_ndim++] = dim;
+        any = true;
+        p += strspn(p, " ,");
+    }
+    if (!any || (*p == ']' && p[1 + strspn(p + 1, " ")] != '\0'))
+        return ld_fail(err, LD_EINVAL, "shape: want [N, 3, H, W] or [3, H, W] as integers");
+    return LD_OK;
+}
+
+/* A finite number: the remote client's scaling_factor and shift_factor. */
+static int parse_factor(const char *key, const char *value, double *out, char *err)
+{
+    char *end;
+    const double v = strtod(value, &end);
+    if (!*value || *end || !isfinite(v))
+        return ld_fail(err, LD_EINVAL, "%s: want a finite number, got '%.40s'", key, value);
+    *out = v;
+    return LD_OK;
+}
+
 static unsigned option_bit(const char *key);
 static int set_one(srv_options *o, const char *key, const char *value, char *err);
 
@@ -121,7 +167,9 @@ static unsigned option_bit(const char *key)
         unsigned bit;
     } bits[] = {{"deterministic", OPT_DETERMINISTIC}, {"seed", OPT_SEED},
                 {"center_input_sample", OPT_CENTER}, {"outputs", OPT_OUTPUTS},
-                {"format", OPT_FORMAT},               {"tensor_encoding", OPT_ENCODING}};
+                {"format", OPT_FORMAT},               {"tensor_encoding", OPT_ENCODING},
+                {"shape", OPT_SHAPE},                 {"dtype", OPT_DTYPE},
+                {"scaling_factor", OPT_SCALING},      {"shift_factor", OPT_SHIFT}};
     for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++)
         if (!strcmp(key, bits[i].key))
             return bits[i].bit;
@@ -155,6 +203,14 @@ static int set_one(srv_options *o, const char *key, const char *value, char *err
         o->list_encoding = !strcmp(value, "list");
         return LD_OK;
     }
+    if (!strcmp(key, "shape"))
+        return parse_shape(value, o, err);
+    if (!strcmp(key, "dtype"))
+        return ld_dtype_from_name(value, &o->dtype, err);
+    if (!strcmp(key, "scaling_factor"))
+        return parse_factor(key, value, &o->scaling_factor, err);
+    if (!strcmp(key, "shift_factor"))
+        return parse_factor(key, value, &o->shift_factor, err);
     return ld_fail(err, LD_EINVAL, "unknown option '%.40s'", key);
 }
 

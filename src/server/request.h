@@ -8,9 +8,11 @@
 
 #include "latentd/common.h"
 #include "latentd/image.h"
+#include "latentd/safetensors.h"
 
 enum { OUT_LATENTS = 1, OUT_MEAN = 2, OUT_LOGVAR = 4, OUT_MOMENTS = 8 };
-typedef enum { FMT_JSON, FMT_SAFETENSORS, FMT_NPY } srv_format;
+/* FMT_REMOTE: /v1/remote/encode's bare float32 tensor (shape and dtype in headers) */
+typedef enum { FMT_JSON, FMT_SAFETENSORS, FMT_NPY, FMT_REMOTE } srv_format;
 
 /* Which fields of an srv_options a source set (for merging). */
 enum {
@@ -19,8 +21,14 @@ enum {
     OPT_CENTER = 4,
     OPT_OUTPUTS = 8,
     OPT_FORMAT = 16,
-    OPT_ENCODING = 32
+    OPT_ENCODING = 32,
+    OPT_SHAPE = 64,     /* a raw tensor body's shape and dtype */
+    OPT_DTYPE = 128,
+    OPT_SCALING = 256,  /* /v1/remote/encode's own scaling of the latents */
+    OPT_SHIFT = 512
 };
+
+#define SRV_MAX_SHAPE 4
 
 typedef struct {
     unsigned set;       /* OPT_* bits: the fields this source gave */
@@ -30,7 +38,20 @@ typedef struct {
     unsigned outputs;   /* OUT_* bits */
     srv_format format;
     bool list_encoding; /* tensor_encoding=list */
+    int64_t shape[SRV_MAX_SHAPE]; /* shape=1&shape=3&... (as Python's requests sends a
+                                   * list) or shape=[1,3,64,64]: dimensions append */
+    int shape_ndim;
+    ld_dtype dtype;
+    double scaling_factor, shift_factor;
 } srv_options;
+
+/* A request whose body was a float tensor: its blobs are one image's
+ * elements each, in this dtype and size, rather than picture files. */
+typedef struct {
+    bool active;
+    ld_dtype dtype;
+    int width, height;
+} srv_tensor_input;
 
 /* Raw image bytes gathered from the request, before decoding. */
 typedef struct {

@@ -269,6 +269,33 @@ static int render_npy(const ld_model *model, const srv_results *res, const srv_o
     return LD_OK;
 }
 
+/* diffusers' remote_encode reads the bytes as one tensor [N, C, h, w] whose
+ * shape and dtype come in headers.  The mode, scaled (z - shift) * scaling
+ * with the factors the client gave (shift 0 and scaling 1 for one it left
+ * out), or as the model's config scales it when it gave neither. */
+static int render_remote(const ld_model *model, const srv_results *res, const srv_options *o,
+                         srv_body *body)
+{
+    const bool own_scaling = (o->set & (OPT_SCALING | OPT_SHIFT)) != 0;
+    const double scaling = (o->set & OPT_SCALING) ? o->scaling_factor : 1.0;
+    const double shift = (o->set & OPT_SHIFT) ? o->shift_factor : 0.0;
+    tensor t;
+    /* the mean is the mode; latents is the mode scaled by the config */
+    if (gather(model, res, 0, res->n_items, own_scaling ? 1 : 0, &t) != LD_OK)
+        return LD_ENOMEM;
+    const size_t n = tensor_numel(&t);
+    if (own_scaling)
+        for (size_t i = 0; i < n; i++)
+            t.data[i] = (float)(((double)t.data[i] - shift) * scaling);
+    body->data = (char *)t.data;
+    body->len = n * sizeof(float);
+    body->content_type = "application/octet-stream";
+    snprintf(body->tensor_shape, sizeof body->tensor_shape, "[%" PRId64 ", %" PRId64 ", %" PRId64
+             ", %" PRId64 "]", t.shape[0], t.shape[1], t.shape[2], t.shape[3]);
+    body->tensor_dtype = "float32";
+    return LD_OK;
+}
+
 int srv_render_result(const ld_model *model, const srv_results *res, const srv_options *o,
                       srv_body *body, char *err)
 {
@@ -283,6 +310,12 @@ int srv_render_result(const ld_model *model, const srv_results *res, const srv_o
                            "one size, or ask for json or safetensors");
         return render_npy(model, res, o, body) == LD_OK ? LD_OK
                                                         : ld_fail(err, LD_ENOMEM, "out of memory");
+    case FMT_REMOTE:
+        if (!same_size(res))
+            return ld_fail(err, LD_EUNSUPPORTED, "the remote encoder answers one tensor: send "
+                           "images of one size");
+        return render_remote(model, res, o, body) == LD_OK
+                   ? LD_OK : ld_fail(err, LD_ENOMEM, "out of memory");
     default:
         return render_json(model, res, o, body) == LD_OK ? LD_OK
                                                          : ld_fail(err, LD_ENOMEM, "out of memory");
@@ -292,6 +325,7 @@ int srv_render_result(const ld_model *model, const srv_results *res, const srv_o
 int srv_render_json(void *value, srv_body *body)
 {
     json_t *root = value;
+    memset(body, 0, sizeof *body);
     body->data = root ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(root);
     if (!body->data)

@@ -28,6 +28,10 @@ typedef struct {
     char *data; /* malloc'd */
     size_t len;
     const char *content_type;
+    /* a bare tensor (FMT_REMOTE): its shape as a JSON list, and its dtype, for
+     * the "shape" and "dtype" headers; tensor_dtype is NULL otherwise */
+    char tensor_shape[96];
+    const char *tensor_dtype;
 } srv_body;
 
 /* The outputs that o names, in o's format.  npy holds one array: the first
