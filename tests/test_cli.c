@@ -1,10 +1,12 @@
 /* latent-encode as a user runs it: real files in, a safetensors file out,
  * compared with the fixtures; errors give a non-zero status and one line. */
 #include "latentd/safetensors.h"
+#include "samplefix.h"
 #include "testutil.h"
 
 #include <check.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,6 +126,94 @@ START_TEST(sampling_with_a_seed_repeats)
 }
 END_TEST
 
+/* --sample --seed S gives image K the noise of a torch CPU generator seeded
+ * S+K: every sample fixture whose seeds run S, S+1, ... as diffusers drew it. */
+START_TEST(seeded_samples_match_diffusers)
+{
+    int count, used = 0;
+    sample_fixture *all = sample_fixtures_load(&count);
+    for (int f = 0; f < count; f++) {
+        const sample_fixture *fx = &all[f];
+        if (!sample_fixture_consecutive(fx))
+            continue;
+        char args[8192];
+        int len = snprintf(args, sizeof args, "-q -m '%s' --sample --seed %" PRIu64
+                           " --vae-split 2 -o sample.st", fixture("models/%s", fx->model),
+                           fx->seeds[0]);
+        for (int k = 0; k < fx->n; k++)
+            len += snprintf(args + len, sizeof args - (size_t)len, " '%s'",
+                            fixture("images/%s.png", fx->images[k]));
+        ck_assert_int_eq(run_cli(args), 0);
+        char out[4300];
+        snprintf(out, sizeof out, "%s/sample.st", dir);
+        size_t n;
+        float *got = read_tensor(out, "latents", &n, NULL);
+        ck_assert_uint_eq(n, fx->per_image * (size_t)fx->n);
+        const double e = rel_error(got, fx->latents, n);
+        ck_assert_msg(e <= 1e-4, "%s/%s: off by %g", fx->model, fx->name, e);
+        free(got);
+        used++;
+    }
+    ck_assert_int_gt(used, 0);
+    sample_fixtures_free(all, count);
+}
+END_TEST
+
+/* The latents of image `index` of a batch written to dir/name. */
+static float *latents_row(const char *name, int batch, int index, size_t *per)
+{
+    char path[4300];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    size_t n;
+    float *all = read_tensor(path, "latents", &n, NULL);
+    *per = n / (size_t)batch;
+    float *row = malloc(*per * sizeof(float));
+    ck_assert_ptr_nonnull(row);
+    memcpy(row, all + *per * (size_t)index, *per * sizeof(float));
+    free(all);
+    return row;
+}
+
+/* Seeds are decimal 0..2^64-1, as the daemon takes them, and S+K wraps:
+ * the image after seed 2^64-1 samples with seed 0. */
+START_TEST(seeds_are_unsigned_64_bit_and_wrap)
+{
+    char args[8192];
+    snprintf(args, sizeof args, "-q -m '%s' --sample --seed 18446744073709551615 -o wrap.st '%s' '%s'",
+             fixture("models/tiny-sd"), fixture("images/astronaut_64.png"),
+             fixture("images/chelsea_64.png"));
+    ck_assert_int_eq(run_cli(args), 0);
+    snprintf(args, sizeof args, "-q -m '%s' --sample --seed 0 -o zero.st '%s'",
+             fixture("models/tiny-sd"), fixture("images/chelsea_64.png"));
+    ck_assert_int_eq(run_cli(args), 0);
+    size_t per_a, per_b;
+    float *a = latents_row("wrap.st", 2, 1, &per_a), *b = latents_row("zero.st", 1, 0, &per_b);
+    ck_assert_uint_eq(per_a, per_b);
+    ck_assert_mem_eq(a, b, per_a * sizeof(float));
+    free(a);
+    free(b);
+    /* no sign, hex, octal, spaces or clamping */
+    static const char *const bad[] = {"18446744073709551616", "-1", "+5", "0x10", " 5", "5x", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(args, sizeof args, "-q -m '%s' --sample --seed '%s' -o bad.st '%s'",
+                 fixture("models/tiny-sd"), bad[i], fixture("images/chelsea_64.png"));
+        ck_assert_msg(run_cli(args) == 2, "--seed '%s' was taken", bad[i]);
+    }
+    /* a leading zero is decimal, not octal: 010 is 10 */
+    snprintf(args, sizeof args, "-q -m '%s' --sample --seed 010 -o ten.st '%s'",
+             fixture("models/tiny-sd"), fixture("images/chelsea_64.png"));
+    ck_assert_int_eq(run_cli(args), 0);
+    snprintf(args, sizeof args, "-q -m '%s' --sample --seed 10 -o ten2.st '%s'",
+             fixture("models/tiny-sd"), fixture("images/chelsea_64.png"));
+    ck_assert_int_eq(run_cli(args), 0);
+    a = latents_row("ten.st", 1, 0, &per_a);
+    b = latents_row("ten2.st", 1, 0, &per_b);
+    ck_assert_mem_eq(a, b, per_a * sizeof(float));
+    free(a);
+    free(b);
+}
+END_TEST
+
 START_TEST(errors_exit_nonzero_with_one_line)
 {
     char args[8192], line[1024];
@@ -235,6 +325,8 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, stacks_same_size_images_in_order);
     tcase_add_test(tc, mixed_sizes_get_one_set_each);
     tcase_add_test(tc, sampling_with_a_seed_repeats);
+    tcase_add_test(tc, seeded_samples_match_diffusers);
+    tcase_add_test(tc, seeds_are_unsigned_64_bit_and_wrap);
     tcase_add_test(tc, errors_exit_nonzero_with_one_line);
     tcase_add_test(tc, memory_pressure_never_hangs);
     suite_add_tcase(s, tc);

@@ -3,11 +3,13 @@
  * the fixtures' expected values. */
 #include "latentd/base64.h"
 #include "latentd/safetensors.h"
+#include "samplefix.h"
 #include "testutil.h"
 
 #include <check.h>
 #include <curl/curl.h>
 #include <jansson.h>
+#include <inttypes.h>
 #include <math.h>
 #include <png.h>
 #include <pthread.h>
@@ -445,6 +447,88 @@ START_TEST(sampling_depends_on_the_seed_only)
 }
 END_TEST
 
+/* One sampled request for a fixture's images with seed S = its first seed:
+ * the answer must be diffusers' sample, image K drawn with seed S+K. */
+static void check_sample_fixture(const daemon_t *d, const sample_fixture *fx)
+{
+    char opts[96];
+    /* a JSON integer when it fits jansson's int64, else a decimal string */
+    snprintf(opts, sizeof opts, "\"deterministic\": false, \"seed\": %s%" PRIu64 "%s",
+             fx->seeds[0] > INT64_MAX ? "\"" : "", fx->seeds[0],
+             fx->seeds[0] > INT64_MAX ? "\"" : "");
+    const char *names[SAMPLEFIX_MAX_IMAGES];
+    for (int k = 0; k < fx->n; k++)
+        names[k] = fx->images[k];
+    json_t *root = sample_request(d, names, fx->n, opts);
+    json_t *seed = json_object_get(root, "seed");
+    ck_assert_uint_eq(json_is_string(seed) ? parse_u64(json_string_value(seed))
+                                           : (uint64_t)json_integer_value(seed),
+                      fx->seeds[0]);
+    size_t n;
+    float *got = tensor_from_json(json_object_get(root, "latents"), &n);
+    ck_assert_uint_eq(n, fx->per_image * (size_t)fx->n);
+    const double e = rel_error(got, fx->latents, n);
+    ck_assert_msg(e <= 1e-4, "%s/%s through the daemon: off by %g", fx->model, fx->name, e);
+    free(got);
+    json_decref(root);
+}
+
+/* A request without a seed answers the seed it drew; sent back, that seed
+ * gives the same latents to the bit. */
+static void check_drawn_seed(const daemon_t *d, const sample_fixture *fx)
+{
+    const char *names[SAMPLEFIX_MAX_IMAGES];
+    for (int k = 0; k < fx->n; k++)
+        names[k] = fx->images[k];
+    json_t *fresh = sample_request(d, names, fx->n, "\"deterministic\": false");
+    json_t *drawn = json_object_get(fresh, "seed");
+    ck_assert(json_is_integer(drawn) || json_is_string(drawn));
+    char opts[96];
+    if (json_is_integer(drawn))
+        snprintf(opts, sizeof opts, "\"deterministic\": false, \"seed\": %" JSON_INTEGER_FORMAT,
+                 json_integer_value(drawn));
+    else
+        snprintf(opts, sizeof opts, "\"deterministic\": false, \"seed\": \"%s\"",
+                 json_string_value(drawn));
+    json_t *again = sample_request(d, names, fx->n, opts);
+    size_t n, m;
+    float *a = tensor_from_json(json_object_get(fresh, "latents"), &n);
+    float *b = tensor_from_json(json_object_get(again, "latents"), &m);
+    ck_assert_uint_eq(n, m);
+    ck_assert_mem_eq(a, b, n * sizeof(float));
+    free(a);
+    free(b);
+    json_decref(fresh);
+    json_decref(again);
+}
+
+/* The daemon samples what diffusers samples: every sample fixture whose
+ * seeds run S, S+1, ..., each model in a daemon of its own (chunks of 2). */
+START_TEST(sampled_requests_match_diffusers)
+{
+    static const char *const flags[] = {"--vae-split", "2", NULL};
+    int count, checked = 0;
+    sample_fixture *all = sample_fixtures_load(&count);
+    for (int f = 0; f < count; f++) {
+        if (f > 0 && !strcmp(all[f].model, all[f - 1].model))
+            continue; /* this model's daemon has run (the fixtures come sorted) */
+        char model[96];
+        snprintf(model, sizeof model, "models/%s", all[f].model);
+        daemon_t d = start_daemon(model, flags);
+        for (int g = f; g < count && !strcmp(all[g].model, all[f].model); g++) {
+            if (!sample_fixture_consecutive(&all[g]))
+                continue;
+            check_sample_fixture(&d, &all[g]);
+            checked++;
+        }
+        check_drawn_seed(&d, &all[f]);
+        ck_assert_int_eq(stop_daemon(&d), 0);
+    }
+    ck_assert_int_gt(checked, 0);
+    sample_fixtures_free(all, count);
+}
+END_TEST
+
 static void *slow_request(void *arg)
 {
     client *cl = arg;
@@ -503,6 +587,7 @@ static Suite *service_suite(void)
     tcase_add_test(tc, queue_limit_timeout_and_auth);
     tcase_add_test(tc, concurrent_clients_batch_without_mixups);
     tcase_add_test(tc, sampling_depends_on_the_seed_only);
+    tcase_add_test(tc, sampled_requests_match_diffusers);
     tcase_add_test(tc, sigterm_drains_accepted_requests);
     suite_add_tcase(s, tc);
     return s;

@@ -1,6 +1,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -80,6 +81,39 @@ void write_all(const char *path, const void *data, size_t len)
     ck_assert_msg(fp != NULL, "cannot create %s", path);
     ck_assert_int_eq(fwrite(data, 1, len, fp), len);
     ck_assert_int_eq(fclose(fp), 0);
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+char **dir_entries(const char *path, int *count)
+{
+    DIR *d = opendir(path);
+    ck_assert_msg(d != NULL, "cannot open %s", path);
+    char **names = NULL;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        names = realloc(names, (size_t)(n + 1) * sizeof *names);
+        ck_assert_ptr_nonnull(names);
+        names[n] = strdup(e->d_name);
+        ck_assert_ptr_nonnull(names[n++]);
+    }
+    closedir(d);
+    if (n > 1)
+        qsort(names, (size_t)n, sizeof *names, by_name);
+    *count = n;
+    return names;
+}
+
+void dir_entries_free(char **names, int count)
+{
+    for (int i = 0; i < count; i++)
+        free(names[i]);
+    free(names);
 }
 
 void fill_random(float *x, size_t n, uint32_t seed)

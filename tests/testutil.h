@@ -25,6 +25,10 @@ char *make_temp_dir(void);
 uint8_t *read_all(const char *path, size_t *len);
 void write_all(const char *path, const void *data, size_t len);
 
+/* The names in a folder (no dot files), sorted; fails the test if it cannot be read. */
+char **dir_entries(const char *path, int *count);
+void dir_entries_free(char **names, int count);
+
 /* Deterministic pseudo-random floats in [-1, 1). */
 void fill_random(float *x, size_t n, uint32_t seed);
 

@@ -36,6 +36,10 @@ int ld_fail(char *err, int status, const char *fmt, ...)
 void *ld_alloc_aligned(size_t count, size_t elem_size);
 void ld_free_aligned(void *p);
 
+/* A sampling seed: decimal digits only, 0 to 2^64-1 (no sign, no spaces, no
+ * hex or octal, no clamping), as the daemon and the CLI both take it. */
+int ld_parse_seed(const char *text, uint64_t *out, char *err);
+
 /* a*b with overflow detection: returns 0 and sets *out, or -1 on overflow. */
 int ld_mul_size(size_t a, size_t b, size_t *out);
 

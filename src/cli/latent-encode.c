@@ -52,7 +52,8 @@ static void usage(FILE *fp)
             "  -o, --output PATH    output file (default latents.safetensors; - for stdout)\n"
             "  --vae-split N        at most N images per forward pass (default: all)\n"
             "  --sample             sample the posterior instead of taking its mode\n"
-            "  --seed S             sampling seed; image K uses S+K (default: random)\n"
+            "  --seed S             sampling seed, 0 to 2^64-1; image K gets the noise of torch's\n"
+            "                       CPU generator seeded S+K (default: random)\n"
             "  --no-center          do not map [0,1] to [-1,1] before encoding\n"
             "  --moments            also write the raw moments (mean and logvar, unclamped)\n"
             "  --scaling-factor F, --shift-factor F\n"
@@ -108,10 +109,9 @@ static int parse_args(int argc, char **argv, cli_args *a)
             break;
         case OPT_SAMPLE: a->sample = true; break;
         case OPT_SEED: {
-            char *end;
-            a->seed = strtoull(optarg, &end, 0);
-            if (!*optarg || *end)
-                return fprintf(stderr, "latent-encode: --seed wants an integer\n"), -1;
+            char err[LD_ERR_LEN];
+            if (ld_parse_seed(optarg, &a->seed, err) != LD_OK)
+                return fprintf(stderr, "latent-encode: --%s\n", err), -1;
             a->has_seed = true;
             break;
         }

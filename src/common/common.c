@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 const char *ld_status_name(int status)
 {
@@ -28,6 +29,24 @@ int ld_fail(char *err, int status, const char *fmt, ...)
         va_end(ap);
     }
     return status;
+}
+
+int ld_parse_seed(const char *text, uint64_t *out, char *err)
+{
+    /* digits only: strtoull alone would take "+5", " 5", "-1", "0x5", read
+     * "010" as octal and clamp 2^64; more than 20 characters is too long */
+    uint64_t v = 0;
+    if (!*text || strlen(text) > 20)
+        return ld_fail(err, LD_EINVAL, "seed: want an integer from 0 to 18446744073709551615");
+    for (const char *p = text; *p; p++) {
+        const unsigned digit = (unsigned)(*p - '0');
+        if (digit > 9 || v > (UINT64_MAX - digit) / 10)
+            return ld_fail(err, LD_EINVAL, "seed: want an integer from 0 to "
+                           "18446744073709551615");
+        v = v * 10 + digit;
+    }
+    *out = v;
+    return LD_OK;
 }
 
 int ld_mul_size(size_t a, size_t b, size_t *out)

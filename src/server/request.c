@@ -100,19 +100,7 @@ static int parse_outputs(const char *value, unsigned *out, char *err)
 
 int srv_parse_seed(const char *text, uint64_t *out, char *err)
 {
-    /* digits only: strtoull alone would take "+5", " 5" and "-1" and clamp 2^64 */
-    uint64_t v = 0;
-    if (!*text || strlen(text) > 20)
-        return ld_fail(err, LD_EINVAL, "seed: want an integer from 0 to 18446744073709551615");
-    for (const char *p = text; *p; p++) {
-        const unsigned digit = (unsigned)(*p - '0');
-        if (digit > 9 || v > (UINT64_MAX - digit) / 10)
-            return ld_fail(err, LD_EINVAL, "seed: want an integer from 0 to "
-                           "18446744073709551615");
-        v = v * 10 + digit;
-    }
-    *out = v;
-    return LD_OK;
+    return ld_parse_seed(text, out, err); /* the CLI takes seeds the same way */
 }
 
 /* Dimensions appended to o->shape: "64", "1,3,64,64" or "[1, 3, 64, 64]". */

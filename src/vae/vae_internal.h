@@ -86,14 +86,18 @@ typedef struct {
 void ld_posterior(const ld_posterior_ctx *ctx, const float *moments, int n,
                   const uint64_t *seeds, ld_encode_out *out, size_t out_offset_images);
 
-/* rng.c: a seeded stream of standard normal numbers. */
+/* rng.c: torch's CPU generator, torch.Generator("cpu") (see rng.c).
+ * ld_rng_seed is manual_seed(seed); ld_rng_randn then fills out[n] as
+ * torch.randn(n, generator=g, dtype=torch.float32) does, and a second call
+ * continues the stream as a second torch.randn on the same generator would. */
 typedef struct {
-    uint64_t s[4];
-    bool has_spare;
+    uint32_t state[624]; /* mt19937 */
+    int next;            /* the next word of state to hand out; 624: twist first */
+    bool has_spare;      /* torch's next_double_normal_sample, kept for n < 16 */
     double spare;
 } ld_rng;
 
 void ld_rng_seed(ld_rng *rng, uint64_t seed);
-double ld_rng_normal(ld_rng *rng);
+void ld_rng_randn(ld_rng *rng, float *out, size_t n);
 
 #endif
