@@ -18,6 +18,8 @@ summary() { # the Check runners' closing lines, one per test program
     for log in "$1"/tests/*.log; do
         printf '%s: %s\n' "$(basename "$log" .log)" "$(grep -E '^[0-9]+%: Checks' "$log" | tail -n 1)"
     done
+    # which check failed and where: CI shows only what this script prints
+    grep -hE ':[FE]:' "$1"/tests/*.log 2>/dev/null || true
     grep -hE '^replay ' "$1"/tests/fuzz/replay_*.log 2>/dev/null || true # fuzz corpora replayed
 }
 
@@ -43,16 +45,16 @@ for mode in $modes; do
             "CFLAGS='-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all'" \
             "LDFLAGS='-fsanitize=address,undefined'" ;;
     valgrind)
-        # CK_FORK=no keeps each test in the process valgrind watches (following
-        # the daemon the tests start, --trace-children, is not on yet: see the
-        # notes of the hardening issue).  One BLAS thread and the quick sets keep
-        # it to minutes (valgrind runs the vector code ~200x slower; the
-        # sanitizer run covers the full sets); time limits in the tests
-        # stretch by LATENTD_TEST_TIME_SCALE.
+        # CK_FORK=no keeps each test in the process valgrind watches, and
+        # --trace-children follows it into the daemon and latent-encode the tests
+        # start (not into the shell helpers). One BLAS thread and the quick sets
+        # keep it to minutes (valgrind runs the vector code ~200x slower; the
+        # sanitizer run covers the full sets); time limits in the tests and
+        # the daemon's own stretch by LATENTD_TEST_TIME_SCALE.
         CK_FORK=no OPENBLAS_NUM_THREADS=1 LATENTD_TEST_QUICK=1 LATENTD_TEST_TIME_SCALE=30 \
         run_mode valgrind "CFLAGS='-O1 -g'" -- \
             LOG_COMPILER=valgrind \
-            AM_LOG_FLAGS="--quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-origins=no" ;;
+            AM_LOG_FLAGS="--quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-origins=no --trace-children=yes --trace-children-skip=*/sh,*/bash,*/rm,*/prlimit,*/timeout --child-silent-after-fork=yes" ;;
     load)
         # the load and abuse test (tests/load/README.md): builds
         # the daemon and the client, then tests/load/run-load.sh within LATENTD_LOAD_SECONDS

@@ -3,6 +3,8 @@
 #include "daemon.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -28,22 +30,42 @@ static int notify_socket(const char *dir, char *path, size_t size)
     ck_assert_uint_lt(strlen(path), sizeof addr.sun_path);
     snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
     ck_assert_int_eq(bind(fd, (struct sockaddr *)&addr, sizeof addr), 0);
-    const struct timeval limit = {60, 0}; /* a daemon that never says READY fails the test */
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
     return fd;
 }
 
+/* True when the daemon has exited; it is left for the caller to reap. */
+static bool daemon_exited(const daemon_t *d)
+{
+    siginfo_t info = {0};
+    return waitid(P_PID, (id_t)d->pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+           info.si_pid == d->pid;
+}
+
+/* Waits for a notify message containing state; -1 when the daemon exits or
+ * 60 s (scaled) pass without it, so a daemon that dies at start fails the
+ * test at once instead of after the whole limit. */
 int daemon_wait_notify(daemon_t *d, const char *state)
 {
     char msg[4096];
-    for (;;) {
-        ssize_t n = recv(d->notify_fd, msg, sizeof msg - 1, 0);
-        if (n < 0)
+    const double deadline = now_seconds() + 60.0 * test_time_scale();
+    while (now_seconds() < deadline) {
+        struct pollfd pfd = {.fd = d->notify_fd, .events = POLLIN};
+        const int ready = poll(&pfd, 1, 500);
+        if (ready < 0 && errno != EINTR)
             return -1;
+        if (ready <= 0) {
+            if (daemon_exited(d))
+                return -1;
+            continue;
+        }
+        ssize_t n = recv(d->notify_fd, msg, sizeof msg - 1, MSG_DONTWAIT);
+        if (n < 0)
+            continue;
         msg[n] = '\0';
         if (strstr(msg, state))
             return 0;
     }
+    return -1;
 }
 
 static int port_from_log(const char *log)
@@ -61,6 +83,30 @@ static int port_from_log(const char *log)
     return port;
 }
 
+/* The daemon's own time limits, stretched like the tests' when the daemon
+ * runs slower than usual (under valgrind): as "--set" "name=ms" pairs placed
+ * before a test's own flags, which override them.  Returns the count of argv
+ * entries written. */
+enum { N_SCALED_LIMITS = 7 };
+static int scaled_time_limits(const char **argv, char text[N_SCALED_LIMITS][64])
+{
+    static const struct { const char *name; double ms; } limits[N_SCALED_LIMITS] = {
+        {"request_timeout_ms", 120000}, {"decode_timeout_ms", 5000},
+        {"header_timeout_ms", 10000},   {"body_timeout_ms", 60000},
+        {"idle_timeout_ms", 30000},     {"stall_timeout_ms", 120000},
+        {"shutdown_timeout_ms", 30000},
+    }; /* the defaults of src/server/settings.c */
+    const double scale = test_time_scale();
+    if (scale <= 1.0)
+        return 0;
+    for (int i = 0; i < N_SCALED_LIMITS; i++) {
+        snprintf(text[i], sizeof text[i], "%s=%.0f", limits[i].name, limits[i].ms * scale);
+        argv[2 * i] = "--set";
+        argv[2 * i + 1] = text[i];
+    }
+    return 2 * N_SCALED_LIMITS;
+}
+
 daemon_t start_daemon(const char *model, const char *const *extra)
 {
     daemon_t d = {0};
@@ -73,10 +119,12 @@ daemon_t start_daemon(const char *model, const char *const *extra)
     const char *build = getenv("LATENTD_BUILDDIR");
     char bin[4200];
     snprintf(bin, sizeof bin, "%s/latentd", build ? build : ".");
-    const char *argv[48] = {bin, "--model", fixture("%s", model), "--listen", "127.0.0.1:0",
+    const char *argv[64] = {bin, "--model", fixture("%s", model), "--listen", "127.0.0.1:0",
                             "--log-file", d.log, "--threads", "1"};
     int argc = 9;
-    for (int i = 0; extra && extra[i] && argc < 46; i++)
+    char scaled[N_SCALED_LIMITS][64];
+    argc += scaled_time_limits(argv + argc, scaled);
+    for (int i = 0; extra && extra[i] && argc < 62; i++)
         argv[argc++] = extra[i];
     d.pid = fork();
     ck_assert_int_ge(d.pid, 0);
@@ -161,7 +209,7 @@ reply http_try(const daemon_t *d, const char *path, const char *type, const void
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)(120 * test_time_scale()));
     if (form) {
         curl_easy_setopt(c, CURLOPT_MIMEPOST, form);
     } else if (body) {
@@ -277,7 +325,7 @@ int raw_connect(const daemon_t *d)
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)d->port)};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ck_assert_int_eq(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0);
-    const struct timeval limit = {30, 0}; /* no test waits for ever */
+    const struct timeval limit = {(time_t)(30 * test_time_scale()), 0}; /* no test waits for ever */
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
     const int one = 1;
@@ -355,8 +403,7 @@ bool wait_for_metric(const daemon_t *d, const char *series, double at_least, dou
 bool wait_for_metric_range(const daemon_t *d, const char *series, double low, double high,
                            double seconds)
 {
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const double deadline = now_seconds() + seconds * test_time_scale();
     do {
         const double v = metric_value(d, series);
         if (v >= low && v <= high)
@@ -365,8 +412,7 @@ bool wait_for_metric_range(const daemon_t *d, const char *series, double low, do
          * short pause keeps this loop from hogging a core it shares */
         const struct timespec pause = {0, 5 * 1000 * 1000};
         nanosleep(&pause, NULL);
-        clock_gettime(CLOCK_MONOTONIC, &t);
-    } while ((double)(t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) * 1e-9 < seconds);
+    } while (now_seconds() < deadline);
     return false;
 }
 

@@ -18,13 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* A w×h RGB PNG of one colour: a few KB that decode to 12·w·h bytes of floats. */
 static void *flat_png(int w, int h, size_t *len)
 {

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 
 const char *fixture(const char *fmt, ...)
@@ -147,4 +148,11 @@ double test_time_scale(void)
     const char *s = getenv("LATENTD_TEST_TIME_SCALE");
     const double v = s ? atof(s) : 1.0;
     return v >= 1.0 ? v : 1.0;
+}
+
+double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
