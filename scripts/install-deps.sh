@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what latentd needs to build, test and run on Debian (bookworm or later).
 # Run as root (or through sudo).  clang and libclang-rt-dev (libFuzzer)
-# are for scripts/fuzz.sh.
+# are for scripts/fuzz.sh; python3 with numpy, Pillow and requests plays
+# diffusers' remote client in tests/remote-encode.sh.
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -10,5 +11,6 @@ apt-get install -y -qq --no-install-recommends \
     libmicrohttpd-dev libjansson-dev libpng-dev libopenblas-dev \
     libjpeg62-turbo-dev libsystemd-dev \
     check valgrind curl ca-certificates libcurl4-openssl-dev \
-    clang libclang-rt-dev >/dev/null
+    clang libclang-rt-dev \
+    python3 python3-numpy python3-pil python3-requests >/dev/null
 echo "install-deps: done"

@@ -35,6 +35,8 @@ typedef enum {
     ROUTE_MODEL
 } route;
 typedef enum { BODY_NONE, BODY_JSON, BODY_MULTIPART, BODY_RAW } body_kind;
+/* A raw body's container, as its media type names it (ANY: tell by its bytes). */
+typedef enum { CONTAINER_ANY, CONTAINER_NPY, CONTAINER_SAFETENSORS } body_container;
 
 /* ---------------- errors: one table from what went wrong to the answer ---------------- */
 
@@ -136,6 +138,7 @@ typedef struct {
     int images;
     bool counted;             /* counted in in_flight: accepted at its headers */
     srv_job *job;
+    body_container container; /* what the Content-Type says a raw body is */
     srv_tensor_input tensor;  /* the body was a tensor: its images' dtype and size */
 } request;
 
@@ -545,6 +548,9 @@ static void start_encode(request *rq, struct MHD_Connection *c, const framing *f
     }
     const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     rq->kind = classify_body(type);
+    rq->container = media_type_is(type, "application/x-npy")          ? CONTAINER_NPY
+                    : media_type_is(type, "application/safetensors") ? CONTAINER_SAFETENSORS
+                                                                     : CONTAINER_ANY;
     if (rq->kind == BODY_NONE && !type && rq->route == ROUTE_REMOTE)
         rq->kind = BODY_RAW; /* diffusers' client sends its bytes without a type */
     if (rq->kind == BODY_NONE) {
@@ -638,13 +644,19 @@ static MHD_Result_t on_query(void *cls, enum MHD_ValueKind kind, const char *key
     return MHD_YES;
 }
 
-/* The tensor a raw body holds, if it is one: .npy and safetensors by their
- * signature, bare elements by the shape and dtype parameters.  LD_EUNSUPPORTED
- * when the body is not a tensor (a picture file). */
+enum { NOT_A_TENSOR = 1 };
+
+/* The tensor a raw body holds, if it is one: by its media type, by the shape
+ * and dtype parameters (bare elements), or by the .npy or safetensors
+ * signature.  NOT_A_TENSOR for anything else (a picture file). */
 static int describe_tensor(request *rq, ld_tensor_batch *batch, char *err)
 {
     const uint8_t *data = (const uint8_t *)rq->body;
     const srv_options *o = &rq->opts;
+    if (rq->container == CONTAINER_NPY)
+        return ld_tensor_from_npy(data, rq->body_len, batch, err);
+    if (rq->container == CONTAINER_SAFETENSORS)
+        return ld_tensor_from_safetensors(data, rq->body_len, batch, err);
     if (o->set & (OPT_SHAPE | OPT_DTYPE)) {
         if ((o->set & (OPT_SHAPE | OPT_DTYPE)) != (OPT_SHAPE | OPT_DTYPE))
             return ld_fail(err, LD_EINVAL, "a raw tensor needs both shape and dtype");
@@ -656,7 +668,7 @@ static int describe_tensor(request *rq, ld_tensor_batch *batch, char *err)
     if (ld_image_sniff(data, rq->body_len) == LD_IMG_UNKNOWN &&
         ld_tensor_is_safetensors(data, rq->body_len))
         return ld_tensor_from_safetensors(data, rq->body_len, batch, err);
-    return LD_EUNSUPPORTED;
+    return NOT_A_TENSOR;
 }
 
 /* A tensor body becomes one blob per image (each converted by a decoder,
@@ -666,8 +678,8 @@ static void take_raw_body(request *rq)
 {
     char err[LD_ERR_LEN];
     ld_tensor_batch batch;
-    const int rc = rq->body_len ? describe_tensor(rq, &batch, err) : LD_EUNSUPPORTED;
-    if (rc == LD_EUNSUPPORTED) {
+    const int rc = rq->body_len ? describe_tensor(rq, &batch, err) : NOT_A_TENSOR;
+    if (rc == NOT_A_TENSOR) {
         if (rq->body_len && srv_blobs_adopt(&rq->blobs, (uint8_t *)rq->body, rq->body_len) == LD_OK)
             rq->body = NULL; /* the blob owns it now */
         else if (rq->body_len)

@@ -1,0 +1,353 @@
+/* What Python pipelines send instead of picture files: float tensors as
+ * .npy, safetensors or raw bytes, and diffusers' remote-encode calls.  The
+ * truth is the fixtures' expected values (diffusers on the same pixels) and,
+ * for half-precision inputs, the float32 request of the same rounded values. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "latentd/image.h"
+#include "latentd/safetensors.h"
+#include "latentd/tensor_input.h"
+#include "testutil.h"
+
+/* The pixels of fixture images as one [n, 3, H, W] float32 batch. */
+static float *pixels(const char *const *names, int n, int *height, int *width)
+{
+    float *batch = NULL;
+    size_t per = 0;
+    for (int i = 0; i < n; i++) {
+        ld_image img;
+        char err[LD_ERR_LEN];
+        ck_assert_msg(ld_image_load_file(fixture("images/%s.png", names[i]), NULL, &img, err) ==
+                          LD_OK, "%s", err);
+        if (!batch) {
+            *height = img.height;
+            *width = img.width;
+            per = (size_t)3 * img.height * img.width;
+            batch = malloc((size_t)n * per * sizeof(float));
+            ck_assert_ptr_nonnull(batch);
+        }
+        ck_assert(img.height == *height && img.width == *width);
+        memcpy(batch + i * per, img.rgb, per * sizeof(float));
+        ld_image_free(&img);
+    }
+    return batch;
+}
+
+/* A version 1.0 .npy of float32 or float16 elements, as numpy.save writes it. */
+static uint8_t *npy(const void *elements, const char *descr, int n, int h, int w, size_t *len)
+{
+    char header[128];
+    int hl = snprintf(header, sizeof header, "{'descr': '%s', 'fortran_order': False, "
+                      "'shape': (%d, 3, %d, %d), }", descr, n, h, w);
+    const int total = (10 + hl + 1 + 63) / 64 * 64; /* padded with spaces, ends in \n */
+    const size_t bytes = (size_t)n * 3 * h * w * (descr[2] == '4' ? 4 : 2);
+    uint8_t *out = malloc((size_t)total + bytes);
+    ck_assert_ptr_nonnull(out);
+    memcpy(out, "\x93NUMPY\x01\x00", 8);
+    out[8] = (uint8_t)((total - 10) & 0xff);
+    out[9] = (uint8_t)((total - 10) >> 8);
+    memset(out + 10, ' ', (size_t)total - 10);
+    memcpy(out + 10, header, (size_t)hl);
+    out[total - 1] = '\n';
+    memcpy(out + total, elements, bytes);
+    *len = (size_t)total + bytes;
+    return out;
+}
+
+/* The one array of an npy answer. */
+static const float *npy_data(const reply *r, size_t *count)
+{
+    ck_assert_msg(r->status == 200, "%ld: %s", r->status, r->body);
+    ck_assert(r->len > 10 && !memcmp(r->body, "\x93NUMPY", 6));
+    const size_t header = 10 + (size_t)((uint8_t)r->body[8] | (uint8_t)r->body[9] << 8);
+    *count = (r->len - header) / sizeof(float);
+    return (const float *)(r->body + header);
+}
+
+static const char *const pair[] = {"astronaut_64", "chelsea_64"};
+
+START_TEST(npy_safetensors_and_raw_bodies_equal_the_fixtures)
+{
+    daemon_t d = start_daemon("models/tiny-sd", NULL);
+    int h, w;
+    float *x = pixels(pair, 2, &h, &w);
+    const size_t numel = (size_t)2 * 3 * h * w;
+    size_t len, count;
+    /* .npy, by its media type */
+    uint8_t *body = npy(x, "<f4", 2, h, w, &len);
+    reply r = http(&d, "/v1/encode?format=npy&outputs=mean", "application/x-npy", body, len,
+                   NULL, NULL);
+    const float *mean = npy_data(&r, &count);
+    assert_slice(mean, count, 2, 0, "tiny-sd", "astronaut_64", "mean");
+    assert_slice(mean, count, 2, 1, "tiny-sd", "chelsea_64", "mean");
+    free(r.body);
+    /* the same bytes as application/octet-stream: known by their signature */
+    r = http(&d, "/v1/encode?format=npy&outputs=latents", "application/octet-stream", body, len,
+             NULL, NULL);
+    mean = npy_data(&r, &count);
+    assert_slice(mean, count, 2, 1, "tiny-sd", "chelsea_64", "latents");
+    free(r.body);
+    free(body);
+    /* safetensors with a tensor "images" */
+    ld_st_out t = {"images", 4, {2, 3, h, w}, x};
+    char err[LD_ERR_LEN];
+    ck_assert(ld_st_serialize(&t, 1, NULL, 0, &body, &len, err) == LD_OK);
+    r = http(&d, "/v1/encode?format=npy&outputs=mean", "application/safetensors", body, len,
+             NULL, NULL);
+    mean = npy_data(&r, &count);
+    assert_slice(mean, count, 2, 0, "tiny-sd", "astronaut_64", "mean");
+    free(r.body);
+    free(body);
+    /* raw elements: the shape as Python's requests sends a list, and as one value */
+    const char *const shapes[] = {"shape=2&shape=3&shape=64&shape=64", "shape=%5B2,3,64,64%5D"};
+    for (int i = 0; i < 2; i++) {
+        char path[160];
+        snprintf(path, sizeof path, "/v1/encode?format=npy&outputs=mean&dtype=float32&%s",
+                 shapes[i]);
+        r = http(&d, path, "application/octet-stream", x, numel * sizeof(float), NULL, NULL);
+        mean = npy_data(&r, &count);
+        assert_slice(mean, count, 2, 1, "tiny-sd", "chelsea_64", "mean");
+        free(r.body);
+    }
+    free(x);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+static uint16_t to_bf16(float v) /* truncation: any bf16 value will do */
+{
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    return (uint16_t)(bits >> 16);
+}
+
+static uint16_t to_f16(float v) /* normal numbers in [2^-14, 65504), rounded down */
+{
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    const int exponent = (int)((bits >> 23) & 0xff) - 127 + 15;
+    if (exponent <= 0)
+        return (uint16_t)((bits >> 16) & 0x8000); /* tiny: a signed zero */
+    return (uint16_t)(((bits >> 16) & 0x8000) | exponent << 10 | (bits >> 13 & 0x3ff));
+}
+
+START_TEST(half_precision_inputs_equal_their_float32_values)
+{
+    daemon_t d = start_daemon("models/tiny-sd", NULL);
+    int h, w;
+    float *x = pixels(pair, 1, &h, &w);
+    const size_t numel = (size_t)3 * h * w;
+    uint16_t *half = malloc(numel * sizeof *half);
+    float *widened = malloc(numel * sizeof *widened);
+    ck_assert(half && widened);
+    for (int variant = 0; variant < 2; variant++) {
+        for (size_t i = 0; i < numel; i++) {
+            half[i] = variant ? to_bf16(x[i]) : to_f16(x[i]);
+            widened[i] = variant ? ld_bf16_to_f32(half[i]) : ld_f16_to_f32(half[i]);
+        }
+        char path[160];
+        snprintf(path, sizeof path, "/v1/encode?format=npy&outputs=mean&dtype=%s&shape=3,%d,%d",
+                 variant ? "bfloat16" : "float16", h, w);
+        reply r16 = http(&d, path, "application/octet-stream", half, numel * 2, NULL, NULL);
+        snprintf(path, sizeof path, "/v1/encode?format=npy&outputs=mean&dtype=float32&shape=3,%d,%d",
+                 h, w);
+        reply r32 = http(&d, path, "application/octet-stream", widened, numel * 4, NULL, NULL);
+        size_t n16, n32;
+        const float *m16 = npy_data(&r16, &n16), *m32 = npy_data(&r32, &n32);
+        ck_assert_uint_eq(n16, n32);
+        ck_assert_msg(!memcmp(m16, m32, n16 * sizeof(float)), "%s input differs from its floats",
+                      variant ? "bfloat16" : "float16");
+        free(r16.body);
+        free(r32.body);
+    }
+    free(half);
+    free(widened);
+    free(x);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+START_TEST(values_are_taken_as_they_are)
+{
+    daemon_t d = start_daemon("models/tiny-sd", NULL);
+    int h, w;
+    float *x = pixels(pair, 1, &h, &w);
+    const size_t numel = (size_t)3 * h * w, bytes = numel * sizeof(float);
+    char path[160];
+    snprintf(path, sizeof path, "/v1/encode?format=npy&outputs=mean&dtype=float32&shape=3,%d,%d",
+             h, w);
+    /* [-1, 1] with center_input_sample=false is the same input as [0, 1] */
+    float *centred = malloc(bytes), *overshoot = malloc(bytes), *clamped = malloc(bytes);
+    ck_assert(centred && overshoot && clamped);
+    for (size_t i = 0; i < numel; i++) {
+        centred[i] = 2.0f * x[i] - 1.0f;
+        overshoot[i] = 1.25f * x[i] - 0.125f; /* as bicubic upsampling rings */
+        clamped[i] = fminf(fmaxf(overshoot[i], 0.0f), 1.0f);
+    }
+    char uncentred[200];
+    snprintf(uncentred, sizeof uncentred, "%s&center_input_sample=false", path);
+    reply r = http(&d, uncentred, "application/octet-stream", centred, bytes, NULL, NULL);
+    size_t count;
+    const float *mean = npy_data(&r, &count);
+    assert_slice(mean, count, 1, 0, "tiny-sd", "astronaut_64", "mean");
+    free(r.body);
+    /* never clamped: overshooting values give other latents than clamped ones */
+    reply a = http(&d, path, "application/octet-stream", overshoot, bytes, NULL, NULL);
+    reply b = http(&d, path, "application/octet-stream", clamped, bytes, NULL, NULL);
+    size_t na, nb;
+    const float *ma = npy_data(&a, &na), *mb = npy_data(&b, &nb);
+    ck_assert_uint_eq(na, nb);
+    ck_assert_double_gt(rel_error(ma, mb, na), 1e-3);
+    free(a.body);
+    free(b.body);
+    free(centred);
+    free(overshoot);
+    free(clamped);
+    free(x);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+START_TEST(bad_tensors_are_refused_with_where)
+{
+    daemon_t d = start_daemon("models/tiny-sd", NULL);
+    int h, w;
+    float *x = pixels(pair, 1, &h, &w);
+    const size_t numel = (size_t)3 * h * w;
+    char path[160];
+    snprintf(path, sizeof path, "/v1/encode?dtype=float32&shape=1,3,%d,%d", h, w);
+    x[(size_t)2 * h * w + 5 * w + 7] = NAN; /* channel 2, row 5, column 7 */
+    reply r = http(&d, path, "application/octet-stream", x, numel * 4, NULL, NULL);
+    assert_error(&r, 400, "bad-image");
+    ck_assert_msg(strstr(r.body, "NaN at element [0, 2, 5, 7]"), "%s", r.body);
+    free(r.body);
+    x[(size_t)2 * h * w + 5 * w + 7] = INFINITY;
+    r = http(&d, path, "application/octet-stream", x, numel * 4, NULL, NULL);
+    ck_assert_msg(r.status == 400 && strstr(r.body, "Inf at element [0, 2, 5, 7]"), "%s", r.body);
+    free(r.body);
+    x[(size_t)2 * h * w + 5 * w + 7] = 0.5f;
+    static const struct {
+        const char *query;
+        size_t bytes;
+        long status;
+        const char *says;
+    } bad[] = {
+        {"dtype=float32&shape=1,3,64,64", 100, 400, "bytes"},       /* length and shape differ */
+        {"dtype=float32&shape=1,4,32,32", 4 * 4096, 400, "channels"}, /* not RGB */
+        {"dtype=float32&shape=64,64", 4 * 4096, 400, "[N, 3, H, W]"},
+        {"dtype=int8&shape=1,3,64,64", 3 * 4096, 400, "dtype"},
+        {"shape=1,3,64,64", 4 * 3 * 4096, 400, "both shape and dtype"},
+        {"dtype=float32&shape=1,3,x,64", 4 * 3 * 4096, 400, "shape"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(path, sizeof path, "/v1/encode?%s", bad[i].query);
+        r = http(&d, path, "application/octet-stream", x, bad[i].bytes < numel * 4 ? bad[i].bytes
+                                                                                  : numel * 4,
+                 NULL, NULL);
+        ck_assert_msg(r.status == bad[i].status && strstr(r.body, bad[i].says), "%s: %ld %s",
+                      bad[i].query, r.status, r.body);
+        free(r.body);
+    }
+    /* Fortran order and big-endian elements: well-formed, not taken */
+    size_t len;
+    uint8_t *body = npy(x, "<f4", 1, h, w, &len);
+    memcpy(strstr((char *)body + 10, "False"), "True ", 5);
+    r = http(&d, "/v1/encode", "application/x-npy", body, len, NULL, NULL);
+    ck_assert_msg(r.status == 415 || r.status == 400, "%ld %s", r.status, r.body);
+    ck_assert_msg(strstr(r.body, "fortran_order") != NULL, "%s", r.body);
+    free(r.body);
+    free(body);
+    body = npy(x, ">f4", 1, h, w, &len);
+    r = http(&d, "/v1/encode", "application/x-npy", body, len, NULL, NULL);
+    ck_assert_msg(r.status >= 400 && strstr(r.body, ">f4"), "%ld %s", r.status, r.body);
+    free(r.body);
+    free(body);
+    /* the daemon is fine afterwards */
+    r = http(&d, "/healthz", NULL, NULL, 0, NULL, NULL);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    free(x);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+/* diffusers' client: PNG bytes without a Content-Type, factors in the query,
+ * the answer's bytes read with the shape and dtype headers. */
+START_TEST(remote_encode_answers_a_bare_tensor)
+{
+    daemon_t d = start_daemon("models/tiny-sd", NULL);
+    size_t len;
+    uint8_t *png = read_all(fixture("images/astronaut_64.png"), &len);
+    /* "Content-Type:" with no value makes curl send none, as requests does */
+    reply r = http(&d, "/v1/remote/encode?scaling_factor=0.5&shift_factor=0.25", NULL, png, len,
+                   NULL, "Content-Type:");
+    ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+    ck_assert_ptr_nonnull(strcasestr(r.headers, "\nshape: [1, 4, 8, 8]"));
+    ck_assert_ptr_nonnull(strcasestr(r.headers, "\ndtype: float32"));
+    ck_assert_uint_eq(r.len, 4 * 64 * sizeof(float));
+    size_t n;
+    float *mean = read_tensor(fixture("expected/tiny-sd/astronaut_64.safetensors"), "mean", &n,
+                              NULL);
+    for (size_t i = 0; i < n; i++)
+        mean[i] = (mean[i] - 0.25f) * 0.5f;
+    ck_assert_double_le(rel_error((const float *)r.body, mean, n), 1e-4);
+    free(mean);
+    free(r.body);
+    /* no factors: the model's own scaling, which is its latents' */
+    r = http(&d, "/v1/remote/encode", NULL, png, len, NULL, "Content-Type:");
+    ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+    assert_slice((const float *)r.body, r.len / sizeof(float), 1, 0, "tiny-sd", "astronaut_64",
+                 "latents");
+    free(r.body);
+    /* an error is JSON, which the client reads with response.json() */
+    r = http(&d, "/v1/remote/encode?shape=1,3,64,64&dtype=float32", NULL, png, len, NULL,
+             "Content-Type:");
+    assert_error(&r, 400, "bad-image"); /* PNG bytes are not the tensor the shape says */
+    free(r.body);
+    /* the factors are the remote route's: /v1/encode scales as the config says */
+    r = http(&d, "/v1/encode?scaling_factor=2", "image/png", png, len, NULL, NULL);
+    assert_error(&r, 400, "bad-request");
+    free(r.body);
+    free(png);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+START_TEST(names_other_tools_use)
+{
+    daemon_t d = start_daemon("models/tiny-sd", NULL);
+    reply r = http(&d, "/v2/health/live", NULL, NULL, 0, NULL, NULL);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    r = http(&d, "/v2/health/ready", NULL, NULL, 0, NULL, NULL);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    size_t len;
+    uint8_t *jpg = read_all(fixture("images/astronaut_64.jpg"), &len);
+    r = http(&d, "/v1/encode", "image/jpg", jpg, len, NULL, NULL); /* a common misspelling */
+    ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+    free(r.body);
+    free(jpg);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("latentd");
+    TCase *tc = tcase_create("dropin");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, npy_safetensors_and_raw_bodies_equal_the_fixtures);
+    tcase_add_test(tc, half_precision_inputs_equal_their_float32_values);
+    tcase_add_test(tc, values_are_taken_as_they_are);
+    tcase_add_test(tc, bad_tensors_are_refused_with_where);
+    tcase_add_test(tc, remote_encode_answers_a_bare_tensor);
+    tcase_add_test(tc, names_other_tools_use);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}
