@@ -381,6 +381,40 @@ START_TEST(jpeg_decodes)
 }
 END_TEST
 
+/* What diffusers' load_image hands a pipeline: PIL's exif_transpose, then
+ * convert("RGB").  tests/fixtures/images/orientation/make.py wrote each JPEG
+ * and, beside it, PIL's picture of it as a PNG (Debian's python3-pil 9.4 on
+ * the same libjpeg-turbo, so the pixels come out equal). */
+START_TEST(jpeg_as_pil_shows_it)
+{
+    static const char *const names[] = {"exif_1", "exif_2", "exif_3", "exif_4", "exif_5",
+                                        "exif_6", "exif_7", "exif_8", "cmyk"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char err[LD_ERR_LEN];
+        ld_image got, want;
+        size_t len;
+        uint8_t *jpg = read_all(fixture("images/orientation/%s.jpg", names[i]), &len);
+        ck_assert_msg(ld_image_decode(jpg, len, NULL, &got, err) == LD_OK, "%s: %s", names[i], err);
+        ck_assert_msg(ld_image_load_file(fixture("images/orientation/%s.png", names[i]), NULL,
+                                         &want, err) == LD_OK, "%s", err);
+        ck_assert_msg(got.width == want.width && got.height == want.height, "%s: %dx%d, PIL %dx%d",
+                      names[i], got.width, got.height, want.width, want.height);
+        /* the header alone gives the upright size too (the daemon prices with it) */
+        uint32_t w, h;
+        ck_assert(ld_image_probe(jpg, len, NULL, &w, &h, err) == LD_OK);
+        ck_assert(w == (uint32_t)want.width && h == (uint32_t)want.height);
+        float worst = 0;
+        for (size_t k = 0; k < (size_t)3 * want.width * want.height; k++)
+            worst = fmaxf(worst, fabsf(got.rgb[k] - want.rgb[k]));
+        /* equal here; one level of slack for another libjpeg-turbo's SIMD */
+        ck_assert_msg(worst <= 1.0f / 255 + 1e-6f, "%s: off by %g of 1", names[i], worst);
+        ld_image_free(&got);
+        ld_image_free(&want);
+        free(jpg);
+    }
+}
+END_TEST
+
 /* Pillow 9.4 refuses astronaut_64.jpg cut at any length ("image file is
  * truncated"); libjpeg alone would warn and decode the rest as grey. */
 START_TEST(truncated_jpegs_are_refused_at_every_length)
@@ -566,6 +600,7 @@ static Suite *image_suite(void)
     tcase_add_test(tc, probe_refuses_bad_headers);
 #ifdef HAVE_LIBJPEG
     tcase_add_test(tc, jpeg_decodes);
+    tcase_add_test(tc, jpeg_as_pil_shows_it);
     tcase_add_test(tc, truncated_jpegs_are_refused_at_every_length);
     tcase_add_test(tc, corrupt_jpeg_data_is_refused);
     tcase_add_test(tc, progressive_scan_limit);

@@ -1,12 +1,17 @@
 /* JPEG → planar RGB floats with libjpeg(-turbo), when configure found it.
  * libjpeg reports errors through a callback that must not return; it longjmps
  * back here, and so do the warning and progress callbacks when they refuse
- * the file. */
+ * the file.
+ *
+ * As diffusers' load_image sees a file (PIL's ImageOps.exif_transpose, then
+ * convert("RGB")): the EXIF orientation is applied, so a phone photo does not
+ * arrive on its side, and CMYK/YCCK files are converted as PIL converts them. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
 #include "latentd/image.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 #include "image_internal.h"
@@ -114,13 +119,80 @@ static void guard_init(jpeg_guard *g, struct jpeg_decompress_struct *cinfo,
     g->deadline = ld_image_deadline(limits);
 }
 
-/* After guard_init: the decompressor reading from memory, watched by g. */
+/* After guard_init: the decompressor reading from memory, watched by g,
+ * keeping the APP1 segments (where EXIF lives). */
 static void start(jpeg_guard *g, struct jpeg_decompress_struct *cinfo, const uint8_t *data,
                   size_t len)
 {
     jpeg_create_decompress(cinfo);
     cinfo->progress = &g->progress;
+    jpeg_save_markers(cinfo, JPEG_APP0 + 1, 0xffff);
     jpeg_mem_src(cinfo, data, (unsigned long)len);
+}
+
+/* ---- EXIF orientation ---- */
+
+static unsigned tiff_u16(const uint8_t *p, bool big_endian)
+{
+    return big_endian ? (unsigned)(p[0] << 8 | p[1]) : (unsigned)(p[1] << 8 | p[0]);
+}
+
+static uint32_t tiff_u32(const uint8_t *p, bool big_endian)
+{
+    return big_endian ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]
+                      : (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
+}
+
+/* Tag 0x0112 of IFD0 in an EXIF block (the TIFF structure after "Exif\0\0"):
+ * 1 to 8, or 1 when absent or malformed (as PIL ignores what it cannot read). */
+static int tiff_orientation(const uint8_t *tiff, size_t len)
+{
+    if (len < 8 || (memcmp(tiff, "II", 2) != 0 && memcmp(tiff, "MM", 2) != 0))
+        return 1;
+    const bool be = tiff[0] == 'M';
+    const uint32_t ifd = tiff_u32(tiff + 4, be);
+    if (tiff_u16(tiff + 2, be) != 42 || ifd > len - 2 || ifd < 8)
+        return 1;
+    const unsigned entries = tiff_u16(tiff + ifd, be);
+    for (unsigned i = 0; i < entries; i++) {
+        const size_t at = ifd + 2 + (size_t)i * 12;
+        if (at + 12 > len)
+            return 1;
+        if (tiff_u16(tiff + at, be) != 0x0112)
+            continue;
+        const unsigned type = tiff_u16(tiff + at + 2, be), value = tiff_u16(tiff + at + 8, be);
+        return type == 3 && value >= 1 && value <= 8 ? (int)value : 1; /* SHORT */
+    }
+    return 1;
+}
+
+static int exif_orientation(const struct jpeg_decompress_struct *cinfo)
+{
+    for (jpeg_saved_marker_ptr m = cinfo->marker_list; m; m = m->next)
+        if (m->marker == JPEG_APP0 + 1 && m->data_length > 6 && !memcmp(m->data, "Exif\0\0", 6))
+            return tiff_orientation(m->data + 6, m->data_length - 6);
+    return 1;
+}
+
+/* Orientations 5 to 8 turn the picture a quarter: width and height swap. */
+static bool turns_quarter(int orientation) { return orientation >= 5; }
+
+/* Where the stored pixel (x, y) of a w×h picture lands once shown upright,
+ * as PIL's exif_transpose moves it. */
+static size_t upright_index(int orientation, int x, int y, int w, int h)
+{
+    int ux = x, uy = y, uw = w;
+    switch (orientation) {
+    case 2: ux = w - 1 - x; break;                           /* mirrored */
+    case 3: ux = w - 1 - x; uy = h - 1 - y; break;           /* turned 180 */
+    case 4: uy = h - 1 - y; break;                           /* flipped */
+    case 5: ux = y; uy = x; uw = h; break;                   /* transposed */
+    case 6: ux = h - 1 - y; uy = x; uw = h; break;           /* turned 90 clockwise */
+    case 7: ux = h - 1 - y; uy = w - 1 - x; uw = h; break;   /* transversed */
+    case 8: ux = y; uy = w - 1 - x; uw = h; break;           /* turned 90 counter-clockwise */
+    default: break;
+    }
+    return (size_t)uy * uw + ux;
 }
 
 int ld_jpeg_supported(void) { return 1; }
@@ -136,21 +208,43 @@ int ld_jpeg_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *he
     } else {
         start(&g, &cinfo, data, len);
         jpeg_read_header(&cinfo, TRUE); /* stops at the first SOS */
-        *width = cinfo.image_width;
-        *height = cinfo.image_height;
+        const bool swap = turns_quarter(exif_orientation(&cinfo));
+        *width = swap ? cinfo.image_height : cinfo.image_width;
+        *height = swap ? cinfo.image_width : cinfo.image_height;
     }
     jpeg_destroy_decompress(&cinfo);
     return rc;
 }
 
-/* One scanline of interleaved RGB bytes into row y of the planar image. */
-static void row_to_planar(const JSAMPLE *row, int y, ld_image *out)
+/* PIL's CMYK → RGB (Pillow's cmyk2rgb), on the inverted samples PIL reads
+ * from every CMYK JPEG ("CMYK;I": it assumes Adobe's convention). */
+static void cmyk_to_rgb(const JSAMPLE *cmyk, uint8_t rgb[3])
+{
+    const int nk = cmyk[3]; /* 255 - k, where k = 255 - the stored byte */
+    for (int c = 0; c < 3; c++) {
+        const int ink = 255 - cmyk[c];
+        const int t = ink * nk + 128;
+        const int v = nk - (((t >> 8) + t) >> 8); /* nk - ink·nk/255, rounded */
+        rgb[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+    }
+}
+
+/* Stored scanline y (RGB, or CMYK when components is 4) into the upright
+ * planar image. */
+static void row_to_planar(const JSAMPLE *row, int components, int y, int stored_w,
+                          int stored_h, int orientation, ld_image *out)
 {
     const size_t plane = (size_t)out->width * out->height;
-    float *dst = out->rgb + (size_t)y * out->width;
-    for (int x = 0; x < out->width; x++)
+    for (int x = 0; x < stored_w; x++) {
+        uint8_t rgb[3];
+        if (components == 4)
+            cmyk_to_rgb(row + x * 4, rgb);
+        else
+            memcpy(rgb, row + x * 3, 3);
+        const size_t at = upright_index(orientation, x, y, stored_w, stored_h);
         for (int c = 0; c < 3; c++)
-            dst[c * plane + x] = row[x * 3 + c] / 255.0f;
+            out->rgb[c * plane + at] = rgb[c] / 255.0f;
+    }
 }
 
 int ld_jpeg_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,
@@ -168,8 +262,14 @@ int ld_jpeg_decode(const uint8_t *data, size_t len, const ld_image_limits *limit
     }
     start(&g, &cinfo, data, len);
     jpeg_read_header(&cinfo, TRUE);
-    cinfo.out_color_space = JCS_RGB; /* gray and YCbCr alike come out as RGB */
-    if ((rc = ld_image_alloc(out, cinfo.image_width, cinfo.image_height, limits, err)) != LD_OK)
+    /* gray and YCbCr come out as RGB; CMYK and YCCK (libjpeg turns YCCK into
+     * CMYK) are converted below */
+    const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+    cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
+    const int orientation = exif_orientation(&cinfo);
+    const bool swap = turns_quarter(orientation);
+    if ((rc = ld_image_alloc(out, swap ? cinfo.image_height : cinfo.image_width,
+                             swap ? cinfo.image_width : cinfo.image_height, limits, err)) != LD_OK)
         goto done;
     jpeg_start_decompress(&cinfo); /* a progressive file is read in full here */
     row = malloc((size_t)cinfo.output_width * cinfo.output_components);
@@ -181,7 +281,8 @@ int ld_jpeg_decode(const uint8_t *data, size_t len, const ld_image_limits *limit
         const int y = (int)cinfo.output_scanline;
         JSAMPROW rows[1] = {row};
         jpeg_read_scanlines(&cinfo, rows, 1);
-        row_to_planar(row, y, out);
+        row_to_planar(row, cinfo.output_components, y, (int)cinfo.output_width,
+                      (int)cinfo.output_height, orientation, out);
     }
     jpeg_finish_decompress(&cinfo); /* reads to EOI: a cut after the last scan is caught here */
 done:
