@@ -66,6 +66,13 @@ static void command(char *buf, size_t size, const char *args)
              build ? build : ".", fixture(MODEL), args);
 }
 
+static void vcommand(char *buf, size_t size, const char *fmt, va_list ap)
+{
+    char args[8192];
+    vsnprintf(args, sizeof args, fmt, ap);
+    command(buf, size, args);
+}
+
 /* Exit status, or 128 + the signal that ended it. */
 static int status_of(int status)
 {
@@ -75,12 +82,11 @@ static int status_of(int status)
 static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int run(const char *fmt, ...)
 {
-    char args[8192], cmd[12288];
+    char cmd[12288];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
+    vcommand(cmd, sizeof cmd, fmt, ap);
     va_end(ap);
-    command(cmd, sizeof cmd, args);
     return status_of(system(cmd));
 }
 
@@ -88,12 +94,11 @@ static int run(const char *fmt, ...)
 static pid_t spawn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static pid_t spawn(const char *fmt, ...)
 {
-    char args[8192], cmd[12288];
+    char cmd[12288];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
+    vcommand(cmd, sizeof cmd, fmt, ap);
     va_end(ap);
-    command(cmd, sizeof cmd, args);
     const pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
