@@ -1,17 +1,27 @@
 /* bench-encode: images/s, per-stage time and peak RSS of the encoder.
  *
  *   bench-encode [--model PATH | --random-sd] [--size N] [--batch N] [--reps N]
- *                [--threads N] [--save-model DIR]
+ *                [--threads N] [--save-model DIR] [--pipeline N]
  *
  * --random-sd writes a full-size SD VAE encoder (block_out_channels
  * 128,256,512,512, 2 layers per block, latent 4) with random weights to a
  * temporary folder and loads it like any checkpoint: speed does not depend on
- * the weights' values.  Compare with bench/torch_encoder.py on the same machine. */
+ * the weights' values.  Compare with bench/torch_encoder.py on the same machine.
+ *
+ * --pipeline N writes N PNG images of --size to a temporary folder and
+ * compares the bare encoder (the images decoded beforehand, encoded in
+ * batches of --batch) with a dataset run over the folder (ld_dataset_run:
+ * listing, decoding on the reader thread, batching, writing one .npy per
+ * image), the way `latent-encode --out-dir` works; --reps passes of each,
+ * alternating, the best counting. */
+#include "latentd/dataset.h"
 #include "latentd/encoder.h"
+#include "latentd/image.h"
 #include "latentd/safetensors.h"
 
 #include <getopt.h>
 #include <math.h>
+#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,15 +169,147 @@ static double now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* N PNGs of size² in dir: smooth gradients with noise, so they compress
+ * and decode like photos rather than like pure noise. */
+static int write_images(const char *dir, int n, int size, char *err)
+{
+    uint8_t *pixels = malloc((size_t)size * size * 3);
+    if (!pixels)
+        return ld_fail(err, LD_ENOMEM, "out of memory");
+    uint32_t s = 7;
+    for (int i = 0; i < n; i++) {
+        for (int y = 0; y < size; y++)
+            for (int x = 0; x < size; x++)
+                for (int c = 0; c < 3; c++)
+                    pixels[((size_t)y * size + x) * 3 + c] =
+                        (uint8_t)((x * (c + 1) + y * (3 - c) + i * 40) / 4 % 200 +
+                                  (int)(24 * (uniform(&s) + 1)));
+        char path[4200];
+        snprintf(path, sizeof path, "%s/img%03d.png", dir, i);
+        png_image img;
+        memset(&img, 0, sizeof img);
+        img.version = PNG_IMAGE_VERSION;
+        img.width = (png_uint_32)size;
+        img.height = (png_uint_32)size;
+        img.format = PNG_FORMAT_RGB;
+        if (!png_image_write_to_file(&img, path, 0, pixels, 0, NULL)) {
+            free(pixels);
+            return ld_fail(err, LD_EIO, "%s: %s", path, img.message);
+        }
+    }
+    free(pixels);
+    return LD_OK;
+}
+
+/* The bare encoder on the n images of `in`, decoded beforehand (not timed),
+ * in batches of `batch`: seconds spent encoding. */
+static int bare_pass(const ld_model *model, ld_pool *pool, const char *in, int n, int size,
+                     int batch, double *seconds, char *err)
+{
+    const size_t image = (size_t)3 * size * size;
+    float *images = ld_alloc_aligned((size_t)batch * image, sizeof(float));
+    const int C = ld_model_config(model)->latent_channels;
+    float *moments = malloc((size_t)batch * 2 * C * (size / 8) * (size / 8) * sizeof(float));
+    int rc = images && moments ? LD_OK : ld_fail(err, LD_ENOMEM, "out of memory");
+    *seconds = 0;
+    for (int first = 0; rc == LD_OK && first < n; first += batch) {
+        const int k = n - first < batch ? n - first : batch;
+        for (int i = 0; rc == LD_OK && i < k; i++) {
+            char path[4200];
+            ld_image img;
+            snprintf(path, sizeof path, "%s/img%03d.png", in, first + i);
+            rc = ld_image_load_file(path, NULL, &img, err);
+            if (rc == LD_OK)
+                memcpy(images + (size_t)i * image, img.rgb, image * sizeof(float));
+            ld_image_free(&img);
+        }
+        ld_encode_opts eo;
+        ld_encode_opts_init(&eo);
+        eo.vae_split = batch;
+        eo.pool = pool;
+        ld_encode_out o = {NULL, NULL, NULL, moments, 0}; /* what the run writes */
+        const double t0 = now();
+        if (rc == LD_OK)
+            rc = ld_encode(model, images, k, size, size, &eo, &o, err);
+        *seconds += now() - t0;
+    }
+    ld_free_aligned(images);
+    free(moments);
+    return rc;
+}
+
+/* A dataset run over `in` into `out`, all of it timed. */
+static int run_pass(const ld_model *model, ld_pool *pool, const char *in, const char *out,
+                    int n, int batch, double *seconds, char *err)
+{
+    ld_input_list inputs = {0};
+    ld_dataset_counts counts = {0};
+    const double t0 = now();
+    int rc = ld_inputs_add(&inputs, in, NULL, err);
+    if (rc == LD_OK)
+        rc = ld_inputs_finish(&inputs, err);
+    ld_dataset_opts opts;
+    ld_dataset_opts_init(&opts);
+    opts.out_dir = out;
+    opts.overwrite = true; /* every pass encodes everything */
+    opts.encode.vae_split = batch;
+    opts.encode.pool = pool;
+    if (rc == LD_OK)
+        rc = ld_dataset_run(model, &inputs, &opts, &counts, err);
+    *seconds = now() - t0;
+    ld_inputs_free(&inputs);
+    if (rc == LD_OK && counts.encoded != (size_t)n)
+        rc = ld_fail(err, LD_EINVAL, "the run encoded %zu of %d images", counts.encoded, n);
+    return rc;
+}
+
+/* Images/s of the bare encoder and of a dataset run over the same n images,
+ * the two passes alternating `reps` times so that a machine whose load
+ * changes slows both alike; the best pass of each counts. */
+static int bench_pipeline(const ld_model *model, ld_pool *pool, int n, int size, int batch,
+                          int reps, char *err)
+{
+    char in[] = "/tmp/latentd-bench-in-XXXXXX", out[] = "/tmp/latentd-bench-out-XXXXXX";
+    if (!mkdtemp(in) || !mkdtemp(out))
+        return ld_fail(err, LD_EIO, "cannot make a temporary folder");
+    int rc = write_images(in, n, size, err);
+    double bare = INFINITY, run = INFINITY;
+    for (int r = 0; rc == LD_OK && r < reps; r++) {
+        double tb = INFINITY, tr = INFINITY;
+        rc = bare_pass(model, pool, in, n, size, batch, &tb, err);
+        if (rc == LD_OK)
+            rc = run_pass(model, pool, in, out, n, batch, &tr, err);
+        bare = tb < bare ? tb : bare;
+        run = tr < run ? tr : run;
+        if (rc == LD_OK)
+            printf("pass %d       bare %.2f s, dataset run %.2f s\n", r + 1, tb, tr);
+    }
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", in, out);
+    if (system(cmd) != 0)
+        fprintf(stderr, "bench-encode: could not remove %s and %s\n", in, out);
+    if (rc != LD_OK)
+        return rc;
+    printf("model        %s\n", ld_model_name(model));
+    printf("input        %d PNG images of %dx%d, batches of %d, best of %d passes\n", n, size,
+           size, batch, reps);
+    printf("bare encoder %.4f images/s (%.2f s; images decoded beforehand)\n", n / bare, bare);
+    printf("dataset run  %.4f images/s (%.2f s; list, decode, encode, write .npy)\n", n / run,
+           run);
+    printf("ratio        %.3f\n", bare / run);
+    return LD_OK;
+}
+
 int main(int argc, char **argv)
 {
     const char *model_path = NULL, *save_dir = NULL;
-    int size = 512, batch = 1, reps = 3, threads = 0, random_sd = 0;
+    int size = 512, batch = 1, reps = 3, threads = 0, random_sd = 0, pipeline = 0;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"random-sd", no_argument, 0, 'r'},
         {"size", required_argument, 0, 's'},  {"batch", required_argument, 0, 'b'},
         {"reps", required_argument, 0, 'n'},  {"threads", required_argument, 0, 't'},
-        {"save-model", required_argument, 0, 'S'}, {0, 0, 0, 0}};
+        {"save-model", required_argument, 0, 'S'}, {"pipeline", required_argument, 0, 'p'},
+        {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:rs:b:n:t:", opts, NULL)) != -1) {
         switch (c) {
@@ -178,9 +320,11 @@ int main(int argc, char **argv)
         case 'n': reps = atoi(optarg); break;
         case 't': threads = atoi(optarg); break;
         case 'S': save_dir = optarg; break;
+        case 'p': pipeline = atoi(optarg); break;
         default:
             fprintf(stderr, "usage: bench-encode [--model PATH | --random-sd] [--size N] "
-                            "[--batch N] [--reps N] [--threads N] [--save-model DIR]\n");
+                            "[--batch N] [--reps N] [--threads N] [--save-model DIR] "
+                            "[--pipeline N]\n");
             return 2;
         }
     }
@@ -231,6 +375,22 @@ int main(int argc, char **argv)
     ld_encode_opts_init(&eo);
     eo.vae_split = batch;
     eo.pool = pool; /* made once, as a daemon's worker does */
+    if (pipeline > 0) {
+        /* warm up like the plain mode, then time both paths */
+        ld_encode_out warm = {latents, NULL, NULL, NULL, 0};
+        int rc = ld_encode(model, images, batch, size, size, &eo, &warm, err);
+        if (rc == LD_OK)
+            rc = bench_pipeline(model, pool, pipeline, size, batch, reps, err);
+        free(images);
+        free(latents);
+        ld_pool_free(pool);
+        ld_model_free(model);
+        if (rc != LD_OK) {
+            fprintf(stderr, "bench-encode: %s\n", err);
+            return 1;
+        }
+        return 0;
+    }
     ld_encode_out out = {latents, NULL, NULL, NULL, 0};
     if (ld_encode(model, images, batch, size, size, &eo, &out, err) != LD_OK) { /* warm-up */
         fprintf(stderr, "bench-encode: %s\n", err);

@@ -9,7 +9,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     build-essential autoconf automake libtool pkg-config \
     libmicrohttpd-dev libjansson-dev libpng-dev libopenblas-dev \
-    libjpeg62-turbo-dev libsystemd-dev \
+    libjpeg62-turbo-dev libwebp-dev libsystemd-dev \
     check valgrind curl ca-certificates libcurl4-openssl-dev \
     clang libclang-rt-dev \
     python3 python3-numpy python3-pil python3-requests >/dev/null

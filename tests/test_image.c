@@ -1,4 +1,4 @@
-/* PNG (and JPEG) decoding: every PNG variant of the fixtures converts to RGB
+/* PNG (and JPEG, WebP) decoding: every PNG variant of the fixtures converts to RGB
  * the way the fixtures' README says; broken files are refused, never a crash;
  * the header probe agrees with the decoder; the scan and time limits stop
  * files built to be slow. */
@@ -20,6 +20,9 @@
 #ifdef HAVE_LIBJPEG
 #include <stdio.h>
 #include <jpeglib.h>
+#endif
+#ifdef HAVE_LIBWEBP
+#include <webp/encode.h>
 #endif
 
 #define PLANE (64 * 64)
@@ -583,6 +586,39 @@ START_TEST(jpeg_probe_unsupported)
 END_TEST
 #endif
 
+#ifdef HAVE_LIBWEBP
+/* Lossless WebP gives back astronaut_64's bytes exactly; truncated or lying
+ * files are refused. */
+START_TEST(webp_lossless_round_trip)
+{
+    ld_image rgb = load("astronaut_64");
+    uint8_t packed[PLANE * 3];
+    for (int i = 0; i < PLANE; i++)
+        for (int ch = 0; ch < 3; ch++)
+            packed[i * 3 + ch] = (uint8_t)lroundf(rgb.rgb[ch * PLANE + i] * 255);
+    uint8_t *webp = NULL;
+    const size_t len = WebPEncodeLosslessRGB(packed, 64, 64, 64 * 3, &webp);
+    ck_assert_uint_gt(len, 0);
+    ck_assert_int_eq(ld_image_sniff(webp, len), LD_IMG_WEBP);
+    char err[LD_ERR_LEN];
+    uint32_t w, h;
+    ck_assert_msg(ld_image_probe(webp, len, NULL, &w, &h, err) == LD_OK, "%s", err);
+    ck_assert_uint_eq(w, 64);
+    ck_assert_uint_eq(h, 64);
+    ld_image img;
+    ck_assert_msg(ld_image_decode(webp, len, NULL, &img, err) == LD_OK, "%s", err);
+    ck_assert_mem_eq(img.rgb, rgb.rgb, sizeof(float) * 3 * PLANE);
+    ld_image_free(&img);
+    const ld_image_limits small = {.max_pixels = 100};
+    ck_assert_int_eq(ld_image_decode(webp, len, &small, &img, err), LD_ETOOLARGE);
+    for (size_t cut = 12; cut < len; cut += 97)
+        ck_assert_int_eq(ld_image_decode(webp, cut, NULL, &img, err), LD_EFORMAT);
+    WebPFree(webp);
+    ld_image_free(&rgb);
+}
+END_TEST
+#endif
+
 static Suite *image_suite(void)
 {
     Suite *s = suite_create("image");
@@ -607,6 +643,9 @@ static Suite *image_suite(void)
     tcase_add_test(tc, many_scans_attack_fails_fast);
 #else
     tcase_add_test(tc, jpeg_probe_unsupported);
+#endif
+#ifdef HAVE_LIBWEBP
+    tcase_add_test(tc, webp_lossless_round_trip);
 #endif
     suite_add_tcase(s, tc);
     return s;

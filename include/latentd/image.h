@@ -28,7 +28,7 @@ typedef struct {
     int max_decode_ms; /* wall-clock time for one decode; 0: no limit */
 } ld_image_limits;
 
-typedef enum { LD_IMG_UNKNOWN, LD_IMG_PNG, LD_IMG_JPEG } ld_image_format;
+typedef enum { LD_IMG_UNKNOWN, LD_IMG_PNG, LD_IMG_JPEG, LD_IMG_WEBP } ld_image_format;
 
 /* Which format the bytes are, from their signature. */
 ld_image_format ld_image_sniff(const uint8_t *data, size_t len);
@@ -38,11 +38,12 @@ ld_image_format ld_image_sniff(const uint8_t *data, size_t len);
  * checked); JPEG: the markers up to the first scan.  Costs time linear in the
  * header's length at worst.  A file whose header is fine may still fail to
  * decode.  LD_EFORMAT for unknown or bad data, LD_EUNSUPPORTED for JPEG in a
- * build without libjpeg (*format is still set).  format may be NULL. */
+ * build without libjpeg or WebP without libwebp (*format is still set), and
+ * for an animated WebP.  format may be NULL. */
 int ld_image_probe(const uint8_t *data, size_t len, ld_image_format *format, uint32_t *width,
                    uint32_t *height, char *err);
 
-/* Decode PNG (or JPEG when built with libjpeg) from memory.  Bad data is
+/* Decode PNG (or JPEG when built with libjpeg, WebP with libwebp) from memory.  Bad data is
  * LD_EFORMAT, and so is a truncated file or a JPEG that libjpeg would decode
  * only by guessing (its corrupt-data warnings).  An image over the size
  * limits is LD_ETOOLARGE (checked from the header, before any pixel memory is
@@ -55,6 +56,11 @@ int ld_jpeg_decode(const uint8_t *data, size_t len, const ld_image_limits *limit
                    ld_image *out, char *err);
 /* Whether this build decodes JPEG. */
 int ld_jpeg_supported(void);
+/* A still WebP image (lossy or lossless; an animation is LD_EUNSUPPORTED). */
+int ld_webp_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,
+                   ld_image *out, char *err);
+/* Whether this build decodes WebP. */
+int ld_webp_supported(void);
 
 /* Read a whole file into memory and decode it. */
 int ld_image_load_file(const char *path, const ld_image_limits *limits, ld_image *out,

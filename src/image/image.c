@@ -16,6 +16,8 @@ ld_image_format ld_image_sniff(const uint8_t *data, size_t len)
         return LD_IMG_PNG;
     if (len >= 3 && data[0] == 0xff && data[1] == 0xd8 && data[2] == 0xff)
         return LD_IMG_JPEG;
+    if (len >= 12 && memcmp(data, "RIFF", 4) == 0 && memcmp(data + 8, "WEBP", 4) == 0)
+        return LD_IMG_WEBP;
     return LD_IMG_UNKNOWN;
 }
 
@@ -31,8 +33,10 @@ int ld_image_probe(const uint8_t *data, size_t len, ld_image_format *format, uin
         return ld_png_probe(data, len, width, height, err);
     case LD_IMG_JPEG:
         return ld_jpeg_probe(data, len, width, height, err);
+    case LD_IMG_WEBP:
+        return ld_webp_probe(data, len, width, height, err);
     default:
-        return ld_fail(err, LD_EFORMAT, "not a PNG or JPEG image");
+        return ld_fail(err, LD_EFORMAT, "not a PNG, JPEG or WebP image");
     }
 }
 
@@ -97,8 +101,10 @@ int ld_image_decode(const uint8_t *data, size_t len, const ld_image_limits *limi
         return ld_png_decode(data, len, limits, out, err);
     case LD_IMG_JPEG:
         return ld_jpeg_decode(data, len, limits, out, err);
+    case LD_IMG_WEBP:
+        return ld_webp_decode(data, len, limits, out, err);
     default:
-        return ld_fail(err, LD_EFORMAT, "not a PNG or JPEG image");
+        return ld_fail(err, LD_EFORMAT, "not a PNG, JPEG or WebP image");
     }
 }
 

@@ -17,5 +17,6 @@ int ld_image_max_scans(const ld_image_limits *limits);
 /* The header readers behind ld_image_probe. */
 int ld_png_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *height, char *err);
 int ld_jpeg_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *height, char *err);
+int ld_webp_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *height, char *err);
 
 #endif

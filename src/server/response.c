@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "latentd/base64.h"
+#include "latentd/npy.h"
 #include "latentd/safetensors.h"
 #include "utf8.h"
 
@@ -235,32 +236,22 @@ static int npy_kind(unsigned outputs)
     return 0;
 }
 
-/* NumPy .npy version 1.0: magic, header dict padded to 64 bytes, raw LE data */
+/* NumPy .npy version 1.0 (latentd/npy.h): the header, then the raw LE data */
 static int render_npy(const ld_model *model, const srv_results *res, const srv_options *o,
                       srv_body *body)
 {
     tensor t;
     if (gather(model, res, 0, res->n_items, npy_kind(o->outputs), &t) != LD_OK)
         return LD_ENOMEM;
-    char header[128];
-    int hl = snprintf(header, sizeof header,
-                      "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld, %lld, %lld), }",
-                      (long long)t.shape[0], (long long)t.shape[1], (long long)t.shape[2],
-                      (long long)t.shape[3]);
-    size_t total_header = ((size_t)10 + (size_t)hl + 1 + 63) / 64 * 64;
+    uint8_t header[LD_NPY_HEADER_MAX];
+    const size_t total_header = ld_npy_header(4, t.shape, header);
     size_t data_bytes = tensor_numel(&t) * sizeof(float);
     char *buf = malloc(total_header + data_bytes);
     if (!buf) {
         free(t.data);
         return LD_ENOMEM;
     }
-    const uint16_t dict_len = (uint16_t)(total_header - 10);
-    memcpy(buf, "\x93NUMPY\x01\x00", 8);
-    buf[8] = (char)(dict_len & 0xff);
-    buf[9] = (char)(dict_len >> 8);
-    memset(buf + 10, ' ', dict_len);
-    memcpy(buf + 10, header, (size_t)hl);
-    buf[total_header - 1] = '\n';
+    memcpy(buf, header, total_header);
     memcpy(buf + total_header, t.data, data_bytes);
     free(t.data);
     body->data = buf;

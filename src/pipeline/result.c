@@ -1,0 +1,237 @@
+/* Per-image results and their files; see result.h. */
+#include "latentd/result.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "latentd/npy.h"
+
+static const char *const kind_names[LD_N_KINDS] = {"latents", "mean", "logvar", "moments"};
+
+const char *ld_kind_name(ld_kind kind)
+{
+    assert((unsigned)kind < LD_N_KINDS);
+    return kind_names[kind];
+}
+
+int ld_kinds_parse(const char *list, ld_kind kinds[LD_N_KINDS], int *n_kinds, char *err)
+{
+    *n_kinds = 0;
+    unsigned seen = 0;
+    const char *p = list;
+    for (;;) {
+        const size_t len = strcspn(p, ",");
+        int k = 0;
+        while (k < LD_N_KINDS && !(strlen(kind_names[k]) == len && !memcmp(kind_names[k], p, len)))
+            k++;
+        if (k == LD_N_KINDS)
+            return ld_fail(err, LD_EINVAL, "unknown output '%.*s' (latents, mean, logvar, moments)",
+                           (int)len, p);
+        if (seen & (1u << k))
+            return ld_fail(err, LD_EINVAL, "output '%s' named twice", kind_names[k]);
+        seen |= 1u << k;
+        kinds[(*n_kinds)++] = (ld_kind)k;
+        if (!p[len])
+            return LD_OK;
+        p += len + 1;
+    }
+}
+
+const float *ld_result_tensor(const ld_result *r, ld_kind kind, int64_t shape[3])
+{
+    const size_t per = (size_t)r->channels * r->lh * r->lw;
+    if (shape) {
+        shape[0] = kind == LD_KIND_MOMENTS ? 2 * r->channels : r->channels;
+        shape[1] = r->lh;
+        shape[2] = r->lw;
+    }
+    return r->data + per * (size_t)kind; /* moments come after the three others */
+}
+
+void ld_result_free(ld_result *r)
+{
+    if (!r)
+        return;
+    free(r->data);
+    r->data = NULL;
+}
+
+int ld_encode_results(const ld_model *model, const ld_image *const *images, int n,
+                      const ld_encode_opts *opts, ld_result *results, char *err)
+{
+    assert(n > 0);
+    const int h = images[0]->height, w = images[0]->width;
+    const int C = ld_model_config(model)->latent_channels;
+    int lh, lw;
+    int rc = ld_model_latent_size(model, h, w, &lh, &lw, err);
+    if (rc != LD_OK)
+        return rc;
+    const size_t image_floats = (size_t)3 * h * w, per = (size_t)C * lh * lw;
+    float *batch = ld_alloc_aligned((size_t)n * image_floats, sizeof(float)); /* [n, 3, h, w] */
+    float *res = ld_alloc_aligned((size_t)n * per * 5, sizeof(float)); /* latents, mean, logvar:
+                                                                   [n, C, lh, lw]; moments [n, 2C, lh, lw] */
+    if (!batch || !res) {
+        rc = ld_fail(err, LD_ENOMEM, "out of memory for a batch of %d %dx%d images", n, w, h);
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        assert(images[i]->height == h && images[i]->width == w);
+        memcpy(batch + i * image_floats, images[i]->rgb, image_floats * sizeof(float));
+    }
+    ld_encode_out out = {res, res + n * per, res + 2 * n * per, res + 3 * n * per, 0};
+    rc = ld_encode(model, batch, n, h, w, opts, &out, err);
+    for (int i = 0; rc == LD_OK && i < n; i++) {
+        ld_result *r = &results[i];
+        *r = (ld_result){w, h, C, lh, lw, malloc(per * 5 * sizeof(float))};
+        if (!r->data) {
+            for (int j = 0; j < i; j++)
+                ld_result_free(&results[j]);
+            rc = ld_fail(err, LD_ENOMEM, "out of memory");
+            break;
+        }
+        memcpy(r->data, out.latents + i * per, per * sizeof(float));
+        memcpy(r->data + per, out.mean + i * per, per * sizeof(float));
+        memcpy(r->data + 2 * per, out.logvar + i * per, per * sizeof(float));
+        memcpy(r->data + 3 * per, out.moments + 2 * i * per, 2 * per * sizeof(float));
+    }
+done:
+    ld_free_aligned(batch);
+    ld_free_aligned(res);
+    return rc;
+}
+
+const char *ld_file_extension(ld_file_format format)
+{
+    return format == LD_FILE_NPY ? ".npy" : ".safetensors";
+}
+
+int ld_result_serialize(const ld_result *r, const ld_output_spec *spec, uint8_t **buf,
+                        size_t *len, char *err)
+{
+    assert(spec->n_kinds >= 1 && spec->n_kinds <= LD_N_KINDS);
+    if (spec->format == LD_FILE_NPY) {
+        int64_t shape[3];
+        const float *data = ld_result_tensor(r, spec->kinds[0], shape);
+        return ld_npy_serialize(data, 3, shape, buf, len, err);
+    }
+    ld_st_out outs[LD_N_KINDS];
+    for (int i = 0; i < spec->n_kinds; i++) {
+        outs[i] = (ld_st_out){ld_kind_name(spec->kinds[i]), 3, {0}, NULL};
+        outs[i].data = ld_result_tensor(r, spec->kinds[i], outs[i].shape);
+    }
+    return ld_st_serialize(outs, (size_t)spec->n_kinds, spec->meta, spec->n_meta, buf, len, err);
+}
+
+/* mkdir -p of path's folder (everything before its last '/') */
+static int make_parents(const char *path, char *err)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path)
+        return LD_OK;
+    if ((size_t)(slash - path) >= sizeof dir)
+        return ld_fail(err, LD_EINVAL, "%s: path too long", path);
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+    for (char *p = dir + 1;; p++) {
+        const char c = *p;
+        if (c != '/' && c != '\0')
+            continue;
+        *p = '\0';
+        if (mkdir(dir, 0777) != 0 && errno != EEXIST) /* another shard may make it first */
+            return ld_fail(err, LD_EIO, "%s: %s", dir, strerror(errno));
+        *p = c;
+        if (!c)
+            return LD_OK;
+    }
+}
+
+int ld_result_write(const ld_result *r, const ld_output_spec *spec, const char *path, char *err)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = ld_result_serialize(r, spec, &buf, &len, err);
+    if (rc != LD_OK)
+        return rc;
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        free(buf);
+        return ld_fail(err, LD_EINVAL, "%s: path too long", path);
+    }
+    rc = make_parents(path, err);
+    FILE *fp = rc == LD_OK ? fopen(tmp, "wb") : NULL;
+    if (rc == LD_OK && !fp)
+        rc = ld_fail(err, LD_EIO, "%s: %s", tmp, strerror(errno));
+    if (fp) {
+        const bool written = fwrite(buf, 1, len, fp) == len;
+        const int saved = errno;
+        if (fclose(fp) != 0 || !written)
+            rc = ld_fail(err, LD_EIO, "%s: %s", tmp, strerror(written ? errno : saved));
+        else if (rename(tmp, path) != 0)
+            rc = ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
+        if (rc != LD_OK)
+            unlink(tmp);
+    }
+    free(buf);
+    return rc;
+}
+
+static int check_npy(const char *path, const ld_output_spec *spec, int channels, char *err)
+{
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ld_fail(err, errno == ENOENT ? LD_EIO : LD_EFORMAT, "%s: %s", path, strerror(errno));
+    struct stat st;
+    uint8_t head[LD_NPY_HEADER_MAX * 4];
+    const ssize_t got = fstat(fd, &st) == 0 ? read(fd, head, sizeof head) : -1;
+    close(fd);
+    if (got < 0)
+        return ld_fail(err, LD_EFORMAT, "%s: %s", path, strerror(errno));
+    int ndim;
+    int64_t shape[LD_NPY_MAX_DIMS];
+    char inner[LD_ERR_LEN];
+    if (ld_npy_check(head, (size_t)got, (uint64_t)st.st_size, &ndim, shape, NULL, inner) != LD_OK)
+        return ld_fail(err, LD_EFORMAT, "%s: %s", path, inner);
+    const int64_t want = spec->kinds[0] == LD_KIND_MOMENTS ? 2 * channels : channels;
+    if (ndim != 3 || shape[0] != want || shape[1] < 1 || shape[2] < 1)
+        return ld_fail(err, LD_EFORMAT, "%s: not a [%lld, h, w] array", path, (long long)want);
+    return LD_OK;
+}
+
+static int check_safetensors(const char *path, const ld_output_spec *spec, int channels,
+                             char *err)
+{
+    if (access(path, F_OK) != 0)
+        return ld_fail(err, errno == ENOENT ? LD_EIO : LD_EFORMAT, "%s: %s", path,
+                       strerror(errno));
+    ld_st_file *f;
+    char inner[LD_ERR_LEN];
+    if (ld_st_open(path, &f, inner) != LD_OK) /* checks every offset against the size */
+        return ld_fail(err, LD_EFORMAT, "%s", inner);
+    int rc = LD_OK;
+    int64_t lh = -1, lw = -1;
+    for (int i = 0; rc == LD_OK && i < spec->n_kinds; i++) {
+        const ld_kind k = spec->kinds[i];
+        const ld_st_tensor *t = ld_st_find(f, ld_kind_name(k));
+        const int64_t want = k == LD_KIND_MOMENTS ? 2 * channels : channels;
+        if (!t || t->dtype != LD_DT_F32 || t->ndim != 3 || t->shape[0] != want ||
+            (lh >= 0 && (t->shape[1] != lh || t->shape[2] != lw)))
+            rc = ld_fail(err, LD_EFORMAT, "%s: no whole '%s' tensor", path, ld_kind_name(k));
+        else
+            lh = t->shape[1], lw = t->shape[2];
+    }
+    ld_st_close(f);
+    return rc;
+}
+
+int ld_output_check(const char *path, const ld_output_spec *spec, int channels, char *err)
+{
+    return spec->format == LD_FILE_NPY ? check_npy(path, spec, channels, err)
+                                       : check_safetensors(path, spec, channels, err);
+}
