@@ -46,22 +46,24 @@ static size_t kind_numel(int kind, int lh, int lw)
     return (size_t)(kind == MOMENTS ? 2 * C : C) * lh * lw;
 }
 
-static srv_item_result make_item(int item, int height, int width)
+/* One block as ld_result holds it: latents, mean, logvar, then moments. */
+static ld_result make_item(int item, int height, int width)
 {
-    srv_item_result it = {.width = width, .height = height, .lh = height / 8, .lw = width / 8};
-    float **slots[] = {&it.latents, &it.mean, &it.logvar, &it.moments};
+    ld_result it = {.width = width, .height = height, .channels = C, .lh = height / 8,
+                    .lw = width / 8};
+    const size_t per = kind_numel(LATENTS, it.lh, it.lw);
+    it.data = malloc(5 * per * sizeof(float));
+    ck_assert_ptr_nonnull(it.data);
     for (int k = 0; k < 4; k++) {
-        const size_t n = kind_numel(k, it.lh, it.lw);
-        *slots[k] = malloc(n * sizeof(float));
-        ck_assert_ptr_nonnull(*slots[k]);
-        for (size_t i = 0; i < n; i++)
-            (*slots[k])[i] = value(k, item, i);
+        float *slot = it.data + (size_t)k * per;
+        for (size_t i = 0; i < kind_numel(k, it.lh, it.lw); i++)
+            slot[i] = value(k, item, i);
     }
     return it;
 }
 
 typedef struct {
-    srv_item_result items[3];
+    ld_result items[3];
     srv_results res;
 } fixture_results;
 
@@ -75,15 +77,11 @@ static void make_results(fixture_results *f, int n, bool mixed)
 
 static void free_results(fixture_results *f)
 {
-    for (int i = 0; i < f->res.n_items; i++) {
-        free(f->items[i].latents);
-        free(f->items[i].mean);
-        free(f->items[i].logvar);
-        free(f->items[i].moments);
-    }
+    for (int i = 0; i < f->res.n_items; i++)
+        ld_result_free(&f->items[i]);
 }
 
-static srv_options options(srv_format format, unsigned outputs)
+static srv_options options(ld_out_format format, unsigned outputs)
 {
     srv_options o;
     srv_options_defaults(&o);
@@ -154,7 +152,7 @@ START_TEST(json_holds_exactly_the_outputs_named)
     fixture_results f;
     make_results(&f, 2, false);
     for (unsigned outputs = 1; outputs < 16; outputs++) {
-        const srv_options o = options(FMT_JSON, outputs);
+        const srv_options o = options(LD_OUT_JSON, outputs);
         srv_body body = render(&f.res, &o);
         json_t *root = parse_json(&body);
         ck_assert_int_eq(json_integer_value(json_object_get(root, "latent_channels")), C);
@@ -180,7 +178,7 @@ START_TEST(json_list_encoding_and_mixed_sizes)
     load_model();
     fixture_results f;
     make_results(&f, 3, true);
-    srv_options o = options(FMT_JSON, OUT_MEAN);
+    srv_options o = options(LD_OUT_JSON, OUT_MEAN);
     o.list_encoding = true;
     srv_body body = render(&f.res, &o);
     json_t *root = parse_json(&body);
@@ -239,7 +237,7 @@ static const float *parse_npy(const srv_body *body, long long shape[4])
 
 static void assert_npy(const fixture_results *f, unsigned outputs, int kind)
 {
-    const srv_options o = options(FMT_NPY, outputs);
+    const srv_options o = options(LD_OUT_NPY, outputs);
     srv_body body = render(&f->res, &o);
     long long shape[4];
     const float *data = parse_npy(&body, shape);
@@ -266,7 +264,7 @@ START_TEST(npy_holds_the_output_named)
     assert_npy(&f, OUT_LOGVAR | OUT_MOMENTS, LOGVAR);
     free_results(&f);
     make_results(&f, 3, true);
-    const srv_options o = options(FMT_NPY, OUT_MEAN);
+    const srv_options o = options(LD_OUT_NPY, OUT_MEAN);
     srv_body body;
     char err[LD_ERR_LEN];
     ck_assert_int_eq(srv_render_result(model, &f.res, &o, &body, err), LD_EUNSUPPORTED);
@@ -323,7 +321,7 @@ START_TEST(safetensors_holds_exactly_the_outputs_named)
     load_model();
     fixture_results f;
     make_results(&f, 2, false);
-    const srv_options o = options(FMT_SAFETENSORS, OUT_LOGVAR | OUT_MOMENTS);
+    const srv_options o = options(LD_OUT_SAFETENSORS, OUT_LOGVAR | OUT_MOMENTS);
     srv_body body = render(&f.res, &o);
     st_opened st;
     open_safetensors(&body, &st);
@@ -337,7 +335,7 @@ START_TEST(safetensors_holds_exactly_the_outputs_named)
     free_results(&f);
     /* mixed sizes: one set per image */
     make_results(&f, 3, true);
-    const srv_options m = options(FMT_SAFETENSORS, OUT_LATENTS);
+    const srv_options m = options(LD_OUT_SAFETENSORS, OUT_LATENTS);
     body = render(&f.res, &m);
     open_safetensors(&body, &st);
     ck_assert_uint_eq(ld_st_count(st.file), 3);
@@ -366,7 +364,7 @@ START_TEST(seeds_survive_at_every_magnitude)
         char decimal[24];
         snprintf(decimal, sizeof decimal, "%" PRIu64, seeds[i]);
         /* JSON: an integer below 2^63, a decimal string from there */
-        srv_options o = options(FMT_JSON, OUT_LATENTS);
+        srv_options o = options(LD_OUT_JSON, OUT_LATENTS);
         srv_body body = render(&f.res, &o);
         char text[40]; /* the bytes on the wire, not just what a parser makes of them */
         snprintf(text, sizeof text, seeds[i] <= INT64_MAX ? "\"seed\":%s," : "\"seed\":\"%s\",",
@@ -386,7 +384,7 @@ START_TEST(seeds_survive_at_every_magnitude)
         json_decref(root);
         free(body.data);
         /* safetensors metadata: always the decimal string */
-        o = options(FMT_SAFETENSORS, OUT_LATENTS);
+        o = options(LD_OUT_SAFETENSORS, OUT_LATENTS);
         body = render(&f.res, &o);
         st_opened st;
         open_safetensors(&body, &st);

@@ -62,6 +62,8 @@ int ld_webp_decode(const uint8_t *data, size_t len, const ld_image_limits *limit
 /* Whether this build decodes WebP. */
 int ld_webp_supported(void);
 
+/* A whole file into a malloc'd buffer (LD_EIO, LD_ENOMEM). */
+int ld_read_file(const char *path, uint8_t **data, size_t *len, char *err);
 /* Read a whole file into memory and decode it. */
 int ld_image_load_file(const char *path, const ld_image_limits *limits, ld_image *out,
                        char *err);

@@ -74,6 +74,8 @@ int ld_result_serialize(const ld_result *r, const ld_output_spec *spec, uint8_t 
  * (the next write to the same path replaces a stale .tmp).  LD_EIO when the
  * file system refuses. */
 int ld_result_write(const ld_result *r, const ld_output_spec *spec, const char *path, char *err);
+/* len bytes to path the same way: folders made, path + ".tmp", renamed. */
+int ld_write_atomic(const char *path, const uint8_t *buf, size_t len, char *err);
 
 /* Whether path holds a whole output of spec for a model of `channels` latent
  * channels: its header parses, its size is what the header says and it holds

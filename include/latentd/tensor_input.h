@@ -58,4 +58,10 @@ size_t ld_tensor_image_bytes(const ld_tensor_batch *batch);
 int ld_tensor_to_image(const uint8_t *elements, ld_dtype dtype, int height, int width, int index,
                        const ld_image_limits *limits, ld_image *out, char *err);
 
+/* A file as the programs take it: a picture is one image; a .npy or
+ * safetensors tensor (told by its bytes) is as many as it holds.  *images is
+ * a malloc'd array of *count images, each freed with ld_image_free. */
+int ld_inputs_load_file(const char *path, const ld_image_limits *limits, ld_image **images,
+                        int *count, char *err);
+
 #endif

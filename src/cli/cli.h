@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "latentd/encoder.h"
+#include "latentd/output.h"
 #include "latentd/result.h"
 #include "latentd/safetensors.h"
 
@@ -29,6 +30,10 @@ typedef struct {
     ld_load_opts load;
     char **images; /* the arguments after the options */
     int n_images;
+    /* one-file mode (-o) */
+    const char *format_name; /* --format as given; without it -o's extension decides */
+    bool outputs_given;      /* --outputs (spec.kinds) rather than the default three */
+    const char *preview;     /* --preview PATH: a PNG picture of the latents */
     /* dataset mode (--out-dir) */
     const char *out_dir;
     ld_output_spec spec; /* format and kinds (meta filled when writing) */

@@ -1,11 +1,14 @@
-/* latent-encode: images in, latents out.  With -o, one safetensors file
- * for a list of images; with --out-dir, one file per image of a whole
- * dataset (encode-dataset.c).  The daemon's path minus HTTP and the queue. */
+/* latent-encode: images in, latents out.  With -o, one file for a list of
+ * images, in any of the daemon's formats (the library's renderer,
+ * latentd/output.h, makes both); with --out-dir, one file per image of a
+ * whole dataset (encode-dataset.c).  The daemon's path minus HTTP and the
+ * queue. */
 #include "cli.h"
 #include "latentd/encoder.h"
 #include "latentd/image.h"
 #include "latentd/result.h"
 #include "latentd/safetensors.h"
+#include "latentd/tensor_input.h"
 
 #include <getopt.h>
 #include <inttypes.h>
@@ -20,6 +23,13 @@ typedef struct {
     ld_result res; /* set once its size group is encoded */
 } cli_item;
 
+/* The images of the one-file mode, in order: a tensor file adds as many as
+ * it holds, so image K (which samples with seed S+K) counts them all. */
+typedef struct {
+    cli_item *items;
+    int n, cap;
+} cli_items;
+
 typedef struct {
     bool show;
     int done_before; /* images finished in earlier size groups */
@@ -29,11 +39,19 @@ typedef struct {
 static void usage(FILE *fp)
 {
     fprintf(fp,
-            "usage: latent-encode -m MODEL [-o OUT.safetensors] [options] IMAGE...\n"
+            "usage: latent-encode -m MODEL [-o OUT] [options] IMAGE...\n"
             "       latent-encode -m MODEL --out-dir DIR [options] [dataset options] INPUT...\n"
             "  -m, --model PATH     diffusers VAE folder or single .safetensors checkpoint\n"
+            "  IMAGE                PNG, JPEG or WebP; or a float tensor [N,3,H,W]/[3,H,W] as\n"
+            "                       .npy or .safetensors (float32/16, bfloat16), taken as is\n"
             "  -o, --output PATH    one file for all images (default latents.safetensors;\n"
             "                       - for stdout)\n"
+            "  --format F           with -o: safetensors, npy, json, comfyui (ComfyUI's\n"
+            "                       .latent) or png (a preview); default from -o's extension\n"
+            "                       (.npy .json .latent .png), else safetensors\n"
+            "  --outputs LIST       with -o: of latents, mean, logvar, moments (default the\n"
+            "                       first three; npy holds the first named)\n"
+            "  --preview PATH       also write a PNG picture of the latents\n"
             "  --vae-split N        at most N images per forward pass (default: all; 1 with\n"
             "                       --out-dir, where images of one size are batched by N)\n"
             "  --sample             sample the posterior instead of taking its mode\n"
@@ -93,7 +111,8 @@ static int parse_args(int argc, char **argv, cli_args *a)
 {
     enum { OPT_SPLIT = 256, OPT_SAMPLE, OPT_SEED, OPT_NO_CENTER, OPT_MOMENTS, OPT_SCALE,
            OPT_SHIFT, OPT_MEM, OPT_THREADS, OPT_OUT_DIR, OPT_FORMAT, OPT_OUTPUTS, OPT_INCLUDE,
-           OPT_EXCLUDE, OPT_OVERWRITE, OPT_SHARD, OPT_PROGRESS, OPT_INTERVAL, OPT_FAILURES };
+           OPT_EXCLUDE, OPT_OVERWRITE, OPT_SHARD, OPT_PROGRESS, OPT_INTERVAL, OPT_FAILURES,
+           OPT_PREVIEW };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
@@ -115,6 +134,7 @@ static int parse_args(int argc, char **argv, cli_args *a)
         {"progress", required_argument, 0, OPT_PROGRESS},
         {"progress-interval", required_argument, 0, OPT_INTERVAL},
         {"failures", required_argument, 0, OPT_FAILURES},
+        {"preview", required_argument, 0, OPT_PREVIEW},
         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->output = "latents.safetensors";
@@ -171,20 +191,13 @@ static int parse_args(int argc, char **argv, cli_args *a)
             a->max_memory = (size_t)(num * 1048576.0);
             break;
         case OPT_OUT_DIR: a->out_dir = optarg; break;
-        case OPT_FORMAT:
-            dataset_only = true;
-            if (strcmp(optarg, "npy") == 0)
-                a->spec.format = LD_FILE_NPY;
-            else if (strcmp(optarg, "safetensors") == 0)
-                a->spec.format = LD_FILE_SAFETENSORS;
-            else
-                return fprintf(stderr, "latent-encode: --format wants npy or safetensors\n"), -1;
-            break;
+        case OPT_FORMAT: a->format_name = optarg; break;
         case OPT_OUTPUTS:
-            dataset_only = true;
+            a->outputs_given = true;
             if (ld_kinds_parse(optarg, a->spec.kinds, &a->spec.n_kinds, err) != LD_OK)
                 return fprintf(stderr, "latent-encode: --outputs: %s\n", err), -1;
             break;
+        case OPT_PREVIEW: a->preview = optarg; break;
         case OPT_INCLUDE:
         case OPT_EXCLUDE:
             dataset_only = true;
@@ -220,8 +233,22 @@ static int parse_args(int argc, char **argv, cli_args *a)
     if (a->out_dir && output_given)
         return fprintf(stderr, "latent-encode: -o and --out-dir exclude each other\n"), -1;
     if (!a->out_dir && dataset_only)
-        return fprintf(stderr, "latent-encode: --format, --outputs, --include, --exclude, "
-                               "--overwrite, --shard and --failures go with --out-dir\n"), -1;
+        return fprintf(stderr, "latent-encode: --include, --exclude, --overwrite, --shard and "
+                               "--failures go with --out-dir\n"), -1;
+    if (a->out_dir && a->preview)
+        return fprintf(stderr, "latent-encode: --preview goes with -o\n"), -1;
+    if (a->out_dir && a->format_name) {
+        if (strcmp(a->format_name, "npy") == 0)
+            a->spec.format = LD_FILE_NPY;
+        else if (strcmp(a->format_name, "safetensors") == 0)
+            a->spec.format = LD_FILE_SAFETENSORS;
+        else
+            return fprintf(stderr, "latent-encode: --format with --out-dir wants npy or "
+                                   "safetensors\n"), -1;
+    }
+    ld_out_format format;
+    if (!a->out_dir && a->format_name && ld_out_format_parse(a->format_name, &format, err) != LD_OK)
+        return fprintf(stderr, "latent-encode: --%s\n", err), -1;
     if (a->out_dir && a->sample && !a->has_seed)
         return fprintf(stderr, "latent-encode: --sample with --out-dir needs --seed, so that "
                                "a resumed or sharded run draws the same noise\n"), -1;
@@ -256,10 +283,11 @@ static uint64_t fresh_seed(void)
 
 /* Encode every image of items[] whose size is h×w, as one batch. */
 static int encode_group(const ld_model *model, ld_pool *pool, const cli_args *a,
-                        cli_item *items, int h, int w, progress_bar *bar, char *err)
+                        cli_items *list, int h, int w, progress_bar *bar, char *err)
 {
+    cli_item *items = list->items;
     int n = 0;
-    for (int i = 0; i < a->n_images; i++)
+    for (int i = 0; i < list->n; i++)
         n += items[i].img.height == h && items[i].img.width == w;
     const ld_image **images = calloc((size_t)n, sizeof *images);
     uint64_t *seeds = calloc((size_t)n, sizeof *seeds);
@@ -270,7 +298,7 @@ static int encode_group(const ld_model *model, ld_pool *pool, const cli_args *a,
         rc = ld_fail(err, LD_ENOMEM, "out of memory for a batch of %d images", n);
         goto done;
     }
-    for (int i = 0, k = 0; i < a->n_images; i++) {
+    for (int i = 0, k = 0; i < list->n; i++) {
         if (items[i].img.height != h || items[i].img.width != w)
             continue;
         images[k] = &items[i].img;
@@ -301,29 +329,6 @@ done:
     return rc;
 }
 
-static bool all_same_size(const cli_item *items, int n)
-{
-    for (int i = 1; i < n; i++)
-        if (items[i].img.width != items[0].img.width || items[i].img.height != items[0].img.height)
-            return false;
-    return true;
-}
-
-static void fill_out(ld_st_out *o, char *name, size_t name_size, const char *base, int k,
-                     int batch, int channels, int lh, int lw)
-{
-    if (k < 0)
-        snprintf(name, name_size, "%s", base);
-    else
-        snprintf(name, name_size, "%s.%d", base, k);
-    o->name = name;
-    o->ndim = 4;
-    o->shape[0] = batch;
-    o->shape[1] = channels;
-    o->shape[2] = lh;
-    o->shape[3] = lw;
-}
-
 size_t cli_metadata(const ld_model *model, const cli_args *a, ld_st_meta meta[8],
                     char seed_text[32], char split_text[16])
 {
@@ -343,88 +348,131 @@ size_t cli_metadata(const ld_model *model, const cli_args *a, ld_st_meta meta[8]
     return sizeof all / sizeof all[0];
 }
 
-/* One set of tensors for all images when they share a size (stacked), else
- * one set per image with names suffixed .K. */
-static int write_output(const ld_model *model, const cli_args *a, cli_item *items, char *err)
+/* -o's format: --format, else the file's extension, else safetensors. */
+static ld_out_format output_format(const cli_args *a)
 {
-    const int L = ld_model_config(model)->latent_channels;
-    const int n = a->n_images, kinds = a->moments ? 4 : 3;
-    const bool stacked = all_same_size(items, n);
-    const int sets = stacked ? 1 : n, per = stacked ? n : 1;
-    const size_t latent = (size_t)L * items[0].res.lh * items[0].res.lw;
-    ld_st_out *outs = calloc((size_t)sets * kinds, sizeof *outs);
-    char(*labels)[32] = calloc((size_t)sets * kinds, sizeof *labels);
-    float *stack = stacked ? malloc((size_t)n * latent * 5 * sizeof(float)) : NULL;
-    int rc = LD_OK;
-    if (!outs || !labels || (stacked && !stack)) {
-        rc = ld_fail(err, LD_ENOMEM, "out of memory");
-        goto done;
+    ld_out_format format = LD_OUT_SAFETENSORS;
+    if (a->format_name) {
+        ld_out_format_parse(a->format_name, &format, NULL); /* checked with the options */
+        return format;
     }
-    for (int s = 0; s < sets; s++) {
-        for (int k = 0; k < kinds; k++) {
-            ld_st_out *o = &outs[s * kinds + k];
-            const ld_result *r = &items[s].res;
-            fill_out(o, labels[s * kinds + k], sizeof labels[0], ld_kind_name((ld_kind)k),
-                     stacked ? -1 : s, per, k == LD_KIND_MOMENTS ? 2 * L : L, r->lh, r->lw);
-            if (!stacked) {
-                o->data = ld_result_tensor(r, (ld_kind)k, NULL);
-                continue;
-            }
-            /* stack the images' slices: kind k's block starts after the earlier kinds */
-            float *dst = stack + (size_t)n * latent * k;
-            const size_t size = (k == LD_KIND_MOMENTS ? 2 : 1) * latent;
-            for (int i = 0; i < n; i++)
-                memcpy(dst + i * size, ld_result_tensor(&items[i].res, (ld_kind)k, NULL),
-                       size * sizeof(float));
-            o->data = dst;
-        }
-    }
-    char seed_text[32], split_text[16];
-    ld_st_meta meta[8];
-    const size_t n_meta = cli_metadata(model, a, meta, seed_text, split_text);
-    rc = ld_st_write(a->output, outs, (size_t)sets * kinds, meta, n_meta, err);
-done:
-    free(outs);
-    free(labels);
-    free(stack);
-    return rc;
+    static const struct {
+        const char *ext;
+        ld_out_format format;
+    } by_ext[] = {{".npy", LD_OUT_NPY}, {".json", LD_OUT_JSON}, {".latent", LD_OUT_COMFYUI},
+                  {".png", LD_OUT_PNG}};
+    const char *dot = strrchr(a->output, '.');
+    for (size_t i = 0; dot && i < sizeof by_ext / sizeof by_ext[0]; i++)
+        if (!strcmp(dot, by_ext[i].ext))
+            return by_ext[i].format;
+    return format;
 }
 
-static int load_images(const ld_model *model, const cli_args *a, cli_item *items, char *err)
+/* Bytes to path, or to standard output for "-". */
+static int write_bytes(const char *path, const uint8_t *data, size_t len, char *err)
 {
-    for (int i = 0; i < a->n_images; i++) {
-        int rc = ld_image_load_file(a->images[i], NULL, &items[i].img, err);
-        if (rc != LD_OK)
-            return rc;
-        char inner[LD_ERR_LEN];
-        int lh, lw;
-        rc = ld_model_latent_size(model, items[i].img.height, items[i].img.width, &lh, &lw,
-                                  inner);
-        if (rc != LD_OK)
-            return ld_fail(err, rc, "%s: %s", a->images[i], inner);
-    }
+    if (strcmp(path, "-") != 0)
+        return ld_write_atomic(path, data, len, err);
+    if (fwrite(data, 1, len, stdout) != len || fflush(stdout) != 0)
+        return ld_fail(err, LD_EIO, "standard output: write failed");
     return LD_OK;
 }
 
-static int run(const cli_args *a, ld_model *model, cli_item *items, char *err)
+/* The results in input order, rendered as the daemon renders them. */
+static int render_to(const ld_model *model, const cli_args *a, const ld_result *results,
+                     int n, ld_out_format format, const char *path, char *err)
+{
+    unsigned kinds = LD_KINDS_DEFAULT | (a->moments ? 1u << LD_KIND_MOMENTS : 0);
+    if (a->outputs_given) {
+        kinds = 0;
+        for (int k = 0; k < a->spec.n_kinds; k++)
+            kinds |= 1u << a->spec.kinds[k];
+    }
+    char split_text[16];
+    snprintf(split_text, sizeof split_text, "%d", a->vae_split);
+    const ld_st_meta meta[] = {
+        {"model_layout", ld_model_layout(model)},
+        {"center_input_sample", a->center ? "true" : "false"},
+        {"vae_split", a->vae_split ? split_text : "all"},
+    };
+    const ld_out_opts o = {.format = format, .kinds = kinds, .deterministic = !a->sample,
+                           .center = a->center, .seed = a->seed, .meta = meta,
+                           .n_meta = sizeof meta / sizeof meta[0]};
+    ld_out_blob blob;
+    int rc = ld_render(model, results, n, &o, &blob, err);
+    if (rc == LD_OK)
+        rc = write_bytes(path, blob.data, blob.len, err);
+    free(blob.data);
+    return rc;
+}
+
+static int write_output(const ld_model *model, const cli_args *a, const cli_items *list,
+                        char *err)
+{
+    ld_result *results = malloc((size_t)list->n * sizeof *results);
+    if (!results)
+        return ld_fail(err, LD_ENOMEM, "out of memory");
+    for (int i = 0; i < list->n; i++)
+        results[i] = list->items[i].res; /* borrowed: the items keep them */
+    int rc = render_to(model, a, results, list->n, output_format(a), a->output, err);
+    if (rc == LD_OK && a->preview)
+        rc = render_to(model, a, results, list->n, LD_OUT_PNG, a->preview, err);
+    free(results);
+    return rc;
+}
+
+/* Add one file's images (a picture, or a tensor's images) to the list. */
+static int load_input(const ld_model *model, const char *path, cli_items *list, char *err)
+{
+    ld_image *images = NULL;
+    int count = 0;
+    int rc = ld_inputs_load_file(path, NULL, &images, &count, err);
+    if (rc != LD_OK)
+        return rc;
+    if (list->n + count > list->cap) {
+        const int cap = (list->n + count) * 2;
+        cli_item *grown = realloc(list->items, (size_t)cap * sizeof *grown);
+        if (!grown)
+            rc = ld_fail(err, LD_ENOMEM, "out of memory");
+        else
+            list->items = grown, list->cap = cap;
+    }
+    for (int i = 0; i < count; i++) {
+        if (rc == LD_OK) {
+            char inner[LD_ERR_LEN];
+            int lh, lw;
+            rc = ld_model_latent_size(model, images[i].height, images[i].width, &lh, &lw, inner);
+            if (rc != LD_OK)
+                ld_fail(err, rc, "%s: %s", path, inner);
+        }
+        if (rc == LD_OK)
+            list->items[list->n++] = (cli_item){.img = images[i]};
+        else
+            ld_image_free(&images[i]);
+    }
+    free(images);
+    return rc;
+}
+
+static int run(const cli_args *a, ld_model *model, cli_items *list, char *err)
 {
     /* the compute threads first, and with them BLAS's buffers: the images and
      * the encoder's working memory then take what is left */
     ld_pool *pool = NULL;
     int rc = ld_pool_new(a->threads, &pool, err);
-    if (rc == LD_OK)
-        rc = load_images(model, a, items, err);
-    progress_bar bar = {.show = !a->quiet && isatty(STDERR_FILENO) && a->n_images > 1,
-                        .total = a->n_images};
-    for (int i = 0; i < a->n_images && rc == LD_OK; i++) {
-        if (items[i].res.data)
+    for (int i = 0; rc == LD_OK && i < a->n_images; i++)
+        rc = load_input(model, a->images[i], list, err);
+    progress_bar bar = {.show = !a->quiet && isatty(STDERR_FILENO) && list->n > 1,
+                        .total = list->n};
+    for (int i = 0; i < list->n && rc == LD_OK; i++) {
+        if (list->items[i].res.data)
             continue; /* already encoded with an earlier image of its size */
-        rc = encode_group(model, pool, a, items, items[i].img.height, items[i].img.width, &bar,
-                          err);
+        rc = encode_group(model, pool, a, list, list->items[i].img.height,
+                          list->items[i].img.width, &bar, err);
     }
     ld_pool_free(pool);
     if (rc == LD_OK)
-        rc = write_output(model, a, items, err);
+        rc = write_output(model, a, list, err);
     return rc;
 }
 
@@ -452,16 +500,15 @@ int main(int argc, char **argv)
         free(a.exclude);
         return status;
     }
-    cli_item *items = calloc((size_t)a.n_images, sizeof *items);
-    int rc = items ? ld_model_load(a.model_path, &a.load, &model, err)
-                   : ld_fail(err, LD_ENOMEM, "out of memory");
+    cli_items list = {0};
+    int rc = ld_model_load(a.model_path, &a.load, &model, err);
     if (rc == LD_OK)
-        rc = run(&a, model, items, err);
-    for (int i = 0; items && i < a.n_images; i++) {
-        ld_image_free(&items[i].img);
-        ld_result_free(&items[i].res);
+        rc = run(&a, model, &list, err);
+    for (int i = 0; i < list.n; i++) {
+        ld_image_free(&list.items[i].img);
+        ld_result_free(&list.items[i].res);
     }
-    free(items);
+    free(list.items);
     ld_model_free(model);
     if (rc != LD_OK) {
         fprintf(stderr, "latent-encode: %s\n", err);

@@ -108,7 +108,7 @@ int ld_image_decode(const uint8_t *data, size_t len, const ld_image_limits *limi
     }
 }
 
-static int read_file(const char *path, uint8_t **data, size_t *len, char *err)
+int ld_read_file(const char *path, uint8_t **data, size_t *len, char *err)
 {
     FILE *fp = fopen(path, "rb");
     if (!fp)
@@ -149,7 +149,7 @@ int ld_image_load_file(const char *path, const ld_image_limits *limits, ld_image
 {
     uint8_t *data = NULL;
     size_t len = 0;
-    int rc = read_file(path, &data, &len, err);
+    int rc = ld_read_file(path, &data, &len, err);
     if (rc != LD_OK)
         return rc;
     char inner[LD_ERR_LEN];

@@ -270,3 +270,59 @@ int ld_tensor_to_image(const uint8_t *elements, ld_dtype dtype, int height, int 
     }
     return LD_OK;
 }
+
+/* ---- files ---- */
+
+static int tensor_images(const ld_tensor_batch *batch, const ld_image_limits *limits,
+                         ld_image **images, int *count, char *err)
+{
+    ld_image *list = calloc((size_t)batch->n, sizeof *list);
+    if (!list)
+        return ld_fail(err, LD_ENOMEM, "out of memory");
+    const size_t per = ld_tensor_image_bytes(batch);
+    for (int i = 0; i < batch->n; i++) {
+        int rc = ld_tensor_to_image(batch->data + (size_t)i * per, batch->dtype, batch->height,
+                                    batch->width, i, limits, &list[i], err);
+        if (rc != LD_OK) {
+            while (i-- > 0)
+                ld_image_free(&list[i]);
+            free(list);
+            return rc;
+        }
+    }
+    *images = list;
+    *count = batch->n;
+    return LD_OK;
+}
+
+int ld_inputs_load_file(const char *path, const ld_image_limits *limits, ld_image **images,
+                        int *count, char *err)
+{
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int rc = ld_read_file(path, &data, &len, err);
+    if (rc != LD_OK)
+        return rc;
+    char inner[LD_ERR_LEN];
+    ld_tensor_batch batch;
+    const bool npy = ld_tensor_is_npy(data, len);
+    if (npy || (ld_image_sniff(data, len) == LD_IMG_UNKNOWN &&
+                ld_tensor_is_safetensors(data, len))) {
+        rc = npy ? ld_tensor_from_npy(data, len, &batch, inner)
+                 : ld_tensor_from_safetensors(data, len, &batch, inner);
+        if (rc == LD_OK)
+            rc = tensor_images(&batch, limits, images, count, inner);
+    } else {
+        *images = calloc(1, sizeof **images);
+        rc = *images ? ld_image_decode(data, len, limits, *images, inner)
+                     : ld_fail(inner, LD_ENOMEM, "out of memory");
+        if (rc == LD_OK)
+            *count = 1;
+        else {
+            free(*images);
+            *images = NULL;
+        }
+    }
+    free(data);
+    return rc == LD_OK ? LD_OK : ld_fail(err, rc, "%s: %s", path, inner);
+}

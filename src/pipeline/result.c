@@ -157,14 +157,18 @@ int ld_result_write(const ld_result *r, const ld_output_spec *spec, const char *
     uint8_t *buf = NULL;
     size_t len = 0;
     int rc = ld_result_serialize(r, spec, &buf, &len, err);
-    if (rc != LD_OK)
-        return rc;
+    if (rc == LD_OK)
+        rc = ld_write_atomic(path, buf, len, err);
+    free(buf);
+    return rc;
+}
+
+int ld_write_atomic(const char *path, const uint8_t *buf, size_t len, char *err)
+{
     char tmp[4200];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        free(buf);
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
         return ld_fail(err, LD_EINVAL, "%s: path too long", path);
-    }
-    rc = make_parents(path, err);
+    int rc = make_parents(path, err);
     FILE *fp = rc == LD_OK ? fopen(tmp, "wb") : NULL;
     if (rc == LD_OK && !fp)
         rc = ld_fail(err, LD_EIO, "%s: %s", tmp, strerror(errno));
@@ -178,7 +182,6 @@ int ld_result_write(const ld_result *r, const ld_output_spec *spec, const char *
         if (rc != LD_OK)
             unlink(tmp);
     }
-    free(buf);
     return rc;
 }
 

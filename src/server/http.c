@@ -714,7 +714,7 @@ static void remote_options(request *rq)
 {
     rq->opts.deterministic = true;
     rq->opts.outputs = OUT_LATENTS;
-    rq->opts.format = FMT_REMOTE;
+    rq->opts.format = LD_OUT_RAW;
 }
 
 /* Body complete: the images' bytes and every option, merged once:

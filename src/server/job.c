@@ -30,8 +30,7 @@ struct srv_job {
 
     int n;
     job_image *images;
-    srv_item_result *items;    /* results, one block for all */
-    float *result_floats;
+    ld_result *items;          /* one per image; data set once it is encoded */
     srv_results results;
 };
 
@@ -42,41 +41,28 @@ static void job_free(srv_job *job)
         ld_image_free(&job->images[i].image);
     }
     free(job->images);
+    for (int i = 0; job->items && i < job->n; i++)
+        ld_result_free(&job->items[i]);
     free(job->items);
-    free(job->result_floats);
     if (job->budget)
         srv_budget_give(job->budget, job->reserved);
     pthread_mutex_destroy(&job->lock);
     free(job);
 }
 
-/* Every image's result slots, from its probed size. */
-static int alloc_results(srv_job *job, const ld_model *model, const uint32_t (*sizes)[2],
-                         char *err)
+/* Every image's size and its latent's, from its probed size; the results
+ * themselves come from the encoder (their bytes were reserved at admission). */
+static int size_results(srv_job *job, const ld_model *model, const uint32_t (*sizes)[2],
+                        char *err)
 {
-    const int channels = ld_model_config(model)->latent_channels;
-    size_t total = 0;
     for (int i = 0; i < job->n; i++) {
-        srv_item_result *it = &job->items[i];
+        ld_result *it = &job->items[i];
         it->width = (int)sizes[i][0];
         it->height = (int)sizes[i][1];
+        it->channels = ld_model_config(model)->latent_channels;
         char inner[LD_ERR_LEN];
         if (ld_model_latent_size(model, it->height, it->width, &it->lh, &it->lw, inner) != LD_OK)
             return ld_fail(err, LD_EINVAL, "image %d: %s", i, inner);
-        total += (size_t)5 * channels * it->lh * it->lw;
-    }
-    job->result_floats = malloc((total ? total : 1) * sizeof(float));
-    if (!job->result_floats)
-        return ld_fail(err, LD_ENOMEM, "out of memory for the results");
-    float *next = job->result_floats;
-    for (int i = 0; i < job->n; i++) {
-        srv_item_result *it = &job->items[i];
-        const size_t per = (size_t)channels * it->lh * it->lw;
-        it->latents = next;
-        it->mean = it->latents + per;
-        it->logvar = it->mean + per;
-        it->moments = it->logvar + per;
-        next += 5 * per;
     }
     return LD_OK;
 }
@@ -99,7 +85,7 @@ int srv_job_new(const ld_model *model, srv_blobs *blobs, const uint32_t (*sizes)
         job_free(job);
         return ld_fail(err, LD_ENOMEM, "out of memory");
     }
-    int rc = alloc_results(job, model, sizes, err);
+    int rc = size_results(job, model, sizes, err);
     if (rc != LD_OK) {
         job_free(job);
         return rc;
@@ -169,19 +155,17 @@ int srv_job_decode(srv_job *job, int i, char *err)
     return rc;
 }
 
-const float *srv_job_pixels(const srv_job *job, int i) { return job->images[i].image.rgb; }
+const ld_image *srv_job_image(const srv_job *job, int i) { return &job->images[i].image; }
 
 void srv_job_drop_pixels(srv_job *job, int i) { ld_image_free(&job->images[i].image); }
 
-void srv_job_store(srv_job *job, int i, const float *latents, const float *mean,
-                   const float *logvar, const float *moments, size_t latent_floats)
+void srv_job_store(srv_job *job, int i, ld_result *result)
 {
-    /* each image's slots belong to it alone; the lock in image_done publishes them */
-    srv_item_result *it = &job->items[i];
-    memcpy(it->latents, latents, latent_floats * sizeof(float));
-    memcpy(it->mean, mean, latent_floats * sizeof(float));
-    memcpy(it->logvar, logvar, latent_floats * sizeof(float));
-    memcpy(it->moments, moments, 2 * latent_floats * sizeof(float));
+    /* each image's slot belongs to it alone; the lock in image_done publishes it */
+    ld_result *it = &job->items[i];
+    ld_result_free(it);
+    it->data = result->data;
+    result->data = NULL;
 }
 
 /* Under the lock: the job ends now with this outcome (the first one counts).

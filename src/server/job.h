@@ -63,12 +63,13 @@ uint64_t srv_job_seed(const srv_job *job, int i);
 
 /* Decoder side: decode image i (its bytes are freed afterwards). */
 int srv_job_decode(srv_job *job, int i, char *err);
-/* Worker side: image i's pixels [3, h, w], and where its results go. */
-const float *srv_job_pixels(const srv_job *job, int i);
-/* The worker has copied image i's pixels: free them early. */
+/* Worker side: image i's pixels [3, h, w]. */
+const ld_image *srv_job_image(const srv_job *job, int i);
+/* The worker is done with image i's pixels: free them early. */
 void srv_job_drop_pixels(srv_job *job, int i);
-void srv_job_store(srv_job *job, int i, const float *latents, const float *mean,
-                   const float *logvar, const float *moments, size_t latent_floats);
+/* Image i's results: the job takes result->data over (result->data is NULL
+ * afterwards). */
+void srv_job_store(srv_job *job, int i, ld_result *result);
 /* Image i is finished (encoded, or failed with status/message); times for the log. */
 void srv_job_image_done(srv_job *job, int i, int status, const char *message, double queue_wait,
                         double encode_seconds);

@@ -284,41 +284,40 @@ static int next_batch(worker *w, entry **dropped)
 
 /* ---------------- encoding ---------------- */
 
+/* One batch's encoder inputs and per-image results. */
 typedef struct {
-    float *images;
+    const ld_image **images;
     uint64_t *seeds;
-    float *results; /* latents | mean | logvar | moments, each for the whole batch */
+    ld_result *results; /* handed to the jobs, which then own their data */
 } batch_buffers;
 
-static int batch_alloc(batch_buffers *b, int n, size_t image_floats, size_t latent_floats)
+static int batch_alloc(batch_buffers *b, int n)
 {
-    b->images = ld_alloc_aligned((size_t)n * image_floats, sizeof(float));
+    b->images = calloc((size_t)n, sizeof *b->images);
     b->seeds = calloc((size_t)n, sizeof *b->seeds);
-    b->results = ld_alloc_aligned((size_t)n * latent_floats * 5, sizeof(float));
+    b->results = calloc((size_t)n, sizeof *b->results);
     return b->images && b->seeds && b->results ? LD_OK : LD_ENOMEM;
 }
 
-static void batch_free(batch_buffers *b)
+static void batch_free(batch_buffers *b, int n)
 {
-    ld_free_aligned(b->images);
+    for (int i = 0; b->results && i < n; i++)
+        ld_result_free(&b->results[i]);
+    free(b->images);
     free(b->seeds);
-    ld_free_aligned(b->results);
+    free(b->results);
 }
 
-static int encode_batch(worker *w, entry **batch, int n, batch_buffers *b, size_t latent,
-                        char *err)
+/* The library's one way from images to per-image results, on this
+ * worker's threads, cancellable between layers. */
+static int encode_batch(worker *w, entry **batch, int n, batch_buffers *b, char *err)
 {
     srv_queue *q = w->q;
     const srv_job *first = batch[0]->job;
-    const int h = srv_job_image_height(first, batch[0]->index);
-    const int wd = srv_job_image_width(first, batch[0]->index);
-    const size_t image_floats = (size_t)3 * h * wd;
-    if (batch_alloc(b, n, image_floats, latent) != LD_OK)
+    if (batch_alloc(b, n) != LD_OK)
         return ld_fail(err, LD_ENOMEM, "out of memory for a batch of %d images", n);
     for (int i = 0; i < n; i++) {
-        memcpy(b->images + i * image_floats, srv_job_pixels(batch[i]->job, batch[i]->index),
-               image_floats * sizeof(float));
-        srv_job_drop_pixels(batch[i]->job, batch[i]->index);
+        b->images[i] = srv_job_image(batch[i]->job, batch[i]->index);
         b->seeds[i] = srv_job_seed(batch[i]->job, batch[i]->index);
     }
     ld_encode_opts opts;
@@ -331,9 +330,10 @@ static int encode_batch(worker *w, entry **batch, int n, batch_buffers *b, size_
     opts.seeds = b->seeds;
     opts.cancel = &w->cancel;
     opts.heartbeat = &w->heartbeat;
-    ld_encode_out out = {b->results, b->results + n * latent, b->results + 2 * n * latent,
-                         b->results + 3 * n * latent, 0};
-    return ld_encode(q->model, b->images, n, h, wd, &opts, &out, err);
+    const int rc = ld_encode_results(q->model, b->images, n, &opts, b->results, err);
+    for (int i = 0; i < n; i++) /* the pixels are not needed any more */
+        srv_job_drop_pixels(batch[i]->job, batch[i]->index);
+    return rc;
 }
 
 static void run_batch(worker *w, entry **batch, int n)
@@ -342,15 +342,12 @@ static void run_batch(worker *w, entry **batch, int n)
     const srv_job *first = batch[0]->job;
     const int h = srv_job_image_height(first, batch[0]->index);
     const int wd = srv_job_image_width(first, batch[0]->index);
-    int lh, lw;
-    ld_model_latent_size(q->model, h, wd, &lh, &lw, NULL); /* admission checked it */
-    const size_t latent = (size_t)ld_model_config(q->model)->latent_channels * lh * lw;
     char err[LD_ERR_LEN] = "";
     const double started = now_seconds();
     for (int i = 0; i < n; i++)
         srv_metrics_queue_wait(q->metrics, started - batch[i]->enqueued);
     batch_buffers b = {0};
-    const int rc = encode_batch(w, batch, n, &b, latent, err);
+    const int rc = encode_batch(w, batch, n, &b, err);
     const double encode_seconds = now_seconds() - started;
     if (rc == LD_OK)
         srv_metrics_batch(q->metrics, n, encode_seconds);
@@ -361,15 +358,13 @@ static void run_batch(worker *w, entry **batch, int n)
     for (int i = 0; i < n; i++) {
         srv_job *job = batch[i]->job;
         if (rc == LD_OK)
-            srv_job_store(job, batch[i]->index, b.results + i * latent,
-                          b.results + (n + i) * latent, b.results + (2 * n + i) * latent,
-                          b.results + 3 * n * latent + 2 * i * latent, latent);
+            srv_job_store(job, batch[i]->index, &b.results[i]);
         srv_job_image_done(job, batch[i]->index, rc, err, started - batch[i]->enqueued,
                            encode_seconds);
         srv_job_unref(job);
         free(batch[i]);
     }
-    batch_free(&b);
+    batch_free(&b, n);
 }
 
 static void release_entries(entry *list)

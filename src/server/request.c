@@ -17,7 +17,7 @@ void srv_options_defaults(srv_options *o)
     o->deterministic = true;
     o->center = true;
     o->outputs = OUT_LATENTS | OUT_MEAN | OUT_LOGVAR;
-    o->format = FMT_JSON;
+    o->format = LD_OUT_JSON;
 }
 
 void srv_options_clear(srv_options *o) { memset(o, 0, sizeof *o); }
@@ -174,17 +174,8 @@ static int set_one(srv_options *o, const char *key, const char *value, char *err
         return srv_parse_seed(value, &o->seed, err);
     if (!strcmp(key, "outputs"))
         return parse_outputs(value, &o->outputs, err);
-    if (!strcmp(key, "format")) {
-        if (!strcmp(value, "json"))
-            o->format = FMT_JSON;
-        else if (!strcmp(value, "safetensors"))
-            o->format = FMT_SAFETENSORS;
-        else if (!strcmp(value, "npy"))
-            o->format = FMT_NPY;
-        else
-            return ld_fail(err, LD_EINVAL, "format: want json, safetensors or npy");
-        return LD_OK;
-    }
+    if (!strcmp(key, "format"))
+        return ld_out_format_parse(value, &o->format, err);
     if (!strcmp(key, "tensor_encoding")) {
         if (strcmp(value, "list") && strcmp(value, "base64"))
             return ld_fail(err, LD_EINVAL, "tensor_encoding: want base64 or list");
@@ -207,9 +198,10 @@ void srv_options_from_accept(srv_options *o, const char *accept)
     if (!accept)
         return;
     if (strstr(accept, "application/octet-stream") || strstr(accept, "application/safetensors"))
-        o->format = FMT_SAFETENSORS;
+        o->format = LD_OUT_SAFETENSORS;
     else if (strstr(accept, "application/x-npy"))
-        o->format = FMT_NPY;
+        o->format = LD_OUT_NPY;
+
     else
         return;
     o->set |= OPT_FORMAT;

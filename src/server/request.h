@@ -8,11 +8,16 @@
 
 #include "latentd/common.h"
 #include "latentd/image.h"
+#include "latentd/output.h"
 #include "latentd/safetensors.h"
 
-enum { OUT_LATENTS = 1, OUT_MEAN = 2, OUT_LOGVAR = 4, OUT_MOMENTS = 8 };
-/* FMT_REMOTE: /v1/remote/encode's bare float32 tensor (shape and dtype in headers) */
-typedef enum { FMT_JSON, FMT_SAFETENSORS, FMT_NPY, FMT_REMOTE } srv_format;
+/* One bit per ld_kind (latentd/result.h), as the renderer takes them. */
+enum {
+    OUT_LATENTS = 1u << LD_KIND_LATENTS,
+    OUT_MEAN = 1u << LD_KIND_MEAN,
+    OUT_LOGVAR = 1u << LD_KIND_LOGVAR,
+    OUT_MOMENTS = 1u << LD_KIND_MOMENTS
+};
 
 /* Which fields of an srv_options a source set (for merging). */
 enum {
@@ -36,7 +41,7 @@ typedef struct {
     uint64_t seed;      /* meaningful when set & OPT_SEED */
     bool center;
     unsigned outputs;   /* OUT_* bits */
-    srv_format format;
+    ld_out_format format; /* LD_OUT_RAW only for /v1/remote/encode */
     bool list_encoding; /* tensor_encoding=list */
     int64_t shape[SRV_MAX_SHAPE]; /* shape=1&shape=3&... (as Python's requests sends a
                                    * list) or shape=[1,3,64,64]: dimensions append */

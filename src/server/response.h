@@ -1,6 +1,7 @@
-/* Turning a finished request's results into an HTTP body: JSON, safetensors
- * or .npy.  Knows nothing of the queue: whoever finished the request fills
- * an srv_results and keeps it alive for the call. */
+/* Turning a finished request's results into an HTTP body, through the
+ * library's renderer (latentd/output.h), and errors into JSON.  Knows
+ * nothing of the queue: whoever finished the request fills an srv_results
+ * and keeps it alive for the call. */
 #ifndef LATENTD_SERVER_RESPONSE_H
 #define LATENTD_SERVER_RESPONSE_H
 
@@ -9,17 +10,12 @@
 #include <stdint.h>
 
 #include "latentd/encoder.h"
+#include "latentd/result.h"
 #include "request.h"
 
 typedef struct {
-    int width, height;   /* the image's */
-    int lh, lw;          /* its latents' */
-    float *latents, *mean, *logvar, *moments; /* C·lh·lw each (moments 2C·lh·lw) */
-} srv_item_result;
-
-typedef struct {
     int n_items;
-    const srv_item_result *items;
+    const ld_result *items;
     bool deterministic, center;
     uint64_t seed;
 } srv_results;
@@ -28,7 +24,7 @@ typedef struct {
     char *data; /* malloc'd */
     size_t len;
     const char *content_type;
-    /* a bare tensor (FMT_REMOTE): its shape as a JSON list, and its dtype, for
+    /* a bare tensor (LD_OUT_RAW): its shape as a JSON list, and its dtype, for
      * the "shape" and "dtype" headers; tensor_dtype is NULL otherwise */
     char tensor_shape[96];
     const char *tensor_dtype;
