@@ -1,5 +1,7 @@
 /* latent-encode as a user runs it: real files in, a safetensors file out,
  * compared with the fixtures; errors give a non-zero status and one line. */
+#include "latentd/image.h"
+#include "latentd/npy.h"
 #include "latentd/safetensors.h"
 #include "samplefix.h"
 #include "testutil.h"
@@ -103,6 +105,59 @@ START_TEST(mixed_sizes_get_one_set_each)
         assert_tensor_matches(out, name, fixture("expected/tiny-sdxl-meanstd/%s.safetensors", order[i]),
                               "latents", 1, 0);
     }
+}
+END_TEST
+
+/* The other output forms, and a tensor file as input: what the daemon
+ * renders, through the same library renderer. */
+START_TEST(every_output_form_and_tensor_inputs)
+{
+    char args[8192], path[4300], err[LD_ERR_LEN];
+    const char *model = fixture("models/tiny-sd");
+    const char *png = fixture("images/astronaut_64.png");
+    const char *exp = fixture("expected/tiny-sd/astronaut_64.safetensors");
+    /* ComfyUI's .latent, by the extension: the mode, unscaled */
+    snprintf(args, sizeof args, "-q -m '%s' -o x.latent --preview p.png '%s'", model, png);
+    ck_assert_int_eq(run_cli(args), 0);
+    snprintf(path, sizeof path, "%s/x.latent", dir);
+    assert_tensor_matches(path, "latent_tensor", exp, "mean", 1, 0);
+    ld_st_file *f;
+    ck_assert_int_eq(ld_st_open(path, &f, err), LD_OK);
+    ck_assert_ptr_nonnull(ld_st_find(f, "latent_format_version_0"));
+    ld_st_close(f);
+    /* the preview: a PNG at the latents' size */
+    ld_image pic;
+    snprintf(path, sizeof path, "%s/p.png", dir);
+    ck_assert_msg(ld_image_load_file(path, NULL, &pic, err) == LD_OK, "%s", err);
+    ck_assert(pic.width == 8 && pic.height == 8);
+    ld_image_free(&pic);
+    /* InvSR's moments file for one image: [2C, h, w] */
+    snprintf(args, sizeof args, "-q -m '%s' -o m.npy --outputs moments '%s'", model, png);
+    ck_assert_int_eq(run_cli(args), 0);
+    snprintf(path, sizeof path, "%s/m.npy", dir);
+    size_t len;
+    uint8_t *npy = read_all(path, &len);
+    ck_assert_msg(strstr((char *)npy + 10, "'shape': (8, 8, 8)") != NULL, "%.100s", npy + 10);
+    free(npy);
+    /* the picture's pixels as a float tensor file give the same latents */
+    ld_image img;
+    ck_assert(ld_image_load_file(png, NULL, &img, err) == LD_OK);
+    const int64_t shape[3] = {3, img.height, img.width};
+    uint8_t *tensor;
+    ck_assert(ld_npy_serialize(img.rgb, 3, shape, &tensor, &len, err) == LD_OK);
+    snprintf(path, sizeof path, "%s/pixels.npy", dir);
+    write_all(path, tensor, len);
+    free(tensor);
+    ld_image_free(&img);
+    snprintf(args, sizeof args, "-q -m '%s' -o t.safetensors pixels.npy '%s'", model, png);
+    ck_assert_int_eq(run_cli(args), 0);
+    snprintf(path, sizeof path, "%s/t.safetensors", dir);
+    assert_tensor_matches(path, "mean", exp, "mean", 2, 0);
+    assert_tensor_matches(path, "mean", exp, "mean", 2, 1);
+    /* a format the images cannot take is an error, not a wrong file */
+    snprintf(args, sizeof args, "-q -m '%s' --format npy -o y.bin '%s' '%s'", model, png,
+             fixture("images/coffee_96x128.png"));
+    ck_assert_int_eq(run_cli(args), 1);
 }
 END_TEST
 
@@ -324,6 +379,7 @@ static Suite *cli_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, stacks_same_size_images_in_order);
     tcase_add_test(tc, mixed_sizes_get_one_set_each);
+    tcase_add_test(tc, every_output_form_and_tensor_inputs);
     tcase_add_test(tc, sampling_with_a_seed_repeats);
     tcase_add_test(tc, seeded_samples_match_diffusers);
     tcase_add_test(tc, seeds_are_unsigned_64_bit_and_wrap);

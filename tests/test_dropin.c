@@ -337,6 +337,118 @@ START_TEST(names_other_tools_use)
 }
 END_TEST
 
+/* The fixture's mean and logvar, one after the other: [2C, h, w]. */
+static float *fixture_moments(const char *image, size_t *count)
+{
+    size_t n;
+    float *mean = read_tensor(fixture("expected/tiny-sd/%s.safetensors", image), "mean", &n, NULL);
+    float *logvar = read_tensor(fixture("expected/tiny-sd/%s.safetensors", image), "logvar", NULL,
+                                NULL);
+    float *both = malloc(2 * n * sizeof(float));
+    ck_assert_ptr_nonnull(both);
+    memcpy(both, mean, n * sizeof(float));
+    memcpy(both + n, logvar, n * sizeof(float)); /* within the clamp here: the same */
+    free(mean);
+    free(logvar);
+    *count = 2 * n;
+    return both;
+}
+
+START_TEST(invsr_and_comfyui_files)
+{
+    daemon_t d = start_daemon("models/tiny-sd", NULL);
+    size_t len, count;
+    uint8_t *png = read_all(fixture("images/astronaut_64.png"), &len);
+    /* InvSR's {stem}.npy: one image's moments, [2C, h, w], no batch axis */
+    reply r = http(&d, "/v1/encode?format=npy&outputs=moments", "image/png", png, len, NULL, NULL);
+    const float *moments = npy_data(&r, &count);
+    ck_assert_msg(strstr(r.body + 10, "'shape': (8, 8, 8)") != NULL, "%.120s", r.body + 10);
+    size_t want_n;
+    float *want = fixture_moments("astronaut_64", &want_n);
+    ck_assert_uint_eq(count, want_n);
+    ck_assert_double_le(rel_error(moments, want, count), 1e-4);
+    free(want);
+    free(r.body);
+    /* ComfyUI's .latent: the unscaled latents and the format marker */
+    r = http(&d, "/v1/encode?format=comfyui", "image/png", png, len, NULL, NULL);
+    ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+    char path[4300], err[LD_ERR_LEN];
+    snprintf(path, sizeof path, "%s/x.latent", d.dir);
+    write_all(path, r.body, r.len);
+    ld_st_file *f;
+    ck_assert_msg(ld_st_open(path, &f, err) == LD_OK, "%s", err);
+    const ld_st_tensor *marker = ld_st_find(f, "latent_format_version_0");
+    ck_assert(marker && marker->ndim == 1 && marker->shape[0] == 0);
+    ck_assert_int_eq(ld_st_find(f, "latent_tensor")->ndim, 4);
+    ld_st_close(f);
+    size_t n;
+    float *z = read_tensor(path, "latent_tensor", &n, NULL);
+    assert_slice(z, n, 1, 0, "tiny-sd", "astronaut_64", "mean"); /* the mode, unscaled */
+    free(z);
+    free(r.body);
+    /* a sample: unscaled, it is the sample's latents with the scaling undone */
+    r = http(&d, "/v1/encode?format=comfyui&deterministic=false&seed=7", "image/png", png, len,
+             NULL, NULL);
+    write_all(path, r.body, r.len);
+    free(r.body);
+    z = read_tensor(path, "latent_tensor", &n, NULL);
+    r = http(&d, "/v1/encode?format=npy&deterministic=false&seed=7", "image/png", png, len, NULL,
+             NULL);
+    const float *latents = npy_data(&r, &count);
+    ck_assert_uint_eq(count, n);
+    const double scaling = 0.18215; /* tiny-sd's config.json */
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(fabs(z[i] * scaling - latents[i]) <= 1e-5 * (1 + fabs(latents[i])),
+                      "element %zu: %g vs %g", i, z[i] * scaling, latents[i]);
+    free(z);
+    free(r.body);
+    free(png);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+/* ComfyUI's latent-to-RGB factors for SD1's latent space, as
+ * comfy/latent_formats.py publishes them (tiny-sd scales as SD1 does). */
+static const float sd1_rgb[4][3] = {{0.3512f, 0.2297f, 0.3227f}, {0.3250f, 0.4974f, 0.2350f},
+                                    {-0.2829f, 0.1762f, 0.2721f}, {-0.2120f, -0.2616f, -0.7177f}};
+
+START_TEST(png_preview_is_comfyuis_picture)
+{
+    daemon_t d = start_daemon("models/tiny-sd", NULL);
+    char *body = json_request(pair, 2, "\"format\": \"png\"");
+    reply r = http(&d, "/v1/encode", "application/json", body, strlen(body), NULL, NULL);
+    free(body);
+    ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+    ck_assert_ptr_nonnull(strcasestr(r.headers, "Content-Type: image/png"));
+    ld_image pic;
+    char err[LD_ERR_LEN];
+    ck_assert_msg(ld_image_decode((const uint8_t *)r.body, r.len, NULL, &pic, err) == LD_OK, "%s",
+                  err);
+    ck_assert_int_eq(pic.width, 16); /* two 8x8 latents side by side */
+    ck_assert_int_eq(pic.height, 8);
+    for (int img = 0; img < 2; img++) {
+        size_t n;
+        float *lat = read_tensor(fixture("expected/tiny-sd/%s.safetensors", pair[img]), "latents",
+                                 &n, NULL);
+        for (int y = 0; y < 8; y++)
+            for (int x = 0; x < 8; x++)
+                for (int c = 0; c < 3; c++) {
+                    float v = 0;
+                    for (int k = 0; k < 4; k++)
+                        v += lat[k * 64 + y * 8 + x] * sd1_rgb[k][c];
+                    const float want = fminf(fmaxf((v + 1) / 2, 0), 1); /* then * 255, floored */
+                    const float got = pic.rgb[c * 128 + y * 16 + img * 8 + x];
+                    ck_assert_msg(fabsf(got - want) <= 1.5f / 255, "image %d (%d,%d,%d): %g vs %g",
+                                  img, x, y, c, got, want);
+                }
+        free(lat);
+    }
+    ld_image_free(&pic);
+    free(r.body);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("latentd");
@@ -348,6 +460,8 @@ int main(void)
     tcase_add_test(tc, bad_tensors_are_refused_with_where);
     tcase_add_test(tc, remote_encode_answers_a_bare_tensor);
     tcase_add_test(tc, names_other_tools_use);
+    tcase_add_test(tc, invsr_and_comfyui_files);
+    tcase_add_test(tc, png_preview_is_comfyuis_picture);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }

@@ -427,7 +427,7 @@ static body_kind classify_body(const char *type)
         return BODY_JSON;
     if (media_type_is(type, "multipart/form-data"))
         return BODY_MULTIPART;
-    static const char *const raw[] = {"image/png", "image/jpeg", "image/jpg",
+    static const char *const raw[] = {"image/png", "image/jpeg", "image/jpg", "image/webp",
                                       "application/octet-stream", "application/x-npy",
                                       "application/safetensors"};
     for (size_t i = 0; i < sizeof raw / sizeof raw[0]; i++)
@@ -555,8 +555,8 @@ static void start_encode(request *rq, struct MHD_Connection *c, const framing *f
         rq->kind = BODY_RAW; /* diffusers' client sends its bytes without a type */
     if (rq->kind == BODY_NONE) {
         fail(rq, E_MEDIA_TYPE, "Content-Type must be application/json, multipart/form-data, "
-             "image/png, image/jpeg, application/x-npy, application/safetensors or "
-             "application/octet-stream");
+             "image/png, image/jpeg, image/webp, application/x-npy, application/safetensors "
+             "or application/octet-stream");
         return;
     }
     rq->chunked = f->lengths == 0;
