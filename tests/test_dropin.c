@@ -4,6 +4,7 @@
  * for half-precision inputs, the float32 request of the same rounded values. */
 #include <check.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +46,7 @@ static uint8_t *npy(const void *elements, const char *descr, int n, int h, int w
     int hl = snprintf(header, sizeof header, "{'descr': '%s', 'fortran_order': False, "
                       "'shape': (%d, 3, %d, %d), }", descr, n, h, w);
     const int total = (10 + hl + 1 + 63) / 64 * 64; /* padded with spaces, ends in \n */
-    const size_t bytes = (size_t)n * 3 * h * w * (descr[2] == '4' ? 4 : 2);
+    const size_t bytes = (size_t)n * 3 * h * w * (size_t)(descr[2] - '0');
     uint8_t *out = malloc((size_t)total + bytes);
     ck_assert_ptr_nonnull(out);
     memcpy(out, "\x93NUMPY\x01\x00", 8);
@@ -86,6 +87,20 @@ START_TEST(npy_safetensors_and_raw_bodies_equal_the_fixtures)
     assert_slice(mean, count, 2, 0, "tiny-sd", "astronaut_64", "mean");
     assert_slice(mean, count, 2, 1, "tiny-sd", "chelsea_64", "mean");
     free(r.body);
+    /* numpy's default float64 */
+    double *x64 = malloc(numel * sizeof *x64);
+    ck_assert_ptr_nonnull(x64);
+    for (size_t i = 0; i < numel; i++)
+        x64[i] = x[i];
+    size_t len64;
+    uint8_t *body64 = npy(x64, "<f8", 2, h, w, &len64);
+    free(x64);
+    r = http(&d, "/v1/encode?format=npy&outputs=mean", "application/x-npy", body64, len64, NULL,
+             NULL);
+    mean = npy_data(&r, &count);
+    assert_slice(mean, count, 2, 1, "tiny-sd", "chelsea_64", "mean");
+    free(r.body);
+    free(body64);
     /* the same bytes as application/octet-stream: known by their signature */
     r = http(&d, "/v1/encode?format=npy&outputs=latents", "application/octet-stream", body, len,
              NULL, NULL);
@@ -230,6 +245,10 @@ START_TEST(bad_tensors_are_refused_with_where)
     r = http(&d, path, "application/octet-stream", x, numel * 4, NULL, NULL);
     ck_assert_msg(r.status == 400 && strstr(r.body, "Inf at element [0, 2, 5, 7]"), "%s", r.body);
     free(r.body);
+    x[(size_t)2 * h * w + 5 * w + 7] = 3e30f; /* finite, but would overflow the encoder */
+    r = http(&d, path, "application/octet-stream", x, numel * 4, NULL, NULL);
+    ck_assert_msg(r.status == 400 && strstr(r.body, "[0, 2, 5, 7]"), "%s", r.body);
+    free(r.body);
     x[(size_t)2 * h * w + 5 * w + 7] = 0.5f;
     static const struct {
         const char *query;
@@ -243,6 +262,9 @@ START_TEST(bad_tensors_are_refused_with_where)
         {"dtype=int8&shape=1,3,64,64", 3 * 4096, 400, "dtype"},
         {"shape=1,3,64,64", 4 * 3 * 4096, 400, "both shape and dtype"},
         {"dtype=float32&shape=1,3,x,64", 4 * 3 * 4096, 400, "shape"},
+        {"dtype=float32&shape=1%203%2064%2064", 4 * 3 * 4096, 400, "shape"},
+        {"dtype=float32&shape=%5B1,3,64,64", 4 * 3 * 4096, 400, "shape"},
+        {"shape=1,3,64,64", 4 * 3 * 4096, 400, "bad-request"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(path, sizeof path, "/v1/encode?%s", bad[i].query);
@@ -333,6 +355,59 @@ START_TEST(names_other_tools_use)
     ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
     free(r.body);
     free(jpg);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+/* Requests whose decoding fails (a NaN) beside ones that succeed, from
+ * several clients at once: a failed job ends while workers hold batches,
+ * which once let the queue read a batch entry its worker had freed. */
+typedef struct {
+    const daemon_t *d;
+    const uint8_t *good, *bad;
+    size_t good_len, bad_len;
+    int wrong; /* answers other than 200 for good and 400 for bad */
+} mixer;
+
+static void *mix_requests(void *arg)
+{
+    mixer *m = arg;
+    for (int i = 0; i < 24; i++) {
+        const bool bad = i % 2;
+        reply r = http_try(m->d, "/v1/encode?format=npy", "application/x-npy",
+                           bad ? m->bad : m->good, bad ? m->bad_len : m->good_len, NULL, NULL);
+        m->wrong += r.status != (bad ? 400 : 200);
+        free(r.body);
+    }
+    return NULL;
+}
+
+START_TEST(failing_and_good_tensors_side_by_side)
+{
+    static const char *const flags[] = {"--workers", "2", "--vae-split", "4", NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    enum { SIDE = 16, THREADS = 6 };
+    float one[3 * SIDE * SIDE], three[3][3 * SIDE * SIDE];
+    for (int i = 0; i < 3 * SIDE * SIDE; i++)
+        one[i] = three[0][i] = three[1][i] = three[2][i] = (float)(i % 97) / 97.0f;
+    three[2][100] = NAN; /* the third image of the bad request fails to convert */
+    size_t good_len, bad_len;
+    uint8_t *good = npy(one, "<f4", 1, SIDE, SIDE, &good_len);
+    uint8_t *bad = npy(three, "<f4", 3, SIDE, SIDE, &bad_len);
+    mixer m[THREADS];
+    pthread_t t[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        m[i] = (mixer){&d, good, bad, good_len, bad_len, 0};
+        pthread_create(&t[i], NULL, mix_requests, &m[i]);
+    }
+    int wrong = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        wrong += m[i].wrong;
+    }
+    ck_assert_int_eq(wrong, 0);
+    free(good);
+    free(bad);
     ck_assert_int_eq(stop_daemon(&d), 0);
 }
 END_TEST
@@ -460,6 +535,7 @@ int main(void)
     tcase_add_test(tc, bad_tensors_are_refused_with_where);
     tcase_add_test(tc, remote_encode_answers_a_bare_tensor);
     tcase_add_test(tc, names_other_tools_use);
+    tcase_add_test(tc, failing_and_good_tensors_side_by_side);
     tcase_add_test(tc, invsr_and_comfyui_files);
     tcase_add_test(tc, png_preview_is_comfyuis_picture);
     suite_add_tcase(s, tc);

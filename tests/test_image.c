@@ -415,6 +415,21 @@ START_TEST(jpeg_as_pil_shows_it)
         ld_image_free(&want);
         free(jpg);
     }
+    /* the orientation as a LONG (type 4), which PIL takes as well: exif_6's
+     * big-endian ("MM") entry 0112 0003 00000001 0006xxxx made 0112 0004
+     * 00000001 00000006 */
+    size_t len;
+    uint8_t *jpg = read_all(fixture("images/orientation/exif_6.jpg"), &len);
+    static const uint8_t tag[] = {0x01, 0x12, 0x00, 0x03};
+    uint8_t *at = memmem(jpg, len, tag, sizeof tag);
+    ck_assert_ptr_nonnull(at);
+    static const uint8_t as_long[] = {0x01, 0x12, 0x00, 0x04, 0, 0, 0, 1, 0, 0, 0, 6};
+    memcpy(at, as_long, sizeof as_long);
+    uint32_t w, h;
+    char err[LD_ERR_LEN];
+    ck_assert(ld_image_probe(jpg, len, NULL, &w, &h, err) == LD_OK);
+    ck_assert_msg(w == 32 && h == 48, "%ux%u", w, h);
+    free(jpg);
 }
 END_TEST
 

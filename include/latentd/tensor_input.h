@@ -5,7 +5,9 @@
  * Three containers carry them: NumPy's .npy, a safetensors file (the tensor
  * "images", or its only tensor), and raw little-endian bytes whose shape and
  * dtype come separately (diffusers' remote client sends those).  Each holds
- * float32, float16 or bfloat16 in layout [N, 3, H, W] or [3, H, W].
+ * float32, float16, bfloat16 or float64 in layout [N, 3, H, W] or [3, H, W].
+ * A value beyond +-1e4 (NaN and Inf included) is refused: no picture holds
+ * one, and the encoder's float32 arithmetic would overflow on it.
  *
  * Parsing only checks and describes: the batch points into the caller's
  * bytes.  ld_tensor_to_image then converts one image's elements to the
@@ -54,7 +56,7 @@ size_t ld_tensor_image_bytes(const ld_tensor_batch *batch);
 /* One image's elements (ld_tensor_image_bytes of them, from a batch) as the
  * encoder's input.  `index` names the image in messages; the size limits
  * apply as to a decoded picture.  NaN or Inf is LD_EINVAL naming the
- * element [index, c, y, x]. */
+ * element [index, c, y, x], as is a value beyond +-1e4. */
 int ld_tensor_to_image(const uint8_t *elements, ld_dtype dtype, int height, int width, int index,
                        const ld_image_limits *limits, ld_image *out, char *err);
 

@@ -34,6 +34,9 @@ typedef struct {
     int max_scans;    /* 0: none */
     int max_ms;       /* for the message */
     int64_t deadline; /* see ld_image_deadline */
+    int orientation;  /* EXIF's, from the first Exif APP1 segment; 1 without one */
+    bool saw_exif;
+    uint8_t *exif;    /* that segment while it is read (a longjmp may leave it here) */
 } jpeg_guard;
 
 static _Noreturn void bail(j_common_ptr cinfo, int status)
@@ -117,16 +120,19 @@ static void guard_init(jpeg_guard *g, struct jpeg_decompress_struct *cinfo,
     g->max_scans = ld_image_max_scans(limits);
     g->max_ms = limits ? limits->max_decode_ms : 0;
     g->deadline = ld_image_deadline(limits);
+    g->orientation = 1;
 }
 
+static boolean read_app1(j_decompress_ptr cinfo);
+
 /* After guard_init: the decompressor reading from memory, watched by g,
- * keeping the APP1 segments (where EXIF lives). */
+ * reading EXIF's orientation from the APP1 segments as they pass. */
 static void start(jpeg_guard *g, struct jpeg_decompress_struct *cinfo, const uint8_t *data,
                   size_t len)
 {
     jpeg_create_decompress(cinfo);
     cinfo->progress = &g->progress;
-    jpeg_save_markers(cinfo, JPEG_APP0 + 1, 0xffff);
+    jpeg_set_marker_processor(cinfo, JPEG_APP0 + 1, read_app1);
     jpeg_mem_src(cinfo, data, (unsigned long)len);
 }
 
@@ -144,7 +150,8 @@ static uint32_t tiff_u32(const uint8_t *p, bool big_endian)
 }
 
 /* Tag 0x0112 of IFD0 in an EXIF block (the TIFF structure after "Exif\0\0"):
- * 1 to 8, or 1 when absent or malformed (as PIL ignores what it cannot read). */
+ * 1 to 8, or 1 when absent or malformed (as PIL ignores what it cannot read).
+ * PIL takes the value whatever its type; writers use SHORT, a few LONG. */
 static int tiff_orientation(const uint8_t *tiff, size_t len)
 {
     if (len < 8 || (memcmp(tiff, "II", 2) != 0 && memcmp(tiff, "MM", 2) != 0))
@@ -160,18 +167,62 @@ static int tiff_orientation(const uint8_t *tiff, size_t len)
             return 1;
         if (tiff_u16(tiff + at, be) != 0x0112)
             continue;
-        const unsigned type = tiff_u16(tiff + at + 2, be), value = tiff_u16(tiff + at + 8, be);
-        return type == 3 && value >= 1 && value <= 8 ? (int)value : 1; /* SHORT */
+        const unsigned type = tiff_u16(tiff + at + 2, be);
+        const uint32_t value = type == 3 ? tiff_u16(tiff + at + 8, be)
+                             : type == 4 ? tiff_u32(tiff + at + 8, be) : 0; /* SHORT, LONG */
+        return value >= 1 && value <= 8 ? (int)value : 1;
     }
     return 1;
 }
 
+static int next_byte(j_decompress_ptr cinfo)
+{
+    struct jpeg_source_mgr *src = cinfo->src;
+    if (src->bytes_in_buffer == 0 && !src->fill_input_buffer(cinfo))
+        ERREXIT(cinfo, JERR_CANT_SUSPEND);
+    src->bytes_in_buffer--;
+    return *src->next_input_byte++;
+}
+
+/* libjpeg's handler for APP1: the first Exif segment is read (64 KB at most,
+ * freed at once) for its orientation; every other APP1 is skipped unread, so
+ * a file padded with markers costs no memory (jpeg_save_markers would keep
+ * each one in libjpeg's pool). */
+static boolean read_app1(j_decompress_ptr cinfo)
+{
+    jpeg_guard *g = cinfo->client_data;
+    const int hi = next_byte(cinfo), lo = next_byte(cinfo);
+    const long length = (long)(hi << 8 | lo) - 2;
+    if (length <= 0)
+        return TRUE;
+    uint8_t head[6];
+    const long peek = length < 6 ? length : 6;
+    for (long i = 0; i < peek; i++)
+        head[i] = (uint8_t)next_byte(cinfo);
+    const long rest = length - peek;
+    if (g->saw_exif || peek < 6 || memcmp(head, "Exif\0\0", 6) != 0) {
+        if (rest > 0)
+            cinfo->src->skip_input_data(cinfo, rest);
+        return TRUE;
+    }
+    g->saw_exif = true;
+    g->exif = malloc(rest > 0 ? (size_t)rest : 1);
+    if (!g->exif) { /* not worth failing the picture for: shown as stored */
+        cinfo->src->skip_input_data(cinfo, rest);
+        return TRUE;
+    }
+    for (long i = 0; i < rest; i++)
+        g->exif[i] = (uint8_t)next_byte(cinfo);
+    g->orientation = tiff_orientation(g->exif, (size_t)rest);
+    free(g->exif);
+    g->exif = NULL;
+    return TRUE;
+}
+
 static int exif_orientation(const struct jpeg_decompress_struct *cinfo)
 {
-    for (jpeg_saved_marker_ptr m = cinfo->marker_list; m; m = m->next)
-        if (m->marker == JPEG_APP0 + 1 && m->data_length > 6 && !memcmp(m->data, "Exif\0\0", 6))
-            return tiff_orientation(m->data + 6, m->data_length - 6);
-    return 1;
+    const jpeg_guard *g = cinfo->client_data;
+    return g->orientation;
 }
 
 /* Orientations 5 to 8 turn the picture a quarter: width and height swap. */
@@ -213,6 +264,7 @@ int ld_jpeg_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *he
         *height = swap ? cinfo.image_width : cinfo.image_height;
     }
     jpeg_destroy_decompress(&cinfo);
+    free(g.exif); /* left by a longjmp out of read_app1 */
     return rc;
 }
 
@@ -288,6 +340,7 @@ int ld_jpeg_decode(const uint8_t *data, size_t len, const ld_image_limits *limit
 done:
     free(row);
     jpeg_destroy_decompress(&cinfo);
+    free(g.exif); /* left by a longjmp out of read_app1 */
     if (rc != LD_OK)
         ld_image_free(out);
     return rc;

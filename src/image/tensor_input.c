@@ -30,24 +30,32 @@ int ld_dtype_from_name(const char *name, ld_dtype *out, char *err)
         const char *name;
         ld_dtype dtype;
     } names[] = {{"float32", LD_DT_F32}, {"float16", LD_DT_F16}, {"bfloat16", LD_DT_BF16},
-                 {"F32", LD_DT_F32},     {"F16", LD_DT_F16},     {"BF16", LD_DT_BF16}};
+                 {"float64", LD_DT_F64}, {"F32", LD_DT_F32},     {"F16", LD_DT_F16},
+                 {"BF16", LD_DT_BF16},   {"F64", LD_DT_F64}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(name, names[i].name)) {
             *out = names[i].dtype;
             return LD_OK;
         }
-    return ld_fail(err, LD_EINVAL, "dtype '%.20s': want float32, float16 or bfloat16", name);
+    return ld_fail(err, LD_EINVAL, "dtype '%.20s': want float32, float16, bfloat16 or float64",
+                   name);
 }
 
 size_t ld_dtype_bytes(ld_dtype dtype)
 {
-    return dtype == LD_DT_F32 ? 4 : dtype == LD_DT_F16 || dtype == LD_DT_BF16 ? 2 : 0;
+    switch (dtype) {
+    case LD_DT_F64: return 8;
+    case LD_DT_F32: return 4;
+    case LD_DT_F16:
+    case LD_DT_BF16: return 2;
+    default: return 0;
+    }
 }
 
 const char *ld_dtype_name(ld_dtype dtype)
 {
     return dtype == LD_DT_F32 ? "float32" : dtype == LD_DT_F16 ? "float16"
-         : dtype == LD_DT_BF16 ? "bfloat16" : "unknown";
+         : dtype == LD_DT_BF16 ? "bfloat16" : dtype == LD_DT_F64 ? "float64" : "unknown";
 }
 
 /* The batch a shape describes: [N, 3, H, W] or [3, H, W], every size checked
@@ -69,7 +77,7 @@ static int describe(const uint8_t *data, size_t len, const int64_t *shape, int n
                        "out of range", (long long)n, (long long)chw[1], (long long)chw[2]);
     const size_t elem = ld_dtype_bytes(dtype);
     if (!elem)
-        return ld_fail(err, LD_EINVAL, "tensor dtype: want float32, float16 or bfloat16");
+        return ld_fail(err, LD_EINVAL, "tensor dtype: want float32, float16, bfloat16 or float64");
     size_t bytes;
     if (ld_mul_size((size_t)n * 3, (size_t)chw[1], &bytes) != 0 ||
         ld_mul_size(bytes, (size_t)chw[2], &bytes) != 0 || ld_mul_size(bytes, elem, &bytes) != 0)
@@ -90,14 +98,23 @@ int ld_tensor_from_raw(const uint8_t *data, size_t len, const int64_t *shape, in
 
 /* ---- .npy: magic, version, header length, a Python dict literal, data ---- */
 
-/* The text after `'key':` in the header, blanks skipped; NULL when absent. */
+/* The text after `'key':` in the header, blanks skipped; NULL when absent.
+ * Only a key counts (after '{' or ','), not the same text inside a value. */
 static const char *npy_value(const char *header, const char *key)
 {
     char quoted[32];
     snprintf(quoted, sizeof quoted, "'%s'", key);
-    const char *at = strstr(header, quoted);
-    if (!at)
-        return NULL;
+    const char *at = header;
+    for (;; at++) {
+        at = strstr(at, quoted);
+        if (!at)
+            return NULL;
+        const char *before = at;
+        while (before > header && before[-1] == ' ')
+            before--;
+        if (before > header && (before[-1] == '{' || before[-1] == ','))
+            break;
+    }
     at += strlen(quoted);
     while (*at == ' ')
         at++;
@@ -123,13 +140,16 @@ static int npy_dtype(const char *header, ld_dtype *dtype, char *err)
     /* '<' little-endian; '|' and '=' only on this little-endian host's own writes */
     if (!strcmp(descr, "<f4") || !strcmp(descr, "=f4"))
         *dtype = LD_DT_F32;
+    else if (!strcmp(descr, "<f8") || !strcmp(descr, "=f8")) /* numpy's default */
+        *dtype = LD_DT_F64;
     else if (!strcmp(descr, "<f2") || !strcmp(descr, "=f2"))
         *dtype = LD_DT_F16;
+    /* numpy has no bfloat16: ml_dtypes' arrays save as a 2-byte void */
     else if (!strcmp(descr, "<V2") || !strcmp(descr, "|V2") || !strcmp(descr, "bfloat16"))
         *dtype = LD_DT_BF16;
     else
         return ld_fail(err, LD_EUNSUPPORTED, "npy dtype '%s': want little-endian float32 "
-                       "('<f4'), float16 ('<f2') or bfloat16", descr);
+                       "('<f4'), float64 ('<f8'), float16 ('<f2') or bfloat16", descr);
     return LD_OK;
 }
 
@@ -208,8 +228,18 @@ int ld_tensor_from_npy(const uint8_t *data, size_t len, ld_tensor_batch *out, ch
 
 /* ---- safetensors ---- */
 
+/* A header that describes one image tensor is a few hundred bytes; a longer
+ * one would cost many times its size as parsed JSON before being refused. */
+#define MAX_TENSOR_HEADER (64 * 1024)
+
 int ld_tensor_from_safetensors(const uint8_t *data, size_t len, ld_tensor_batch *out, char *err)
 {
+    uint64_t header = 0;
+    for (int i = 7; len >= 8 && i >= 0; i--)
+        header = header << 8 | data[i];
+    if (header > MAX_TENSOR_HEADER)
+        return ld_fail(err, LD_EINVAL, "safetensors: a header of %llu bytes; an image tensor's "
+                       "is under %d", (unsigned long long)header, MAX_TENSOR_HEADER);
     ld_st_file *file;
     int rc = ld_st_open_memory(data, len, "the body", &file, err);
     if (rc != LD_OK)
@@ -221,7 +251,7 @@ int ld_tensor_from_safetensors(const uint8_t *data, size_t len, ld_tensor_batch 
         rc = ld_fail(err, LD_EINVAL, "safetensors: want a tensor named 'images' or a single "
                      "tensor (%zu found)", ld_st_count(file));
     else if (!ld_dtype_bytes(t->dtype))
-        rc = ld_fail(err, LD_EUNSUPPORTED, "safetensors dtype %s: want F32, F16 or BF16",
+        rc = ld_fail(err, LD_EUNSUPPORTED, "safetensors dtype %s: want F32, F16, BF16 or F64",
                      t->dtype_name);
     else
         rc = describe(t->data, t->nbytes, t->shape, t->ndim, t->dtype, out, err);
@@ -236,8 +266,17 @@ size_t ld_tensor_image_bytes(const ld_tensor_batch *batch)
 
 /* ---- conversion ---- */
 
+/* Larger than any picture's value, however it was scaled: beyond it the
+ * encoder's float32 arithmetic overflows to Inf and NaN. */
+#define MAX_MAGNITUDE 1e4
+
 static float element(const uint8_t *p, ld_dtype dtype)
 {
+    if (dtype == LD_DT_F64) {
+        double v;
+        memcpy(&v, p, sizeof v);
+        return (float)v;
+    }
     if (dtype == LD_DT_F32) {
         float v;
         memcpy(&v, p, sizeof v); /* little-endian host, as the rest of latentd assumes */
@@ -252,19 +291,23 @@ int ld_tensor_to_image(const uint8_t *elements, ld_dtype dtype, int height, int 
 {
     const size_t elem = ld_dtype_bytes(dtype);
     if (!elem)
-        return ld_fail(err, LD_EINVAL, "tensor dtype: want float32, float16 or bfloat16");
+        return ld_fail(err, LD_EINVAL, "tensor dtype: want float32, float16, bfloat16 or float64");
     int rc = ld_image_alloc(out, (uint32_t)width, (uint32_t)height, limits, err);
     if (rc != LD_OK)
         return rc;
     const size_t count = (size_t)3 * height * width;
     for (size_t i = 0; i < count; i++) {
         const float v = element(elements + i * elem, dtype);
-        if (!isfinite(v)) {
+        if (!(fabsf(v) <= MAX_MAGNITUDE)) { /* NaN fails it too */
             const size_t plane = (size_t)height * width;
             ld_image_free(out);
+            char what[32];
+            snprintf(what, sizeof what, "%s", isnan(v) ? "NaN" : isinf(v) ? "Inf" : "");
+            if (!what[0])
+                snprintf(what, sizeof what, "%g (beyond +-%g)", v, MAX_MAGNITUDE);
             return ld_fail(err, LD_EINVAL, "%s at element [%d, %zu, %zu, %zu] of the input "
-                           "tensor", isnan(v) ? "NaN" : "Inf", index, i / plane,
-                           i % plane / (size_t)width, i % (size_t)width);
+                           "tensor", what, index, i / plane, i % plane / (size_t)width,
+                           i % (size_t)width);
         }
         out->rgb[i] = v;
     }

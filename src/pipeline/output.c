@@ -112,7 +112,10 @@ static json_t *nested_list(const float *data, const int64_t *shape, int ndim)
     for (int d = 1; d < ndim; d++)
         stride *= (size_t)shape[d];
     for (int64_t i = 0; arr && i < shape[0]; i++) {
-        json_t *v = ndim == 1 ? json_real(data[i]) : nested_list(data + i * stride, shape + 1, ndim - 1);
+        /* JSON has no NaN or Inf (a broken model could make them): null */
+        json_t *v = ndim > 1          ? nested_list(data + i * stride, shape + 1, ndim - 1)
+                    : isfinite(data[i]) ? json_real(data[i])
+                                        : json_null();
         if (json_array_append_new(arr, v) != 0) {
             json_decref(arr);
             return NULL;
@@ -398,7 +401,7 @@ const char *ld_preview_space(const ld_model *model)
 static uint8_t to_byte(float v) /* ComfyUI's ((v + 1) / 2).clamp(0, 1) * 255 */
 {
     const float u = (v + 1.0f) * 0.5f;
-    return (uint8_t)(u <= 0 ? 0 : u >= 1 ? 255 : u * 255.0f);
+    return (uint8_t)(!(u > 0) ? 0 : u >= 1 ? 255 : u * 255.0f); /* NaN: 0 */
 }
 
 /* A space latentd has no factors for: the first three channels (or as many
@@ -408,14 +411,16 @@ static void preview_channels(const ld_vae_config *cfg, const float *latents, siz
 {
     for (int c = 0; c < 3; c++) {
         const float *ch = latents + (size_t)(c < cfg->latent_channels ? c : 0) * plane;
-        float lo = ch[0], hi = ch[0];
-        for (size_t i = 1; i < plane; i++) {
+        float lo = INFINITY, hi = -INFINITY; /* fminf and fmaxf pass NaN over */
+        for (size_t i = 0; i < plane; i++) {
             lo = fminf(lo, ch[i]);
             hi = fmaxf(hi, ch[i]);
         }
         const float span = hi > lo ? hi - lo : 1.0f;
-        for (size_t i = 0; i < plane; i++)
-            rgb[i * 3 + c] = (uint8_t)((ch[i] - lo) / span * 255.0f + 0.5f);
+        for (size_t i = 0; i < plane; i++) {
+            const float u = (ch[i] - lo) / span; /* in [0, 1], or NaN */
+            rgb[i * 3 + c] = (uint8_t)(u >= 0 && u <= 1 ? u * 255.0f + 0.5f : 0);
+        }
     }
 }
 

@@ -644,7 +644,7 @@ static MHD_Result_t on_query(void *cls, enum MHD_ValueKind kind, const char *key
     return MHD_YES;
 }
 
-enum { NOT_A_TENSOR = 1 };
+enum { NOT_A_TENSOR = 1, NEEDS_BOTH = 2 };
 
 /* The tensor a raw body holds, if it is one: by its media type, by the shape
  * and dtype parameters (bare elements), or by the .npy or safetensors
@@ -659,7 +659,7 @@ static int describe_tensor(request *rq, ld_tensor_batch *batch, char *err)
         return ld_tensor_from_safetensors(data, rq->body_len, batch, err);
     if (o->set & (OPT_SHAPE | OPT_DTYPE)) {
         if ((o->set & (OPT_SHAPE | OPT_DTYPE)) != (OPT_SHAPE | OPT_DTYPE))
-            return ld_fail(err, LD_EINVAL, "a raw tensor needs both shape and dtype");
+            return NEEDS_BOTH;
         return ld_tensor_from_raw(data, rq->body_len, o->shape, o->shape_ndim, o->dtype, batch,
                                   err);
     }
@@ -684,6 +684,10 @@ static void take_raw_body(request *rq)
             rq->body = NULL; /* the blob owns it now */
         else if (rq->body_len)
             fail(rq, E_BUSY, "out of memory");
+        return;
+    }
+    if (rc == NEEDS_BOTH) {
+        fail(rq, E_BAD_REQUEST, "a raw tensor needs both shape and dtype");
         return;
     }
     if (rc != LD_OK) {
@@ -816,6 +820,22 @@ static int price_images(request *rq, uint32_t (*sizes)[2], size_t *cost)
     return LD_OK;
 }
 
+/* npy, comfyui, png and the remote tensor hold one array: images of
+ * different sizes are refused now, before any of them is encoded. */
+static bool one_array_fits(request *rq, const uint32_t (*sizes)[2])
+{
+    const ld_out_format f = rq->opts.format;
+    if (f == LD_OUT_JSON || f == LD_OUT_SAFETENSORS)
+        return true;
+    for (int i = 1; i < rq->blobs.count; i++)
+        if (sizes[i][0] != sizes[0][0] || sizes[i][1] != sizes[0][1]) {
+            fail(rq, E_FORMAT_UNSUITABLE, "format=%s holds one array: send images of one size, "
+                 "or ask for json or safetensors", ld_out_format_name(f));
+            return false;
+        }
+    return true;
+}
+
 /* The reservation becomes exactly `cost` (bodies were priced before parsing). */
 static bool settle_reservation(request *rq, size_t cost)
 {
@@ -878,6 +898,10 @@ static bool admit(request *rq)
         return false;
     }
     if (price_images(rq, sizes, &cost) != LD_OK) {
+        free(sizes);
+        return false;
+    }
+    if (!one_array_fits(rq, (const uint32_t(*)[2])sizes)) {
         free(sizes);
         return false;
     }

@@ -349,6 +349,11 @@ static void run_batch(worker *w, entry **batch, int n)
     batch_buffers b = {0};
     const int rc = encode_batch(w, batch, n, &b, err);
     const double encode_seconds = now_seconds() - started;
+    /* idle before the entries go: srv_queue_job_stopped reads them under the
+     * lock while batch_n says they are there */
+    pthread_mutex_lock(&q->lock);
+    w->batch_n = 0;
+    pthread_mutex_unlock(&q->lock);
     if (rc == LD_OK)
         srv_metrics_batch(q->metrics, n, encode_seconds);
     else if (rc == LD_ECANCELLED)
@@ -387,9 +392,6 @@ static void *worker_main(void *arg)
         release_entries(dropped);
         if (n > 0) {
             run_batch(w, w->batch, n);
-            pthread_mutex_lock(&w->q->lock);
-            w->batch_n = 0;
-            pthread_mutex_unlock(&w->q->lock);
         } else if (!had_dropped) {
             break; /* stopping */
         }
