@@ -197,13 +197,10 @@ static void reload(srv_config *live, const srv_args *args)
  * worker is stalled — systemd then restarts a daemon whose encoder is stuck
  * (after stall_timeout_ms plus WatchdogSec), as it does one whose main loop
  * is stuck. */
-static void wait_for_signals(srv_state *st, srv_config *cfg, const srv_args *args)
+static void wait_for_signals(srv_state *st, srv_config *cfg, const srv_args *args,
+                             uint64_t watchdog_usec)
 {
-    const uint64_t watchdog_usec = srv_sd_watchdog_usec();
     const double ping_every = watchdog_usec / 2e6; /* seconds; 0: no watchdog */
-    if (watchdog_usec)
-        srv_log(LOG_INFO, "systemd watchdog: %.3f s, pinged every %.3f s while workers progress",
-                watchdog_usec / 1e6, ping_every);
     char status[256] = "";
     report_status(st, status, sizeof status);
     double next_tick = now_seconds() + 1.0, next_ping = now_seconds();
@@ -341,9 +338,13 @@ static int serve(srv_config *cfg, const srv_args *args)
                 "queue %d, batch delay %d ms)", where,
                 st.passed_fd ? ", a socket passed by systemd" : "", cfg->vae_split,
                 cfg->workers, cfg->threads, cfg->max_queue, cfg->max_batch_delay_ms);
+        const uint64_t watchdog_usec = srv_sd_watchdog_usec();
+        if (watchdog_usec)
+            srv_log(LOG_INFO, "systemd watchdog: %.3f s, pinged every %.3f s while workers "
+                    "progress", watchdog_usec / 1e6, watchdog_usec / 2e6);
         /* only now: the model is loaded, the workers run and the socket accepts */
         srv_sd_notify("READY=1");
-        wait_for_signals(&st, cfg, args);
+        wait_for_signals(&st, cfg, args, watchdog_usec);
         clean = shut_down(&st);
     } else {
         srv_log(LOG_ERROR, "%s", err);
