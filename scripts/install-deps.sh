@@ -1,7 +1,9 @@
 #!/bin/sh
 # Installs what latentd needs to build, test and run on Debian (bookworm or later).
 # Run as root (or through sudo).  clang and libclang-rt-dev (libFuzzer)
-# are for scripts/fuzz.sh.
+# are for scripts/fuzz.sh; systemd (systemd-analyze, systemd-socket-activate),
+# nginx-light and python3 for the operations tests (tests/test_systemd,
+# tests/systemd-units.sh, tests/nginx-scale.sh), which skip without them.
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -10,5 +12,6 @@ apt-get install -y -qq --no-install-recommends \
     libmicrohttpd-dev libjansson-dev libpng-dev libopenblas-dev \
     libjpeg62-turbo-dev libsystemd-dev \
     check valgrind curl ca-certificates libcurl4-openssl-dev \
-    clang libclang-rt-dev >/dev/null
+    clang libclang-rt-dev \
+    systemd nginx-light python3 >/dev/null
 echo "install-deps: done"
