@@ -13,7 +13,8 @@ and C gets SIGTERM when 40% of it is answered.  Checks:
 - the requests spread over A, B and C (each instance's /metrics);
 - C's SIGTERM loses nothing: what it accepted finishes, the rest goes elsewhere;
 - D answers 503 and nginx sends the request on (nginx's log: "503, 200");
-- nginx's own 413 for a body over client_max_body_size is latentd-style JSON.
+- nginx's own 413 for a body over client_max_body_size, and its answer when no
+  instance is left, are latentd-style JSON (503 + Retry-After for the latter).
 
 Readiness is awaited, never slept for: each latentd's READY=1 on its
 NOTIFY_SOCKET, D's full queue from its STATUS= line, nginx's listening socket
@@ -352,6 +353,20 @@ def main():
             fail("C exited %d, D exited %d after SIGTERM" % (c_status, d_status))
         if not held.startswith(b"HTTP/1.1 200"):
             fail("D's held request: %r" % held[:200])
+
+        # ---- no instance left: nginx's own failure, answered as latentd's overload ----
+        a.stop()
+        b.stop()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/encode", body=images["astronaut_64"],
+                     headers={"Content-Type": "image/png"})
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        if r.status != 503 or r.getheader("Retry-After") != "1" or \
+                json.loads(body)["error"]["code"] != "unavailable":
+            fail("with every instance gone: %d %s %r" % (r.status, r.getheaders(), body))
+        print("  every instance stopped: nginx answers 503 + Retry-After (JSON)")
         print("nginx-scale: ok")
         return 0
     finally:

@@ -145,7 +145,7 @@ static void report_status(srv_state *st, char *last, size_t size)
              srv_queue_capacity(st->queue), atomic_load(&st->in_flight), st->cfg->workers,
              atomic_load(&st->workers_stalled));
     if (strcmp(status, last) != 0) {
-        srv_sd_notify("STATUS=%s", status);
+        srv_sd_notify_nowait("STATUS=%s", status);
         snprintf(last, size, "%s", status);
     }
 }
@@ -208,7 +208,7 @@ static void wait_for_signals(srv_state *st, srv_config *cfg, const srv_args *arg
         double now = now_seconds();
         if (watchdog_usec && now >= next_ping) {
             if (atomic_load(&st->workers_stalled) == 0)
-                srv_sd_notify("WATCHDOG=1");
+                srv_sd_notify_nowait("WATCHDOG=1");
             next_ping = now + ping_every;
         }
         if (now >= next_tick) {

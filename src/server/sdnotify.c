@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -38,10 +39,16 @@ static bool env_number(const char *name, unsigned long long *out)
     *out = v;
     return true;
 }
+#endif
 
-/* sd_notify(): one datagram to the path (or, after '@', the abstract name)
- * in $NOTIFY_SOCKET. */
-static void notify_by_hand(const char *message)
+/* One datagram to the path (or, after '@', the abstract name) in
+ * $NOTIFY_SOCKET — what sd_notify() sends, but never blocking for long.
+ * sd_notify() blocks while the receiver's queue is full (net.unix.max_dgram_qlen
+ * datagrams, 10 by default): a manager that reads slowly, or a test that reads
+ * only the messages it waits for, would then stop the main loop that takes
+ * SIGTERM and feeds the watchdog.  Here a state change waits for room at most
+ * a second; a status or a ping is dropped (the next one replaces it). */
+static void send_notify(const char *message, bool may_wait)
 {
     const char *path = getenv("NOTIFY_SOCKET");
     if (!path || (path[0] != '/' && path[0] != '@'))
@@ -56,12 +63,19 @@ static void notify_by_hand(const char *message)
     const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return;
+    /* connected, so that POLLOUT says whether the receiver's queue has room */
     const socklen_t size = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
-    ssize_t n = sendto(fd, message, strlen(message), MSG_NOSIGNAL, (struct sockaddr *)&addr, size);
-    (void)n;
+    if (connect(fd, (struct sockaddr *)&addr, size) == 0 &&
+        send(fd, message, strlen(message), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 &&
+        (errno == EAGAIN || errno == EWOULDBLOCK) && may_wait) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (poll(&p, 1, 1000) > 0) {
+            ssize_t n = send(fd, message, strlen(message), MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)n;
+        }
+    }
     close(fd);
 }
-#endif
 
 void srv_sd_notify(const char *fmt, ...)
 {
@@ -70,11 +84,17 @@ void srv_sd_notify(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-#ifdef HAVE_LIBSYSTEMD
-    sd_notify(0, message);
-#else
-    notify_by_hand(message);
-#endif
+    send_notify(message, true);
+}
+
+void srv_sd_notify_nowait(const char *fmt, ...)
+{
+    char message[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    send_notify(message, false);
 }
 
 /* How many sockets systemd passed to this process (and forget it was told). */
