@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -1155,8 +1156,13 @@ static int resolve(const srv_config *cfg, struct sockaddr_storage *addr, char *e
 int srv_http_start(srv_state *st, char *err)
 {
     const srv_config *cfg = st->cfg;
-    struct sockaddr_storage addr;
-    int rc = resolve(cfg, &addr, err);
+    struct sockaddr_storage addr = {0};
+    socklen_t addr_len = sizeof addr;
+    int rc = LD_OK;
+    if (st->passed_fd <= 0)
+        rc = resolve(cfg, &addr, err);
+    else if (getsockname(st->passed_fd, (struct sockaddr *)&addr, &addr_len) != 0)
+        rc = ld_fail(err, LD_EIO, "the socket systemd passed: %s", strerror(errno));
     if (rc != LD_OK)
         return rc;
     pthread_mutex_init(&st->idle_lock, NULL);
@@ -1184,9 +1190,17 @@ int srv_http_start(srv_state *st, char *err)
     /* libmicrohttpd's own limits stand behind the table's (which counts and
      * logs), a little higher: its threads may accept one each at once */
     const unsigned backstop = (unsigned)cfg->http_threads + 1;
+    /* socket activation: libmicrohttpd serves the socket systemd listens on
+     * (and keeps listening on across restarts); otherwise it binds its own */
+    struct MHD_OptionItem listen_on[] = {
+        {MHD_OPTION_SOCK_ADDR, 0, &addr},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    if (st->passed_fd > 0)
+        listen_on[0] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, st->passed_fd, NULL};
     st->mhd = MHD_start_daemon(
         flags, 0, on_accept, st, on_request, st, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_ARRAY, listen_on,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections + backstop,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT,
@@ -1195,6 +1209,8 @@ int srv_http_start(srv_state *st, char *err)
         MHD_OPTION_STRICT_FOR_CLIENT, 1,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, st,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, st, MHD_OPTION_END);
+    if (!st->mhd && st->passed_fd > 0)
+        return ld_fail(err, LD_EIO, "cannot serve the socket systemd passed");
     if (!st->mhd)
         return ld_fail(err, LD_EIO, "cannot listen on %s:%d (in use, or not permitted)",
                        cfg->listen_host, cfg->port);

@@ -28,6 +28,9 @@ typedef struct {
     size_t budget_fixed;       /* taken at start for the workers and decoders */
     srv_metrics metrics;
     struct MHD_Daemon *mhd;
+    int passed_fd;             /* a listening socket from systemd (socket activation), taken
+                                * instead of binding the config's listen; 0: none (a passed
+                                * socket is never 0-2) */
     int port;                  /* the bound port (the config's, or the kernel's pick for 0) */
     pthread_mutex_t idle_lock; /* with idle: in_flight or suspended reached 0 */
     pthread_cond_t idle;

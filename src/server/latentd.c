@@ -1,36 +1,34 @@
 /* latentd: load the model, start the workers and the HTTP front, then wait
- * for signals — SIGHUP reopens the log, SIGTERM/SIGINT drain and exit within
- * shutdown_timeout_ms — and watch that the workers make progress. */
+ * for signals — SIGHUP re-reads the config (what can change while running)
+ * and reopens the log, SIGTERM/SIGINT drain and exit within
+ * shutdown_timeout_ms — and watch that the workers make progress.
+ *
+ * Under systemd (Type=notify) it says READY=1 once the model is loaded and
+ * the socket listens, keeps a STATUS= line current, says RELOADING=1 ...
+ * READY=1 around SIGHUP and STOPPING=1 when it drains, and feeds the
+ * watchdog (WatchdogSec=) only while every worker makes progress or is idle.
+ * A socket passed by latentd.socket is served instead of binding `listen`. */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#ifdef HAVE_LIBSYSTEMD
-#include <systemd/sd-daemon.h>
-#endif
-
 #include "http.h"
 #include "log.h"
-
-static void notify(const char *state)
-{
-#ifdef HAVE_LIBSYSTEMD
-    sd_notify(0, state);
-#else
-    (void)state;
-#endif
-}
+#include "sdnotify.h"
 
 /* Workers × threads should not exceed the cores: say so when they do. */
 static void check_threads(const srv_config *cfg)
@@ -81,6 +79,13 @@ static int next_signal(int timeout_ms)
     return 0;
 }
 
+static double now_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
 static void deadline_in(double seconds, struct timespec *ts)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
@@ -99,7 +104,7 @@ static bool shut_down(srv_state *st)
     const double grace = total / 4 < 5.0 ? total / 4 : 5.0; /* to cancel and answer the rest */
     atomic_store(&st->draining, true);
     srv_queue_drain(st->queue);
-    notify("STOPPING=1");
+    srv_sd_notify("STOPPING=1\nSTATUS=draining %d requests", atomic_load(&st->in_flight));
     srv_log(LOG_INFO, "draining %d requests (at most %.1f s)", atomic_load(&st->in_flight),
             total);
     struct timespec drained, answered, stopped;
@@ -119,7 +124,7 @@ static bool shut_down(srv_state *st)
     return true;
 }
 
-/* The watchdog: a worker whose encoder makes no progress is reported. */
+/* The stall detector: a worker whose encoder makes no progress is reported. */
 static void watch_workers(srv_state *st)
 {
     const int stalled = srv_queue_stalled(st->queue, st->cfg->stall_timeout_ms);
@@ -131,21 +136,100 @@ static void watch_workers(srv_state *st)
         srv_log(LOG_INFO, "workers progress again (%d stalled)", stalled);
 }
 
-/* Until SIGTERM/SIGINT: SIGHUP reopens the log; once a second the watchdog. */
-static void wait_for_signals(srv_state *st)
+/* systemd's STATUS= line (systemctl status shows it), sent when it changes. */
+static void report_status(srv_state *st, char *last, size_t size)
 {
+    char status[256];
+    snprintf(status, sizeof status, "model %s; queue %d/%d; %d requests in flight; "
+             "%d workers, %d stalled", ld_model_name(st->model), srv_queue_depth(st->queue),
+             srv_queue_capacity(st->queue), atomic_load(&st->in_flight), st->cfg->workers,
+             atomic_load(&st->workers_stalled));
+    if (strcmp(status, last) != 0) {
+        srv_sd_notify_nowait("STATUS=%s", status);
+        snprintf(last, size, "%s", status);
+    }
+}
+
+/* What the process was started with: SIGHUP reads the config from it again. */
+typedef struct {
+    int argc;
+    char **argv;
+} srv_args;
+
+/* SIGHUP: read the config again, from the same -c file and flags as at start.
+ * What a running daemon can change safely changes now: the log's file and
+ * level (the log is reopened either way, which also serves logrotate).
+ * Everything else is read by many threads without a lock or sized things at
+ * start (the model, the queue, the pools, the socket), so a change to it is
+ * named in the log and waits for a restart.  A config that does not parse
+ * changes nothing. */
+static void reload(srv_config *live, const srv_args *args)
+{
+    char err[LD_ERR_LEN], changed[512];
+    srv_config fresh;
+    srv_config_defaults(&fresh);
+    int rc = srv_config_from_args(&fresh, args->argc, args->argv, err);
+    if (rc == LD_OK)
+        rc = srv_config_finish(&fresh, err);
+    if (rc != LD_OK) {
+        srv_log(LOG_ERROR, "reload: the config was not applied: %s", err);
+        if (srv_log_reopen(err) != LD_OK)
+            srv_log(LOG_ERROR, "cannot reopen the log: %s", err);
+        return;
+    }
+    if (srv_log_change(fresh.log_file, fresh.log_level, err) != LD_OK) {
+        srv_log(LOG_ERROR, "reload: cannot open the new log file, kept the old: %s", err);
+        snprintf(fresh.log_file, sizeof fresh.log_file, "%s", live->log_file);
+    }
+    const bool log_changed = live->log_level != fresh.log_level ||
+                             strcmp(live->log_file, fresh.log_file) != 0;
+    /* applied: only the settings that wait for a restart differ now */
+    live->log_level = fresh.log_level;
+    memcpy(live->log_file, fresh.log_file, sizeof live->log_file);
+    if (srv_config_changes(live, &fresh, changed, sizeof changed) > 0)
+        srv_log(LOG_WARN, "reload: changed settings that take a restart: %s", changed);
+    srv_log(LOG_INFO, "reloaded the config: %s", log_changed ? "log_file/log_level applied"
+                                                           : "the log reopened");
+}
+
+/* Until SIGTERM/SIGINT: SIGHUP reloads; once a second the stall detector and
+ * the STATUS= line; every half WatchdogSec= a WATCHDOG=1, but only while no
+ * worker is stalled — systemd then restarts a daemon whose encoder is stuck
+ * (after stall_timeout_ms plus WatchdogSec), as it does one whose main loop
+ * is stuck. */
+static void wait_for_signals(srv_state *st, srv_config *cfg, const srv_args *args,
+                             uint64_t watchdog_usec)
+{
+    const double ping_every = watchdog_usec / 2e6; /* seconds; 0: no watchdog */
+    char status[256] = "";
+    report_status(st, status, sizeof status);
+    double next_tick = now_seconds() + 1.0, next_ping = now_seconds();
     for (;;) {
-        const int sig = next_signal(1000);
-        if (sig == 0) {
-            watch_workers(st);
-            continue;
+        double now = now_seconds();
+        if (watchdog_usec && now >= next_ping) {
+            if (atomic_load(&st->workers_stalled) == 0)
+                srv_sd_notify_nowait("WATCHDOG=1");
+            next_ping = now + ping_every;
         }
+        if (now >= next_tick) {
+            watch_workers(st);
+            report_status(st, status, sizeof status);
+            next_tick = now + 1.0;
+        }
+        const double until = watchdog_usec && next_ping < next_tick ? next_ping : next_tick;
+        const int sig = next_signal((int)ceil((until - now) * 1000.0));
+        if (sig == 0)
+            continue;
         if (sig == SIGHUP) {
-            char err[LD_ERR_LEN];
-            if (srv_log_reopen(err) != LD_OK)
-                srv_log(LOG_ERROR, "cannot reopen the log: %s", err);
-            else
-                srv_log(LOG_INFO, "log reopened");
+            struct timespec mono;
+            clock_gettime(CLOCK_MONOTONIC, &mono);
+            srv_sd_notify("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading the config",
+                          (unsigned long long)mono.tv_sec * 1000000ull +
+                              (unsigned long long)mono.tv_nsec / 1000);
+            reload(cfg, args);
+            status[0] = '\0'; /* say it again after READY */
+            srv_sd_notify("READY=1");
+            report_status(st, status, sizeof status);
             continue;
         }
         srv_log(LOG_INFO, "signal %d: shutting down", sig);
@@ -185,10 +269,39 @@ static int reserve_fixed_memory(srv_state *st, size_t *worker_memory, char *err)
     return LD_OK;
 }
 
-static int serve(srv_config *cfg)
+/* "HOST:PORT" of a socket systemd passed, as the log's "listening on" says it. */
+static void socket_name(int fd, char *out, size_t size)
+{
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof addr;
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (getsockname(fd, (struct sockaddr *)&addr, &len) == 0) {
+        if (addr.ss_family == AF_INET) {
+            const struct sockaddr_in *in = (const struct sockaddr_in *)&addr;
+            inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+            port = ntohs(in->sin_port);
+        } else if (addr.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&addr;
+            inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+            port = ntohs(in6->sin6_port);
+        }
+    }
+    snprintf(out, size, "%s:%d", host, port);
+}
+
+static int serve(srv_config *cfg, const srv_args *args)
 {
     char err[LD_ERR_LEN];
     srv_state st = {.cfg = cfg};
+    int passed_fd = -1;
+    if (srv_sd_listen_socket(&passed_fd, err) != LD_OK) {
+        srv_log(LOG_ERROR, "%s", err);
+        srv_sd_notify("STATUS=failed: %s", err);
+        return 1;
+    }
+    st.passed_fd = passed_fd > 0 ? passed_fd : 0;
+    srv_sd_notify("STATUS=loading the model %s", cfg->model);
     srv_metrics_init(&st.metrics);
     srv_budget_init(&st.budget, cfg->memory_budget_bytes);
     ld_model *model = NULL;
@@ -216,14 +329,26 @@ static int serve(srv_config *cfg)
         rc = srv_http_start(&st, err);
     bool clean = true;
     if (rc == LD_OK) {
-        srv_log(LOG_INFO, "listening on %s:%d (vae_split %d, %d workers x %d threads, "
-                "queue %d, batch delay %d ms)", cfg->listen_host, st.port, cfg->vae_split,
+        char where[sizeof cfg->listen_host + 16];
+        if (st.passed_fd)
+            socket_name(st.passed_fd, where, sizeof where);
+        else
+            snprintf(where, sizeof where, "%s:%d", cfg->listen_host, st.port);
+        srv_log(LOG_INFO, "listening on %s%s (vae_split %d, %d workers x %d threads, "
+                "queue %d, batch delay %d ms)", where,
+                st.passed_fd ? ", a socket passed by systemd" : "", cfg->vae_split,
                 cfg->workers, cfg->threads, cfg->max_queue, cfg->max_batch_delay_ms);
-        notify("READY=1");
-        wait_for_signals(&st);
+        const uint64_t watchdog_usec = srv_sd_watchdog_usec();
+        if (watchdog_usec)
+            srv_log(LOG_INFO, "systemd watchdog: %.3f s, pinged every %.3f s while workers "
+                    "progress", watchdog_usec / 1e6, watchdog_usec / 2e6);
+        /* only now: the model is loaded, the workers run and the socket accepts */
+        srv_sd_notify("READY=1");
+        wait_for_signals(&st, cfg, args, watchdog_usec);
         clean = shut_down(&st);
     } else {
         srv_log(LOG_ERROR, "%s", err);
+        srv_sd_notify("STATUS=failed: %s", err);
         srv_http_stop(&st);
         struct timespec soon;
         deadline_in(5.0, &soon);
@@ -267,7 +392,8 @@ int main(int argc, char **argv)
         return 2;
     }
     ld_encoder_init();
-    rc = serve(&cfg);
+    const srv_args args = {argc, argv};
+    rc = serve(&cfg, &args);
     srv_log_close();
     return rc;
 }

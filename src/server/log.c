@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,14 +17,31 @@ static struct {
     pthread_mutex_t lock;
     FILE *fp;
     char path[4096];
-    srv_log_level level;
+    atomic_int level; /* an srv_log_level; SIGHUP may change it while threads log */
 } logger = {PTHREAD_MUTEX_INITIALIZER, NULL, "", LOG_INFO};
 
 int srv_log_open(const char *path, srv_log_level level, char *err)
 {
-    logger.level = level;
+    atomic_store(&logger.level, (int)level);
     snprintf(logger.path, sizeof logger.path, "%s", path ? path : "");
     return srv_log_reopen(err);
+}
+
+int srv_log_change(const char *path, srv_log_level level, char *err)
+{
+    atomic_store(&logger.level, (int)level);
+    char old[sizeof logger.path];
+    pthread_mutex_lock(&logger.lock);
+    memcpy(old, logger.path, sizeof old);
+    snprintf(logger.path, sizeof logger.path, "%s", path ? path : "");
+    pthread_mutex_unlock(&logger.lock);
+    const int rc = srv_log_reopen(err);
+    if (rc != LD_OK) { /* keep writing where we did */
+        pthread_mutex_lock(&logger.lock);
+        memcpy(logger.path, old, sizeof old);
+        pthread_mutex_unlock(&logger.lock);
+    }
+    return rc;
 }
 
 int srv_log_reopen(char *err)
@@ -41,6 +59,8 @@ int srv_log_reopen(char *err)
             logger.fp = fp;
         }
     } else {
+        if (logger.fp && logger.fp != stderr)
+            fclose(logger.fp);
         logger.fp = stderr;
     }
     pthread_mutex_unlock(&logger.lock);
@@ -78,7 +98,7 @@ static void write_escaped(FILE *fp, const char *text, size_t n)
 void srv_log(srv_log_level level, const char *fmt, ...)
 {
     static const char *const names[] = {"error", "warn", "info", "debug"};
-    if (level > logger.level)
+    if ((int)level > atomic_load(&logger.level))
         return;
     char stamp[32];
     struct timespec now;

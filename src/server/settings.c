@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -336,4 +337,47 @@ int srv_config_finish(srv_config *cfg, char *err)
                        cfg->api_key_file, sizeof cfg->api_key - 1);
     snprintf(cfg->api_key, sizeof cfg->api_key, "%s", key);
     return LD_OK;
+}
+
+/* Append ", key" (or "key") to out; a list that does not fit ends in "...". */
+static void add_key(char *out, size_t size, const char *key)
+{
+    const size_t used = strlen(out);
+    if (used + strlen(key) + 6 >= size) {
+        if (used + 4 < size && (used < 3 || strcmp(out + used - 3, "...") != 0))
+            strcat(out, "...");
+        return;
+    }
+    snprintf(out + used, size - used, "%s%s", used ? ", " : "", key);
+}
+
+int srv_config_changes(const srv_config *a, const srv_config *b, char *out, size_t size)
+{
+    out[0] = '\0';
+    int n = 0;
+    for (size_t i = 0; i < sizeof int_settings / sizeof int_settings[0]; i++) {
+        const size_t at = int_settings[i].offset;
+        if (*(const int *)((const char *)a + at) != *(const int *)((const char *)b + at))
+            add_key(out, size, int_settings[i].key), n++;
+    }
+    for (size_t i = 0; i < sizeof bytes_settings / sizeof bytes_settings[0]; i++) {
+        const bytes_setting *s = &bytes_settings[i];
+        if (memcmp((const char *)a + s->offset, (const char *)b + s->offset, s->size) != 0)
+            add_key(out, size, s->key), n++;
+    }
+    const struct {
+        const char *key;
+        bool changed;
+    } others[] = {
+        {"listen", strcmp(a->listen_host, b->listen_host) != 0 || a->port != b->port},
+        {"model", strcmp(a->model, b->model) != 0},
+        {"api_key_file", strcmp(a->api_key_file, b->api_key_file) != 0 ||
+                             strcmp(a->api_key, b->api_key) != 0},
+        {"log_file", strcmp(a->log_file, b->log_file) != 0},
+        {"log_level", a->log_level != b->log_level},
+    };
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
+        if (others[i].changed)
+            add_key(out, size, others[i].key), n++;
+    return n;
 }

@@ -50,5 +50,8 @@ int srv_config_from_args(srv_config *cfg, int argc, char **argv, char *err);
 /* Read the API key file, check ranges. */
 int srv_config_finish(srv_config *cfg, char *err);
 void srv_config_usage(FILE *fp);
+/* The settings whose values differ between a and b, as "key, key" in out (the
+ * API key itself is reported as api_key_file); returns how many. */
+int srv_config_changes(const srv_config *a, const srv_config *b, char *out, size_t size);
 
 #endif
