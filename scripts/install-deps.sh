@@ -2,10 +2,12 @@
 # Installs what latentd needs to build, test and run on Debian (bookworm or later).
 # Run as root (or through sudo).  clang and libclang-rt-dev (libFuzzer)
 # are for scripts/fuzz.sh; python3 with numpy, Pillow and requests plays
-# diffusers' remote client in tests/remote-encode.sh; systemd (systemd-analyze,
-# systemd-socket-activate) and nginx-light are for the operations tests
-# (tests/test_systemd, tests/systemd-units.sh, tests/nginx-scale.sh), which
-# skip without them.
+# diffusers' remote client in tests/remote-encode.sh, and python3-yaml reads
+# openapi.yaml in tests/openapi-coverage.sh; node and npm run the OpenAPI
+# linter (tests/openapi-lint.sh, @redocly/cli: node 20.19 or later).  systemd
+# (systemd-analyze, systemd-socket-activate) and nginx-light are for the
+# operations tests (tests/test_systemd, tests/systemd-units.sh,
+# tests/nginx-scale.sh), which skip without them.
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -15,6 +17,11 @@ apt-get install -y -qq --no-install-recommends \
     libjpeg62-turbo-dev libwebp-dev libsystemd-dev \
     check valgrind curl ca-certificates libcurl4-openssl-dev \
     clang libclang-rt-dev \
-    python3 python3-numpy python3-pil python3-requests \
+    python3 python3-numpy python3-pil python3-requests python3-yaml \
     systemd nginx-light >/dev/null
+# Debian's nodejs and npm only where no node is installed: NodeSource's
+# nodejs (which bundles npm) conflicts with Debian's npm package
+if ! command -v npx >/dev/null 2>&1; then
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
 echo "install-deps: done"
