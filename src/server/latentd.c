@@ -434,7 +434,12 @@ static int serve(srv_config *cfg, const srv_args *args)
         return 1;
     }
     st.passed_fd = passed_fd > 0 ? passed_fd : 0;
-    srv_sd_notify("STATUS=loading %d model%s", cfg->n_models, cfg->n_models > 1 ? "s" : "");
+    char names[512] = "";
+    for (int i = 0; i < cfg->n_models; i++) {
+        const size_t used = strlen(names);
+        snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "", cfg->models[i].name);
+    }
+    srv_sd_notify("STATUS=loading the model%s %s", cfg->n_models > 1 ? "s" : "", names);
     srv_metrics_init(&st.metrics);
     srv_budget_init(&st.budget, cfg->memory_budget_bytes);
     srv_model_set set;
