@@ -10,7 +10,8 @@
  *   model are loaded and swapped in between RELOADING=1 and READY=1, no
  *   request fails, every answer equals its model's fixture before and after,
  *   and the replaced weights are freed once their jobs are done;
- * - a reload whose model does not load keeps the running models. */
+ * - a reload whose model does not load, or whose encoders would not fit the
+ *   memory budget, keeps the running models. */
 #include <check.h>
 #include <curl/curl.h>
 #include <jansson.h>
@@ -345,6 +346,41 @@ START_TEST(reload_while_requests_run)
 }
 END_TEST
 
+/* The workers' memory is reserved for the largest model: a reload that adds
+ * a model whose encoder needs more than the budget has keeps the running set.
+ * At --threads 1 and the default max_image_pixels tiny-sd's workers need
+ * 417 MiB, tiny-flux16's 432 MiB (the log's "MiB kept" at start); with a
+ * request of 1 MiB (3 MiB priced), 426 MiB admits the first, not the second. */
+START_TEST(reload_that_would_not_fit_keeps_the_models)
+{
+    char *dir = make_temp_dir();
+    char conf[4200];
+    snprintf(conf, sizeof conf, "%s/latentd.conf", dir);
+    const char *text = "max_body_bytes = 1M\nmemory_budget_bytes = 426M\n";
+    write_all(conf, text, strlen(text));
+    const char *const flags[] = {"-c", conf, NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    char more[8192];
+    snprintf(more, sizeof more, "%smodel.flux = %s\n", text, fixture("models/tiny-flux16"));
+    write_all(conf, more, strlen(more));
+    ck_assert_int_eq(kill(d.pid, SIGHUP), 0);
+    ck_assert(daemon_wait_notify(&d, "RELOADING=1") == 0);
+    ck_assert(daemon_wait_notify(&d, "READY=1") == 0);
+    ck_assert(log_contains(&d, "reload: kept the running models: memory_budget_bytes (426 MiB) "
+                               "is too small"));
+    ck_assert(log_contains(&d, "tiny-flux16) unloaded")); /* loaded, refused, freed at once */
+    static const char *const one[] = {"coffee_64"};
+    reply r = post_json(&d, "/v1/encode?model=flux", one, 1, NULL);
+    assert_error(&r, 404, "unknown-model");
+    free(r.body);
+    encode_expect(&d, NULL, NULL, "coffee_64", "tiny-sd");
+    ck_assert_int_eq(stop_daemon(&d), 0);
+    unlink(conf);
+    rmdir(dir);
+    free(dir);
+}
+END_TEST
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
@@ -354,6 +390,7 @@ int main(void)
     tcase_add_test(tc, config_names_models);
     tcase_add_test(tc, two_models_answer_for_themselves);
     tcase_add_test(tc, reload_while_requests_run);
+    tcase_add_test(tc, reload_that_would_not_fit_keeps_the_models);
     suite_add_tcase(s, tc);
     const int rc = run_suite(s);
     curl_global_cleanup();
