@@ -103,8 +103,11 @@ class Instance:
         def series(name):
             m = re.search(r"^%s (\d+)" % re.escape(name), text, re.M)
             return int(m.group(1)) if m else 0
+        def total(name):  # summed over a labelled family's series (by model)
+            return sum(int(v) for v in re.findall(r"^%s\{[^}]*\} (\d+)" % re.escape(name),
+                                                   text, re.M))
         # encodes answered: images encoded (one per request here); refusals: 503s
-        return {"encoded": series("latentd_images_encoded_total"),
+        return {"encoded": total("latentd_images_encoded_total"),
                 503: series('latentd_requests_total{status="503"}')}
 
     def logged(self, status):

@@ -207,6 +207,10 @@ def recipes(fx):
          post("/v1/encode", png + [("Accept", "application/x-npy")], fx.png)),
         ("/v1/encode", "POST", 200, "main", "PNG, format=png", None,
          post("/v1/encode?format=png", png, fx.png)),
+        ("/v1/encode", "POST", 200, "main", "JSON, model=sdxl (the second model)", None,
+         post("/v1/encode?model=sdxl", ctype_json, json_body)),
+        ("/v1/encode", "POST", 404, "main", "model=sd3: not served", "unknown-model",
+         post("/v1/encode?model=sd3", png, fx.png)),
         ("/v1/encode", "POST", 400, "main", "a PNG that is not one", "bad-image",
          post("/v1/encode", png, b"not a picture at all")),
         ("/v1/encode", "POST", 401, "keyed", "no API key", "unauthorized",
@@ -227,6 +231,8 @@ def recipes(fx):
         # /v1/remote/encode: diffusers' client sends no Content-Type
         ("/v1/remote/encode", "POST", 200, "main", "PNG bytes, no Content-Type", None,
          post("/v1/remote/encode", [], fx.png)),
+        ("/v1/remote/encode", "POST", 404, "main", "model=sd3: not served", "unknown-model",
+         post("/v1/remote/encode?model=sd3", [], fx.png)),
         ("/v1/remote/encode", "POST", 400, "main", "bytes that are no picture", "bad-image",
          post("/v1/remote/encode", [], b"not a picture at all")),
         ("/v1/remote/encode", "POST", 401, "keyed", "no API key", "unauthorized",
@@ -258,6 +264,11 @@ def recipes(fx):
         ("/v1/model", "GET", 200, "keyed", "with the key", None,
          get("/v1/model", key_header())),
         ("/v1/model", "GET", 401, "keyed", "no API key", "unauthorized", get("/v1/model")),
+        ("/v1/model", "GET", 404, "keyed", "model=sd3: not served", "unknown-model",
+         get("/v1/model?model=sd3", key_header())),
+        ("/v1/models", "GET", 200, "keyed", "with the key", None,
+         get("/v1/models", key_header())),
+        ("/v1/models", "GET", 401, "keyed", "no API key", "unauthorized", get("/v1/models")),
     ]
 
 
@@ -327,7 +338,8 @@ def main():
         with open(keyfile, "w") as f:
             f.write(API_KEY + "\n")
         flags = {
-            "main": [],
+            # a second model, by name, beside tiny-sd (the default)
+            "main": ["--model", "sdxl=" + os.path.join(fixtures, "models", "tiny-sdxl-meanstd")],
             # 401 without the key; 413 past a 64 KiB body; 504: one image waits
             # 300 ms for a batch to fill, past its 50 ms deadline
             "keyed": ["--api-key-file", keyfile, "--set", "max_body_bytes=65536",

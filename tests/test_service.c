@@ -384,7 +384,7 @@ START_TEST(concurrent_clients_batch_without_mixups)
     long single = atol(ones + strlen("latentd_batch_size_bucket{le=\"1\"} "));
     long batches = atol(all + strlen("latentd_batch_size_count "));
     ck_assert_msg(single < batches, "no batch larger than one formed (%ld of %ld)", single, batches);
-    ck_assert_ptr_nonnull(strstr(r.body, "latentd_images_encoded_total 72"));
+    ck_assert_ptr_nonnull(strstr(r.body, "latentd_images_encoded_total{model=\"tiny-sd\"} 72"));
     free(r.body);
     ck_assert_int_eq(stop_daemon(&d), 0);
 }

@@ -33,7 +33,8 @@ typedef enum {
     ROUTE_HEALTH,
     ROUTE_READY,
     ROUTE_METRICS,
-    ROUTE_MODEL
+    ROUTE_MODEL,
+    ROUTE_MODELS
 } route;
 typedef enum { BODY_NONE, BODY_JSON, BODY_MULTIPART, BODY_RAW } body_kind;
 /* A raw body's container, as its media type names it (ANY: tell by its bytes). */
@@ -49,6 +50,7 @@ typedef enum {
     E_BAD_IMAGE,
     E_UNAUTHORIZED,
     E_NOT_FOUND,
+    E_UNKNOWN_MODEL,
     E_METHOD,
     E_BODY_TOO_LARGE,
     E_TOO_MANY_IMAGES,
@@ -79,6 +81,7 @@ static const struct {
     [E_BAD_IMAGE] = {400, "bad-image", false, false},
     [E_UNAUTHORIZED] = {401, "unauthorized", false, false},
     [E_NOT_FOUND] = {404, "not-found", false, false},
+    [E_UNKNOWN_MODEL] = {404, "unknown-model", false, false},
     [E_METHOD] = {405, "method-not-allowed", false, false},
     [E_BODY_TOO_LARGE] = {413, "body-too-large", false, true},
     [E_TOO_MANY_IMAGES] = {413, "too-many-images", false, false},
@@ -138,6 +141,7 @@ typedef struct {
     double started;
     int images;
     bool counted;             /* counted in in_flight: accepted at its headers */
+    srv_model *model;         /* the model it was accepted for (a reference), from admission */
     srv_job *job;
     body_container container; /* what the Content-Type says a raw body is */
     srv_tensor_input tensor;  /* the body was a tensor: its images' dtype and size */
@@ -251,8 +255,10 @@ static MHD_Result_t send_text(request *rq, const char *method, const char *url, 
 
 /* ---------------- GET endpoints ---------------- */
 
-static json_t *model_json(const ld_model *m)
+/* A model as GET /v1/model shows it, under the name requests use. */
+static json_t *model_json(const srv_model *model)
 {
+    const ld_model *m = srv_model_weights(model);
     const ld_vae_config *cfg = ld_model_config(m);
     json_t *blocks = json_array(), *mean = json_null(), *std = json_null();
     for (int i = 0; i < cfg->n_levels; i++)
@@ -266,7 +272,7 @@ static json_t *model_json(const ld_model *m)
         }
     }
     return json_pack("{s:s, s:s, s:s, s:s, s:{s:o, s:i, s:i, s:i, s:b, s:b, s:f, s:o, s:o, s:o}}",
-                     "name", ld_model_name(m), "path", ld_model_path(m), "layout",
+                     "name", srv_model_name(model), "path", ld_model_path(m), "layout",
                      ld_model_layout(m), "scaling", ld_model_scaling(m), "config",
                      "block_out_channels", blocks, "layers_per_block", cfg->layers_per_block,
                      "latent_channels", cfg->latent_channels, "norm_num_groups",
@@ -286,8 +292,9 @@ static const char *not_ready_reason(srv_state *st)
         return "a worker is stalled (no progress for stall_timeout_ms)";
     if (srv_queue_depth(st->queue) >= srv_queue_capacity(st->queue))
         return "the queue is full";
-    const size_t for_requests = st->budget.limit - st->budget_fixed;
-    if (srv_budget_used(&st->budget) - st->budget_fixed >= for_requests / 10 * 9)
+    const size_t fixed = atomic_load(&st->budget_fixed);
+    const size_t for_requests = st->budget.limit - fixed;
+    if (srv_budget_used(&st->budget) - fixed >= for_requests / 10 * 9)
         return "the memory budget is nearly spent";
     return NULL;
 }
@@ -323,7 +330,31 @@ static MHD_Result_t answer_get(request *rq, const char *method, const char *url)
                          "text/plain; version=0.0.4");
     }
     srv_body body;
-    if (srv_render_json(model_json(st->model), &body) != LD_OK)
+    if (rq->route == ROUTE_MODELS) {
+        srv_model_set set;
+        srv_models_snapshot(st->models, &set);
+        json_t *list = json_array();
+        for (int i = 0; i < set.n; i++) {
+            json_t *one = model_json(set.models[i]);
+            json_object_set_new(one, "default", json_boolean(i == set.default_index));
+            json_array_append_new(list, one);
+        }
+        json_t *root = json_pack("{s:s, s:o}", "default",
+                                 srv_model_name(set.models[set.default_index]), "models", list);
+        srv_model_set_release(&set);
+        if (srv_render_json(root, &body) != LD_OK)
+            return send_error(rq, method, url, E_INTERNAL, "out of memory");
+        return send_body(rq, method, url, 200, &body, false, false);
+    }
+    /* /v1/model: the default, or ?model=NAME */
+    const char *name = MHD_lookup_connection_value(rq->connection, MHD_GET_ARGUMENT_KIND, "model");
+    srv_model *model = srv_models_get(st->models, name);
+    if (!model)
+        return send_error(rq, method, url, E_UNKNOWN_MODEL,
+                          "no model of that name here (see GET /v1/models)");
+    const int rc = srv_render_json(model_json(model), &body);
+    srv_model_unref(model);
+    if (rc != LD_OK)
         return send_error(rq, method, url, E_INTERNAL, "out of memory");
     return send_body(rq, method, url, 200, &body, false, false);
 }
@@ -784,7 +815,8 @@ static size_t answer_cost(const srv_options *o, size_t result_floats)
 static int price_images(request *rq, uint32_t (*sizes)[2], size_t *cost)
 {
     srv_state *st = rq->st;
-    const int channels = ld_model_config(st->model)->latent_channels;
+    const ld_model *model = srv_model_weights(rq->model);
+    const int channels = ld_model_config(model)->latent_channels;
     size_t floats = 0, results = 0;
     for (int i = 0; i < rq->blobs.count; i++) {
         char err[LD_ERR_LEN];
@@ -808,7 +840,7 @@ static int price_images(request *rq, uint32_t (*sizes)[2], size_t *cost)
             return LD_ETOOLARGE;
         }
         int lh, lw;
-        if (ld_model_latent_size(st->model, (int)sizes[i][1], (int)sizes[i][0], &lh, &lw, err) !=
+        if (ld_model_latent_size(model, (int)sizes[i][1], (int)sizes[i][0], &lh, &lw, err) !=
             LD_OK) {
             fail(rq, E_IMAGE_SIZE, "image %d: %s", i, err);
             return LD_EINVAL;
@@ -891,6 +923,13 @@ static bool admit(request *rq)
                  ? cfg->max_images_per_request : srv_queue_capacity(st->queue));
         return false;
     }
+    /* the model is fixed now: a reload from here on does not change it for this request */
+    rq->model = srv_models_get(st->models, rq->opts.model);
+    if (!rq->model) {
+        fail(rq, E_UNKNOWN_MODEL, "no model is called '%s' here (see GET /v1/models)",
+             rq->opts.model);
+        return false;
+    }
     rq->images = n;
     uint32_t(*sizes)[2] = calloc((size_t)n, sizeof *sizes);
     size_t cost = 0;
@@ -906,11 +945,12 @@ static bool admit(request *rq)
         free(sizes);
         return false;
     }
-    if (cost > st->budget.limit - st->budget_fixed) {
+    const size_t for_requests = st->budget.limit - atomic_load(&st->budget_fixed);
+    if (cost > for_requests) {
         free(sizes);
         fail(rq, E_OVER_BUDGET, "decoded, these images need %zu MiB: more than the %zu MiB "
              "memory_budget_bytes leaves for requests; send fewer or smaller images",
-             cost >> 20, (st->budget.limit - st->budget_fixed) >> 20);
+             cost >> 20, for_requests >> 20);
         return false;
     }
     if (!settle_reservation(rq, cost)) {
@@ -935,7 +975,7 @@ static bool admit(request *rq)
         .on_done = on_job_done,
         .on_done_ctx = rq,
     };
-    int rc = srv_job_new(st->model, &rq->blobs, (const uint32_t(*)[2])sizes, &params,
+    int rc = srv_job_new(rq->model, &rq->blobs, (const uint32_t(*)[2])sizes, &params,
                          &st->budget, rq->reserved, &rq->job, err);
     free(sizes);
     if (rc != LD_OK) {
@@ -971,7 +1011,8 @@ static MHD_Result_t answer_job(request *rq, const char *method, const char *url)
     default: return MHD_NO; /* the client is gone: nobody to answer */
     }
     srv_body body;
-    int rc = srv_render_result(st->model, srv_job_results(rq->job), &rq->opts, &body, err);
+    int rc = srv_render_result(srv_model_weights(srv_job_model(rq->job)), srv_job_results(rq->job),
+                               &rq->opts, &body, err);
     if (rc == LD_EUNSUPPORTED)
         return send_error(rq, method, url, E_FORMAT_UNSUITABLE, err);
     if (rc != LD_OK)
@@ -990,6 +1031,7 @@ static route find_route(const char *url, const char *method, bool *method_ok)
         {"/v1/encode", "POST", ROUTE_ENCODE}, {"/v1/remote/encode", "POST", ROUTE_REMOTE},
         {"/healthz", "GET", ROUTE_HEALTH},    {"/readyz", "GET", ROUTE_READY},
         {"/metrics", "GET", ROUTE_METRICS},   {"/v1/model", "GET", ROUTE_MODEL},
+        {"/v1/models", "GET", ROUTE_MODELS},
         /* KServe / Open Inference Protocol names for the same probes */
         {"/v2/health/live", "GET", ROUTE_HEALTH}, {"/v2/health/ready", "GET", ROUTE_READY},
     };
@@ -1039,7 +1081,7 @@ static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const
         fail(rq, E_METHOD, "this method is not allowed here");
     else if (is_encode(rq))
         start_encode(rq, c, &f);
-    else if (rq->route == ROUTE_MODEL && !authorised(st, c))
+    else if ((rq->route == ROUTE_MODEL || rq->route == ROUTE_MODELS) && !authorised(st, c))
         fail(rq, E_UNAUTHORIZED, "missing or wrong API key");
     /* refused from its headers alone: answer now, before any body is sent */
     if (rq->failed)
@@ -1096,6 +1138,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     free(rq->body);
     release_reservation(rq);
     srv_job_unref(rq->job); /* gives the job's reservation back once the workers let go */
+    srv_model_unref(rq->model); /* the job holds its own while the workers have it */
     if (rq->counted && atomic_fetch_sub(&st->in_flight, 1) == 1) {
         pthread_mutex_lock(&st->idle_lock);
         pthread_cond_broadcast(&st->idle);

@@ -15,17 +15,19 @@
 #include "conns.h"
 #include "latentd/encoder.h"
 #include "metrics.h"
+#include "models.h"
 #include "queue.h"
 #include "settings.h"
 
 /* The daemon's top-level state, owned by main(). */
 typedef struct {
     const srv_config *cfg;
-    const ld_model *model;
+    srv_models *models;        /* by name; swapped whole by a reload */
     srv_queue *queue;
     srv_conns *conns;
     srv_budget budget;
-    size_t budget_fixed;       /* taken at start for the workers and decoders */
+    _Atomic size_t budget_fixed; /* taken for the workers and decoders (at start; a reload
+                                  * that loads a larger model takes more) */
     srv_metrics metrics;
     struct MHD_Daemon *mhd;
     int passed_fd;             /* a listening socket from systemd (socket activation), taken
@@ -39,6 +41,8 @@ typedef struct {
     atomic_bool draining;      /* SIGTERM: refuse new work, finish the rest */
     atomic_bool closing;       /* past the drain: admit nothing more */
     atomic_int workers_stalled; /* the watchdog's last count */
+    size_t worker_memory;      /* per worker, for the largest model loaded since start: */
+    size_t batch_memory;       /* what budget_fixed holds (the main thread's alone) */
 } srv_state;
 
 int srv_http_start(srv_state *st, char *err);

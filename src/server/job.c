@@ -25,6 +25,7 @@ struct srv_job {
     double queue_wait_max, encode_max;
 
     srv_job_params params;
+    srv_model *model;          /* one reference */
     srv_budget *budget;
     size_t reserved;
 
@@ -44,6 +45,7 @@ static void job_free(srv_job *job)
     for (int i = 0; job->items && i < job->n; i++)
         ld_result_free(&job->items[i]);
     free(job->items);
+    srv_model_unref(job->model);
     if (job->budget)
         srv_budget_give(job->budget, job->reserved);
     pthread_mutex_destroy(&job->lock);
@@ -67,7 +69,7 @@ static int size_results(srv_job *job, const ld_model *model, const uint32_t (*si
     return LD_OK;
 }
 
-int srv_job_new(const ld_model *model, srv_blobs *blobs, const uint32_t (*sizes)[2],
+int srv_job_new(srv_model *model, srv_blobs *blobs, const uint32_t (*sizes)[2],
                 const srv_job_params *params, srv_budget *budget, size_t reserved,
                 srv_job **out, char *err)
 {
@@ -85,7 +87,7 @@ int srv_job_new(const ld_model *model, srv_blobs *blobs, const uint32_t (*sizes)
         job_free(job);
         return ld_fail(err, LD_ENOMEM, "out of memory");
     }
-    int rc = size_results(job, model, sizes, err);
+    int rc = size_results(job, srv_model_weights(model), sizes, err);
     if (rc != LD_OK) {
         job_free(job);
         return rc;
@@ -96,6 +98,8 @@ int srv_job_new(const ld_model *model, srv_blobs *blobs, const uint32_t (*sizes)
         blobs->data[i] = NULL;
     }
     srv_blobs_free(blobs);
+    srv_model_ref(model);
+    job->model = model;
     /* the budget comes with the job only once nothing can fail */
     job->budget = budget;
     job->reserved = reserved;
@@ -126,9 +130,11 @@ void srv_job_unref(srv_job *job)
 
 int srv_job_images(const srv_job *job) { return job->n; }
 
+const srv_model *srv_job_model(const srv_job *job) { return job->model; }
+
 bool srv_job_same_batch(const srv_job *a, int i, const srv_job *b, int k)
 {
-    return a->items[i].width == b->items[k].width && a->items[i].height == b->items[k].height &&
+    return a->model == b->model && a->items[i].width == b->items[k].width && a->items[i].height == b->items[k].height &&
            a->params.center == b->params.center &&
            a->params.deterministic == b->params.deterministic;
 }

@@ -19,6 +19,7 @@
 #include "budget.h"
 #include "latentd/encoder.h"
 #include "latentd/image.h"
+#include "models.h"
 #include "request.h"
 #include "response.h"
 
@@ -44,16 +45,20 @@ typedef struct {
 } srv_job_params;
 
 /* A job for the images in blobs (taken over: blobs is left empty) whose sizes
- * were probed as sizes[i] = {width, height}; `reserved` bytes of budget are
- * handed to the job, which gives them back when it is freed.  One reference. */
-int srv_job_new(const ld_model *model, srv_blobs *blobs, const uint32_t (*sizes)[2],
+ * were probed as sizes[i] = {width, height}, to be encoded by model (the job
+ * takes its own reference, dropped when it is freed: a reload cannot free
+ * the weights under it); `reserved` bytes of budget are handed to the job,
+ * which gives them back when it is freed.  One reference. */
+int srv_job_new(srv_model *model, srv_blobs *blobs, const uint32_t (*sizes)[2],
                 const srv_job_params *params, srv_budget *budget, size_t reserved,
                 srv_job **out, char *err);
 void srv_job_ref(srv_job *job);
 void srv_job_unref(srv_job *job);
 
 int srv_job_images(const srv_job *job);
-/* The batching key of image i: same size, same options → may share a batch. */
+/* The model the job was accepted for. */
+const srv_model *srv_job_model(const srv_job *job);
+/* The batching key of image i: same model, size and options → may share a batch. */
 bool srv_job_same_batch(const srv_job *a, int i, const srv_job *b, int k);
 int srv_job_image_width(const srv_job *job, int i);
 int srv_job_image_height(const srv_job *job, int i);

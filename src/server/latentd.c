@@ -1,9 +1,10 @@
-/* latentd: load the model, start the workers and the HTTP front, then wait
- * for signals — SIGHUP re-reads the config (what can change while running)
- * and reopens the log, SIGTERM/SIGINT drain and exit within
+/* latentd: load the models, start the workers and the HTTP front, then wait
+ * for signals — SIGHUP re-reads the config (what can change while running:
+ * the models, loaded beside the old ones and swapped in once loaded, and the
+ * log) and reopens the log, SIGTERM/SIGINT drain and exit within
  * shutdown_timeout_ms — and watch that the workers make progress.
  *
- * Under systemd (Type=notify) it says READY=1 once the model is loaded and
+ * Under systemd (Type=notify) it says READY=1 once every model is loaded and
  * the socket listens, keeps a STATUS= line current, says RELOADING=1 ...
  * READY=1 around SIGHUP and STOPPING=1 when it drains, and feeds the
  * watchdog (WatchdogSec=) only while every worker makes progress or is idle.
@@ -28,6 +29,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "models.h"
 #include "sdnotify.h"
 
 /* Workers × threads should not exceed the cores: say so when they do. */
@@ -139,9 +141,18 @@ static void watch_workers(srv_state *st)
 /* systemd's STATUS= line (systemctl status shows it), sent when it changes. */
 static void report_status(srv_state *st, char *last, size_t size)
 {
-    char status[256];
-    snprintf(status, sizeof status, "model %s; queue %d/%d; %d requests in flight; "
-             "%d workers, %d stalled", ld_model_name(st->model), srv_queue_depth(st->queue),
+    char status[256], names[128] = "";
+    srv_model_set set;
+    srv_models_snapshot(st->models, &set);
+    for (int i = 0; i < set.n; i++) {
+        const size_t used = strlen(names);
+        snprintf(names + used, sizeof names - used, "%s%s", i ? "," : "",
+                 srv_model_name(set.models[i]));
+    }
+    srv_model_set_release(&set);
+    snprintf(status, sizeof status, "model%s %s; queue %d/%d; %d requests in flight; "
+             "%d workers, %d stalled", strchr(names, ',') ? "s" : "", names,
+             srv_queue_depth(st->queue),
              srv_queue_capacity(st->queue), atomic_load(&st->in_flight), st->cfg->workers,
              atomic_load(&st->workers_stalled));
     if (strcmp(status, last) != 0) {
@@ -156,14 +167,16 @@ typedef struct {
     char **argv;
 } srv_args;
 
+static void reload_models(srv_state *st, const srv_config *fresh);
+
 /* SIGHUP: read the config again, from the same -c file and flags as at start.
- * What a running daemon can change safely changes now: the log's file and
- * level (the log is reopened either way, which also serves logrotate).
- * Everything else is read by many threads without a lock or sized things at
- * start (the model, the queue, the pools, the socket), so a change to it is
- * named in the log and waits for a restart.  A config that does not parse
- * changes nothing. */
-static void reload(srv_config *live, const srv_args *args)
+ * What a running daemon can change safely changes now: the models (see
+ * reload_models) and the log's file and level (the log is reopened either
+ * way, which also serves logrotate).  Everything else is read by many threads
+ * without a lock or sized things at start (the queue, the pools, the socket),
+ * so a change to it is named in the log and waits for a restart.  A config
+ * that does not parse changes nothing. */
+static void reload(srv_state *st, srv_config *live, const srv_args *args)
 {
     char err[LD_ERR_LEN], changed[512];
     srv_config fresh;
@@ -183,9 +196,16 @@ static void reload(srv_config *live, const srv_args *args)
     }
     const bool log_changed = live->log_level != fresh.log_level ||
                              strcmp(live->log_file, fresh.log_file) != 0;
-    /* applied: only the settings that wait for a restart differ now */
+    /* applied: only the settings that wait for a restart differ now (the
+     * models are read by this thread alone, and by the workers through the
+     * registry) */
+    reload_models(st, &fresh);
     live->log_level = fresh.log_level;
     memcpy(live->log_file, fresh.log_file, sizeof live->log_file);
+    memcpy(live->models, fresh.models, sizeof live->models);
+    live->n_models = fresh.n_models;
+    live->bare_model = fresh.bare_model;
+    memcpy(live->default_model, fresh.default_model, sizeof live->default_model);
     if (srv_config_changes(live, &fresh, changed, sizeof changed) > 0)
         srv_log(LOG_WARN, "reload: changed settings that take a restart: %s", changed);
     srv_log(LOG_INFO, "reloaded the config: %s", log_changed ? "log_file/log_level applied"
@@ -226,7 +246,7 @@ static void wait_for_signals(srv_state *st, srv_config *cfg, const srv_args *arg
             srv_sd_notify("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading the config",
                           (unsigned long long)mono.tv_sec * 1000000ull +
                               (unsigned long long)mono.tv_nsec / 1000);
-            reload(cfg, args);
+            reload(st, cfg, args);
             status[0] = '\0'; /* say it again after READY */
             srv_sd_notify("READY=1");
             report_status(st, status, sizeof status);
@@ -237,36 +257,149 @@ static void wait_for_signals(srv_state *st, srv_config *cfg, const srv_args *arg
     }
 }
 
-/* Memory every worker and decoder may need at once, taken from the budget at
- * start: an encode of one image of max_image_pixels (larger batches of smaller
- * images fit in the same room; the encoder halves a chunk that would not),
- * the worker's batch buffers, and the decoders' scratch. */
-static int reserve_fixed_memory(srv_state *st, size_t *worker_memory, char *err)
+/* Memory every worker and decoder may need at once, taken from the budget:
+ * an encode of one image of max_image_pixels (larger batches of smaller
+ * images fit in the same room; the encoder halves a chunk that would not)
+ * and the worker's batch buffers, each for the largest model loaded since
+ * start (a job of a model a reload dropped may still run), and the decoders'
+ * scratch.  The weights themselves are outside the budget. */
+static int fixed_memory(srv_state *st, const srv_model_set *set, size_t *worker_memory,
+                        size_t *batch_memory, size_t *fixed, char *err)
 {
     const srv_config *cfg = st->cfg;
     const int side = ((int)ceil(sqrt((double)cfg->max_image_pixels)) + 7) / 8 * 8;
-    int lh, lw;
-    if (ld_model_latent_size(st->model, side, side, &lh, &lw, err) != LD_OK)
-        return ld_fail(err, LD_EINVAL, "max_image_pixels is too small for this model");
-    const size_t channels = (size_t)ld_model_config(st->model)->latent_channels;
     const size_t pixels = (size_t)cfg->max_image_pixels;
-    *worker_memory = ld_encode_workspace_bytes(st->model, 1, side, side, cfg->threads);
-    const size_t batch = (size_t)cfg->vae_split *
-                         (3 * pixels + 5 * channels * (size_t)lh * (size_t)lw) * sizeof(float);
+    size_t worker = st->worker_memory, batch = st->batch_memory;
+    for (int i = 0; i < set->n; i++) {
+        const ld_model *m = srv_model_weights(set->models[i]);
+        int lh, lw;
+        if (ld_model_latent_size(m, side, side, &lh, &lw, err) != LD_OK)
+            return ld_fail(err, LD_EINVAL, "max_image_pixels is too small for the model %s",
+                           srv_model_name(set->models[i]));
+        const size_t channels = (size_t)ld_model_config(m)->latent_channels;
+        const size_t one = ld_encode_workspace_bytes(m, 1, side, side, cfg->threads);
+        const size_t buffers = (size_t)cfg->vae_split *
+                               (3 * pixels + 5 * channels * (size_t)lh * (size_t)lw) *
+                               sizeof(float);
+        worker = one > worker ? one : worker;
+        batch = buffers > batch ? buffers : batch;
+    }
     const size_t decoders = (size_t)cfg->decode_threads * 8 * pixels;
-    const size_t fixed = (size_t)cfg->workers * (*worker_memory + batch) + decoders;
+    *worker_memory = worker;
+    *batch_memory = batch;
+    *fixed = (size_t)cfg->workers * (worker + batch) + decoders;
+    return LD_OK;
+}
+
+/* Take the fixed memory that set needs beyond what is held already (all of
+ * it at start); refused when the budget would not leave room for one request
+ * of max_body_bytes.  The reservation never shrinks while the daemon runs. */
+static int reserve_fixed_memory(srv_state *st, const srv_model_set *set, char *err)
+{
+    const srv_config *cfg = st->cfg;
+    size_t worker = 0, batch = 0, fixed = 0;
+    int rc = fixed_memory(st, set, &worker, &batch, &fixed, err);
+    if (rc != LD_OK)
+        return rc;
+    const size_t held = atomic_load(&st->budget_fixed);
     const size_t one_body = 3 * cfg->max_body_bytes;
-    if (fixed + one_body > cfg->memory_budget_bytes || !srv_budget_take(&st->budget, fixed))
+    if (fixed > held && (fixed + one_body > cfg->memory_budget_bytes ||
+                         !srv_budget_take(&st->budget, fixed - held)))
         return ld_fail(err, LD_EINVAL, "memory_budget_bytes (%zu MiB) is too small: %d workers "
-                       "need %zu MiB for images of max_image_pixels at vae_split %d, and one "
-                       "request of max_body_bytes %zu MiB more; raise it or lower those",
-                       cfg->memory_budget_bytes >> 20, cfg->workers, fixed >> 20, cfg->vae_split,
-                       one_body >> 20);
-    st->budget_fixed = fixed;
+                       "need %zu MiB for images of max_image_pixels at vae_split %d with the "
+                       "largest model, and one request of max_body_bytes %zu MiB more; raise it "
+                       "or lower those", cfg->memory_budget_bytes >> 20, cfg->workers,
+                       fixed >> 20, cfg->vae_split, one_body >> 20);
+    if (fixed <= held)
+        return LD_OK;
+    atomic_store(&st->budget_fixed, fixed);
+    st->worker_memory = worker;
+    st->batch_memory = batch;
+    if (st->queue)
+        srv_queue_set_worker_memory(st->queue, worker);
     srv_log(LOG_INFO, "memory budget %zu MiB: %zu MiB kept for %d workers and %d decoders, "
             "the rest for requests", cfg->memory_budget_bytes >> 20, fixed >> 20, cfg->workers,
             cfg->decode_threads);
     return LD_OK;
+}
+
+/* The models cfg names, in its order: one whose name and path are those of a
+ * model in `running` is shared with it, the others are loaded now (at a
+ * reload, beside the running ones: requests go on meanwhile).  All or
+ * nothing: when one fails to load, out is left empty. */
+static int load_models(const srv_config *cfg, const srv_model_set *running, srv_model_set *out,
+                       int *loaded, char *err)
+{
+    memset(out, 0, sizeof *out);
+    *loaded = 0;
+    const srv_model_spec *def = srv_config_default_model(cfg);
+    for (int i = 0; i < cfg->n_models; i++) {
+        const srv_model_spec *spec = &cfg->models[i];
+        if (spec == def)
+            out->default_index = out->n;
+        srv_model *same = running ? srv_model_set_find(running, spec->name) : NULL;
+        if (same && strcmp(srv_model_path(same), spec->path) == 0) {
+            srv_model_ref(same);
+            out->models[out->n++] = same;
+            continue;
+        }
+        char inner[LD_ERR_LEN];
+        srv_model *m;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        const int rc = srv_model_load(spec->name, spec->path, &m, inner);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (rc != LD_OK) {
+            srv_model_set_release(out);
+            return ld_fail(err, rc, "model %s (%s): %s", spec->name, spec->path, inner);
+        }
+        const ld_model *w = srv_model_weights(m);
+        srv_log(LOG_INFO, "model %s: %s (%s layout, config %s, latents %s) loaded in %.2f s",
+                spec->name, spec->path, ld_model_layout(w), ld_model_config_source(w),
+                ld_model_scaling(w),
+                (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
+        out->models[out->n++] = m;
+        (*loaded)++;
+    }
+    return LD_OK;
+}
+
+/* SIGHUP's part for the models: the new set is loaded beside the running
+ * one and swapped in whole once it is; what the new set no longer holds is
+ * freed when its last job is done.  A model that does not load, or a set
+ * whose encoders would not fit the memory budget, keeps the running set. */
+static void reload_models(srv_state *st, const srv_config *fresh)
+{
+    char err[LD_ERR_LEN];
+    srv_model_set running, next;
+    int loaded;
+    srv_models_snapshot(st->models, &running);
+    int rc = load_models(fresh, &running, &next, &loaded, err);
+    if (rc == LD_OK && (rc = reserve_fixed_memory(st, &next, err)) != LD_OK)
+        srv_model_set_release(&next);
+    if (rc != LD_OK) {
+        srv_log(LOG_ERROR, "reload: kept the running models: %s", err);
+        srv_model_set_release(&running);
+        return;
+    }
+    int dropped = 0;
+    for (int i = 0; i < running.n; i++) {
+        bool kept = false;
+        for (int k = 0; k < next.n; k++)
+            kept = kept || next.models[k] == running.models[i];
+        dropped += !kept;
+    }
+    char names[512] = "";
+    for (int i = 0; i < next.n; i++) {
+        const size_t used = strlen(names);
+        snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+                 srv_model_name(next.models[i]));
+    }
+    const char *def = srv_model_name(next.models[next.default_index]);
+    srv_log(LOG_INFO, "reload: serving %s (default %s): %d loaded, %d kept, %d let go once "
+            "their jobs finish", names, def, loaded, next.n - loaded, dropped);
+    srv_models_swap(st->models, &next);
+    srv_model_set_release(&running);
 }
 
 /* "HOST:PORT" of a socket systemd passed, as the log's "listening on" says it. */
@@ -301,29 +434,29 @@ static int serve(srv_config *cfg, const srv_args *args)
         return 1;
     }
     st.passed_fd = passed_fd > 0 ? passed_fd : 0;
-    srv_sd_notify("STATUS=loading the model %s", cfg->model);
+    char names[512] = "";
+    for (int i = 0; i < cfg->n_models; i++) {
+        const size_t used = strlen(names);
+        snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "", cfg->models[i].name);
+    }
+    srv_sd_notify("STATUS=loading the model%s %s", cfg->n_models > 1 ? "s" : "", names);
     srv_metrics_init(&st.metrics);
     srv_budget_init(&st.budget, cfg->memory_budget_bytes);
-    ld_model *model = NULL;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc = ld_model_load(cfg->model, NULL, &model, err);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    size_t worker_memory = 0;
+    srv_model_set set;
+    int loaded;
+    int rc = load_models(cfg, NULL, &set, &loaded, err);
     if (rc == LD_OK) {
-        st.model = model;
-        srv_log(LOG_INFO, "model %s (%s layout, config %s, latents %s) loaded in %.2f s",
-                ld_model_name(model), ld_model_layout(model), ld_model_config_source(model),
-                ld_model_scaling(model),
-                (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
         check_threads(cfg);
-        rc = reserve_fixed_memory(&st, &worker_memory, err);
+        rc = reserve_fixed_memory(&st, &set, err);
     }
+    if (rc == LD_OK)
+        rc = srv_models_new(&set, &st.models, err);
+    srv_model_set_release(&set); /* empty unless something above failed */
     if (rc == LD_OK) {
         const srv_queue_params qp = {cfg->vae_split,          cfg->workers,   cfg->threads,
                                      cfg->max_batch_delay_ms, cfg->max_queue, cfg->decode_threads,
-                                     worker_memory};
-        rc = srv_queue_new(model, &qp, &st.metrics, &st.queue, err);
+                                     st.worker_memory};
+        rc = srv_queue_new(&qp, &st.metrics, &st.queue, err);
     }
     if (rc == LD_OK)
         rc = srv_http_start(&st, err);
@@ -342,7 +475,7 @@ static int serve(srv_config *cfg, const srv_args *args)
         if (watchdog_usec)
             srv_log(LOG_INFO, "systemd watchdog: %.3f s, pinged every %.3f s while workers "
                     "progress", watchdog_usec / 1e6, watchdog_usec / 2e6);
-        /* only now: the model is loaded, the workers run and the socket accepts */
+        /* only now: the models are loaded, the workers run and the socket accepts */
         srv_sd_notify("READY=1");
         wait_for_signals(&st, cfg, args, watchdog_usec);
         clean = shut_down(&st);
@@ -362,7 +495,7 @@ static int serve(srv_config *cfg, const srv_args *args)
         _exit(1);
     }
     srv_queue_free(st.queue);
-    ld_model_free(model);
+    srv_models_free(st.models); /* the jobs, and their references, are gone */
     srv_metrics_destroy(&st.metrics);
     srv_log(LOG_INFO, "stopped");
     return rc == LD_OK ? 0 : 1;

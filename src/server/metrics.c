@@ -48,11 +48,25 @@ void srv_metrics_request(srv_metrics *m, int status)
     pthread_mutex_unlock(&m->lock);
 }
 
-void srv_metrics_batch(srv_metrics *m, int images, double encode_seconds)
+/* Under the lock: the model's counters, made on first use. */
+static srv_model_counts *model_counts(srv_metrics *m, const char *model)
+{
+    for (int i = 0; i < m->n_models; i++)
+        if (!strcmp(m->models[i].name, model))
+            return &m->models[i];
+    if (m->n_models == METRIC_MODELS) /* a bounded table: the rest share the last series */
+        return &m->models[METRIC_MODELS - 1];
+    srv_model_counts *c = &m->models[m->n_models++];
+    snprintf(c->name, sizeof c->name, "%s", m->n_models == METRIC_MODELS ? "other" : model);
+    return c;
+}
+
+void srv_metrics_batch(srv_metrics *m, const char *model, int images, double encode_seconds)
 {
     pthread_mutex_lock(&m->lock);
-    m->images_encoded += (uint64_t)images;
-    m->batches++;
+    srv_model_counts *c = model_counts(m, model);
+    c->images_encoded += (uint64_t)images;
+    c->batches++;
     histogram_add(&m->batch_size, images);
     histogram_add(&m->encode_time, encode_seconds);
     pthread_mutex_unlock(&m->lock);
@@ -104,6 +118,19 @@ static void put(text *t, const char *fmt, ...)
         }
         t->buf = grown;
         t->cap = cap;
+    }
+}
+
+/* A label's value as the text format wants it: \\, \" and \\n escaped. */
+static void put_label_value(text *t, const char *value)
+{
+    for (const char *p = value; *p; p++) {
+        if (*p == '\\' || *p == '"')
+            put(t, "\\%c", *p);
+        else if (*p == '\n')
+            put(t, "\\n");
+        else
+            put(t, "%c", *p);
     }
 }
 
@@ -169,12 +196,21 @@ char *srv_metrics_render(srv_metrics *m, const srv_gauges *g)
         if (m->requests_by_status[s])
             put(&t, "latentd_requests_total{status=\"%d\"} %llu\n", s,
                 (unsigned long long)m->requests_by_status[s]);
-    put(&t, "# HELP latentd_images_encoded_total Images encoded.\n"
-            "# TYPE latentd_images_encoded_total counter\nlatentd_images_encoded_total %llu\n",
-        (unsigned long long)m->images_encoded);
-    put(&t, "# HELP latentd_batches_total Forward passes run.\n"
-            "# TYPE latentd_batches_total counter\nlatentd_batches_total %llu\n",
-        (unsigned long long)m->batches);
+    /* model names are [A-Za-z0-9._-] (settings.c) or a folder's name: escaped anyway */
+    put(&t, "# HELP latentd_images_encoded_total Images encoded, by model.\n"
+            "# TYPE latentd_images_encoded_total counter\n");
+    for (int i = 0; i < m->n_models; i++) {
+        put(&t, "latentd_images_encoded_total{model=\"");
+        put_label_value(&t, m->models[i].name);
+        put(&t, "\"} %llu\n", (unsigned long long)m->models[i].images_encoded);
+    }
+    put(&t, "# HELP latentd_batches_total Forward passes run, by model.\n"
+            "# TYPE latentd_batches_total counter\n");
+    for (int i = 0; i < m->n_models; i++) {
+        put(&t, "latentd_batches_total{model=\"");
+        put_label_value(&t, m->models[i].name);
+        put(&t, "\"} %llu\n", (unsigned long long)m->models[i].batches);
+    }
     put_histogram(&t, "latentd_batch_size", "Images per forward pass.", &m->batch_size);
     put_histogram(&t, "latentd_queue_wait_seconds", "Time an image waited in the queue.",
                   &m->queue_wait);

@@ -37,12 +37,21 @@ typedef struct {
     size_t memory_used, memory_limit, memory_peak;
 } srv_gauges;
 
+/* Per-model counters, by the model's name (a name served once keeps its
+ * series after a reload drops it, as Prometheus counters must). */
+#define METRIC_MODELS 64
+typedef struct {
+    char name[64];
+    uint64_t images_encoded;
+    uint64_t batches;
+} srv_model_counts;
+
 typedef struct {
     pthread_mutex_t lock;
     uint64_t events[EV_COUNT];
     uint64_t requests_by_status[600];
-    uint64_t images_encoded;
-    uint64_t batches;
+    srv_model_counts models[METRIC_MODELS]; /* the last also takes any name past the table */
+    int n_models;
     srv_histogram batch_size;
     srv_histogram queue_wait; /* seconds */
     srv_histogram encode_time; /* seconds, per batch */
@@ -51,7 +60,8 @@ typedef struct {
 void srv_metrics_init(srv_metrics *m);
 void srv_metrics_destroy(srv_metrics *m);
 void srv_metrics_request(srv_metrics *m, int status);
-void srv_metrics_batch(srv_metrics *m, int images, double encode_seconds);
+/* A batch of `images` encoded by the model called model. */
+void srv_metrics_batch(srv_metrics *m, const char *model, int images, double encode_seconds);
 void srv_metrics_queue_wait(srv_metrics *m, double seconds);
 void srv_metrics_event(srv_metrics *m, srv_event event);
 /* The exposition text, malloc'd. */

@@ -46,7 +46,7 @@ struct srv_queue {
     bool stopping;
     bool draining;            /* batches go as they are */
     srv_queue_params params;
-    const ld_model *model;
+    _Atomic size_t worker_memory; /* params.worker_memory, raised by a reload */
     srv_metrics *metrics;
     worker *workers;
     pthread_t *decoders;
@@ -324,13 +324,14 @@ static int encode_batch(worker *w, entry **batch, int n, batch_buffers *b, char 
     ld_encode_opts_init(&opts);
     opts.vae_split = q->params.vae_split;
     opts.pool = w->pool;
-    opts.max_memory = q->params.worker_memory;
+    opts.max_memory = atomic_load(&q->worker_memory);
     opts.center_input = srv_job_center(first);
     opts.deterministic = srv_job_deterministic(first);
     opts.seeds = b->seeds;
     opts.cancel = &w->cancel;
     opts.heartbeat = &w->heartbeat;
-    const int rc = ld_encode_results(q->model, b->images, n, &opts, b->results, err);
+    const ld_model *model = srv_model_weights(srv_job_model(first)); /* one per batch */
+    const int rc = ld_encode_results(model, b->images, n, &opts, b->results, err);
     for (int i = 0; i < n; i++) /* the pixels are not needed any more */
         srv_job_drop_pixels(batch[i]->job, batch[i]->index);
     return rc;
@@ -355,7 +356,7 @@ static void run_batch(worker *w, entry **batch, int n)
     w->batch_n = 0;
     pthread_mutex_unlock(&q->lock);
     if (rc == LD_OK)
-        srv_metrics_batch(q->metrics, n, encode_seconds);
+        srv_metrics_batch(q->metrics, srv_model_name(srv_job_model(first)), n, encode_seconds);
     else if (rc == LD_ECANCELLED)
         srv_log(LOG_INFO, "batch of %d %dx%d images stopped: its requests are gone", n, wd, h);
     else
@@ -476,15 +477,15 @@ static int start_threads(srv_queue *q, char *err)
     return LD_OK;
 }
 
-int srv_queue_new(const ld_model *model, const srv_queue_params *params, srv_metrics *metrics,
-                  srv_queue **out, char *err)
+int srv_queue_new(const srv_queue_params *params, srv_metrics *metrics, srv_queue **out,
+                  char *err)
 {
     *out = NULL;
     srv_queue *q = calloc(1, sizeof *q);
     if (!q)
         return ld_fail(err, LD_ENOMEM, "out of memory");
     q->params = *params;
-    q->model = model;
+    atomic_init(&q->worker_memory, params->worker_memory);
     q->metrics = metrics;
     pthread_mutex_init(&q->lock, NULL);
     pthread_condattr_t attr;
@@ -505,6 +506,11 @@ int srv_queue_new(const ld_model *model, const srv_queue_params *params, srv_met
     }
     *out = q;
     return LD_OK;
+}
+
+void srv_queue_set_worker_memory(srv_queue *q, size_t bytes)
+{
+    atomic_store(&q->worker_memory, bytes);
 }
 
 /* pthread_timedjoin_np counts in CLOCK_REALTIME; the deadline is monotonic. */

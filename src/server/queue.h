@@ -4,7 +4,7 @@
  * A request is admitted first (srv_queue_admit reserves a slot per image, all
  * or none), then submitted: a decoder turns its images into pixels and queues
  * them; a worker takes the oldest waiting image and coalesces others of the
- * same size and options (from any job) into a batch of at most vae_split,
+ * same model, size and options (from any job; each job names its model) into a batch of at most vae_split,
  * waiting up to max_batch_delay_ms for it to fill.  Images of finished
  * (cancelled, failed) jobs are dropped wherever they are, and a batch that
  * holds only such images is stopped mid-encode.
@@ -29,8 +29,11 @@ typedef struct {
     size_t worker_memory; /* an encode's working memory, at most (0: no limit) */
 } srv_queue_params;
 
-int srv_queue_new(const ld_model *model, const srv_queue_params *params, srv_metrics *metrics,
-                  srv_queue **out, char *err);
+int srv_queue_new(const srv_queue_params *params, srv_metrics *metrics, srv_queue **out,
+                  char *err);
+/* A reload loaded a model that needs more working memory: later encodes may
+ * use up to bytes (the caller took them from the budget first). */
+void srv_queue_set_worker_memory(srv_queue *q, size_t bytes);
 /* Reserve n image slots (n <= max_queue): LD_ETOOLARGE when the queue is full
  * now.  A request is admitted while fewer than max_queue images wait, whatever
  * its size, so the queue holds at most max_queue + n - 1: were a request of

@@ -46,6 +46,8 @@ void srv_options_merge(srv_options *dst, const srv_options *src)
         dst->scaling_factor = src->scaling_factor;
     if (src->set & OPT_SHIFT)
         dst->shift_factor = src->shift_factor;
+    if (src->set & OPT_MODEL)
+        memcpy(dst->model, src->model, sizeof dst->model);
     dst->set |= src->set;
 }
 
@@ -168,7 +170,8 @@ static unsigned option_bit(const char *key)
                 {"center_input_sample", OPT_CENTER}, {"outputs", OPT_OUTPUTS},
                 {"format", OPT_FORMAT},               {"tensor_encoding", OPT_ENCODING},
                 {"shape", OPT_SHAPE},                 {"dtype", OPT_DTYPE},
-                {"scaling_factor", OPT_SCALING},      {"shift_factor", OPT_SHIFT}};
+                {"scaling_factor", OPT_SCALING},      {"shift_factor", OPT_SHIFT},
+                {"model", OPT_MODEL}};
     for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++)
         if (!strcmp(key, bits[i].key))
             return bits[i].bit;
@@ -201,6 +204,12 @@ static int set_one(srv_options *o, const char *key, const char *value, char *err
         return parse_factor(key, value, &o->scaling_factor, err);
     if (!strcmp(key, "shift_factor"))
         return parse_factor(key, value, &o->shift_factor, err);
+    if (!strcmp(key, "model")) { /* whether one is so named is the daemon's to say */
+        if (!*value || strlen(value) >= sizeof o->model)
+            return ld_fail(err, LD_EINVAL, "model: want a model's name (see GET /v1/models)");
+        memcpy(o->model, value, strlen(value) + 1);
+        return LD_OK;
+    }
     return ld_fail(err, LD_EINVAL, "unknown option '%.40s'", key);
 }
 
@@ -368,7 +377,7 @@ static int json_option(srv_options *o, const char *key, json_t *v, char *err)
         o->set |= OPT_OUTPUTS;
         return LD_OK;
     }
-    if (!strcmp(key, "format") || !strcmp(key, "tensor_encoding")) {
+    if (!strcmp(key, "format") || !strcmp(key, "tensor_encoding") || !strcmp(key, "model")) {
         if (!json_is_string(v))
             return ld_fail(err, LD_EINVAL, "%s must be a string", key);
         return srv_options_set(o, key, json_string_value(v), err);

@@ -30,8 +30,11 @@ enum {
     OPT_SHAPE = 64,     /* a raw tensor body's shape and dtype */
     OPT_DTYPE = 128,
     OPT_SCALING = 256,  /* /v1/remote/encode's own scaling of the latents */
-    OPT_SHIFT = 512
+    OPT_SHIFT = 512,
+    OPT_MODEL = 1024    /* which of the daemon's models */
 };
+
+#define SRV_OPTION_MODEL_LEN 64 /* SRV_MODEL_NAME_LEN */
 
 #define SRV_MAX_SHAPE 4
 
@@ -48,6 +51,7 @@ typedef struct {
     int shape_ndim;
     ld_dtype dtype;
     double scaling_factor, shift_factor;
+    char model[SRV_OPTION_MODEL_LEN]; /* a model's name; empty: the default */
 } srv_options;
 
 /* A request whose body was a float tensor: its blobs are one image's

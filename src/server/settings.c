@@ -38,6 +38,7 @@ void srv_config_defaults(srv_config *cfg)
     cfg->stall_timeout_ms = 120000;
     cfg->log_level = LOG_INFO;
     cfg->shutdown_timeout_ms = 30000;
+    cfg->bare_model = -1;
 }
 
 static int parse_long(const char *value, long min, long max, long *out)
@@ -172,6 +173,43 @@ static int set_bytes(srv_config *cfg, const bytes_setting *s, const char *value,
 
 static int set_option(srv_config *cfg, const char *key, const char *value, char *err);
 
+/* A model's name: 1-63 of [A-Za-z0-9._-] (it goes into URLs, logs and
+ * metric labels as it is). */
+static bool valid_model_name(const char *name, size_t len)
+{
+    if (len == 0 || len >= SRV_MODEL_NAME_LEN)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)name[i]) && !strchr("._-", name[i]))
+            return false;
+    return true;
+}
+
+/* `model.NAME = PATH` (name non-NULL) or the bare `model = PATH`: a model
+ * given again keeps its place and takes the new path. */
+static int set_model(srv_config *cfg, const char *name, const char *path, char *err)
+{
+    if (name && !valid_model_name(name, strlen(name)))
+        return ld_fail(err, LD_EINVAL, "model.%.64s: a model's name is 1 to %d of A-Z a-z 0-9 . _ -",
+                       name, SRV_MODEL_NAME_LEN - 1);
+    if (!*path)
+        return ld_fail(err, LD_EINVAL, "model%s%s: want a path", name ? "." : "", name ? name : "");
+    int at = name ? -1 : cfg->bare_model;
+    for (int i = 0; name && i < cfg->n_models; i++)
+        if (i != cfg->bare_model && strcmp(cfg->models[i].name, name) == 0)
+            at = i;
+    if (at < 0) {
+        if (cfg->n_models == SRV_MAX_MODELS)
+            return ld_fail(err, LD_EINVAL, "more than %d models", SRV_MAX_MODELS);
+        at = cfg->n_models++;
+        if (!name)
+            cfg->bare_model = at;
+    }
+    srv_model_spec *spec = &cfg->models[at];
+    snprintf(spec->name, sizeof spec->name, "%s", name ? name : "");
+    return copy_string(spec->path, sizeof spec->path, "model", path, err);
+}
+
 /* One setting by name, from the file or a flag. */
 static int set_option(srv_config *cfg, const char *key, const char *value, char *err)
 {
@@ -194,7 +232,13 @@ static int set_option(srv_config *cfg, const char *key, const char *value, char 
     if (strcmp(key, "listen") == 0)
         return parse_listen(cfg, value, err);
     if (strcmp(key, "model") == 0)
-        return copy_string(cfg->model, sizeof cfg->model, key, value, err);
+        return set_model(cfg, NULL, value, err);
+    if (strncmp(key, "model.", 6) == 0)
+        return set_model(cfg, key + 6, value, err);
+    if (strcmp(key, "default_model") == 0)
+        return valid_model_name(value, strlen(value))
+                   ? copy_string(cfg->default_model, sizeof cfg->default_model, key, value, err)
+                   : ld_fail(err, LD_EINVAL, "default_model: want a model's name");
     if (strcmp(key, "api_key_file") == 0)
         return copy_string(cfg->api_key_file, sizeof cfg->api_key_file, key, value, err);
     if (strcmp(key, "log_file") == 0)
@@ -247,11 +291,14 @@ int srv_config_load_file(srv_config *cfg, const char *path, char *err)
 void srv_config_usage(FILE *fp)
 {
     fprintf(fp,
-            "usage: latentd [-c FILE] [--model PATH] [--listen HOST:PORT] [--vae-split N]\n"
+            "usage: latentd [-c FILE] [--model [NAME=]PATH]... [--listen HOST:PORT]\n"
+            "               [--vae-split N]\n"
             "               [--workers N] [--threads N] [--max-batch-delay-ms N]\n"
             "               [--max-queue N] [--log-level LEVEL] [--log-file PATH]\n"
             "               [--api-key-file PATH] [--set key=value]...\n"
-            "Flags override the file; --set takes any setting of latentd.conf.\n");
+            "Flags override the file; --set takes any setting of latentd.conf.\n"
+            "--model NAME=PATH adds a named model (repeatable, like model.NAME = PATH);\n"
+            "--model PATH is the single model named after its folder.\n");
 }
 
 /* Flags named like the file's keys, with '-' for '_'. */
@@ -274,6 +321,15 @@ static const struct option flags[] = {
 
 static int apply_flag(srv_config *cfg, const char *name, const char *value, char *err)
 {
+    if (strcmp(name, "model") == 0) { /* NAME=PATH, or a bare PATH */
+        const char *eq = strchr(value, '=');
+        char model_name[SRV_MODEL_NAME_LEN];
+        if (eq && valid_model_name(value, (size_t)(eq - value))) {
+            snprintf(model_name, sizeof model_name, "%.*s", (int)(eq - value), value);
+            return set_model(cfg, model_name, eq + 1, err);
+        }
+        return set_model(cfg, NULL, value, err);
+    }
     char key[64];
     snprintf(key, sizeof key, "%s", name);
     for (char *p = key; *p; p++)
@@ -320,8 +376,27 @@ int srv_config_from_args(srv_config *cfg, int argc, char **argv, char *err)
 
 int srv_config_finish(srv_config *cfg, char *err)
 {
-    if (!cfg->model[0])
-        return ld_fail(err, LD_EINVAL, "no model: set 'model' in the config or pass --model");
+    if (cfg->n_models == 0)
+        return ld_fail(err, LD_EINVAL, "no model: set 'model' or 'model.NAME' in the config or "
+                       "pass --model");
+    if (cfg->bare_model >= 0) { /* named after its folder or file, as the model names itself */
+        srv_model_spec *bare = &cfg->models[cfg->bare_model];
+        char copy[sizeof bare->path];
+        snprintf(copy, sizeof copy, "%s", bare->path);
+        size_t len = strlen(copy);
+        while (len > 1 && copy[len - 1] == '/')
+            copy[--len] = '\0';
+        const char *slash = strrchr(copy, '/');
+        snprintf(bare->name, sizeof bare->name, "%s", slash && slash[1] ? slash + 1 : copy);
+    }
+    for (int i = 0; i < cfg->n_models; i++)
+        for (int k = 0; k < i; k++)
+            if (strcmp(cfg->models[i].name, cfg->models[k].name) == 0)
+                return ld_fail(err, LD_EINVAL, "two models are named '%s': name the one in "
+                               "'model' with model.NAME instead", cfg->models[i].name);
+    if (cfg->default_model[0] && !srv_config_model(cfg, cfg->default_model))
+        return ld_fail(err, LD_EINVAL, "default_model: no model is named '%s'",
+                       cfg->default_model);
     if (!cfg->api_key_file[0])
         return LD_OK;
     FILE *fp = fopen(cfg->api_key_file, "r");
@@ -370,7 +445,6 @@ int srv_config_changes(const srv_config *a, const srv_config *b, char *out, size
         bool changed;
     } others[] = {
         {"listen", strcmp(a->listen_host, b->listen_host) != 0 || a->port != b->port},
-        {"model", strcmp(a->model, b->model) != 0},
         {"api_key_file", strcmp(a->api_key_file, b->api_key_file) != 0 ||
                              strcmp(a->api_key, b->api_key) != 0},
         {"log_file", strcmp(a->log_file, b->log_file) != 0},
@@ -380,4 +454,19 @@ int srv_config_changes(const srv_config *a, const srv_config *b, char *out, size
         if (others[i].changed)
             add_key(out, size, others[i].key), n++;
     return n;
+}
+
+const srv_model_spec *srv_config_model(const srv_config *cfg, const char *name)
+{
+    for (int i = 0; i < cfg->n_models; i++)
+        if (strcmp(cfg->models[i].name, name) == 0)
+            return &cfg->models[i];
+    return NULL;
+}
+
+const srv_model_spec *srv_config_default_model(const srv_config *cfg)
+{
+    const srv_model_spec *named = cfg->default_model[0] ? srv_config_model(cfg, cfg->default_model)
+                                                        : NULL;
+    return named ? named : cfg->n_models ? &cfg->models[0] : NULL;
 }

@@ -10,10 +10,24 @@
 
 typedef enum { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG } srv_log_level;
 
+/* The models one daemon serves, each by name.  `model.NAME = PATH` (file,
+ * `--set`) and `--model NAME=PATH` name one; a bare `model = PATH` /
+ * `--model PATH` is the single unnamed one, named after its folder or file by
+ * srv_config_finish.  Names are 1-63 of [A-Za-z0-9._-]. */
+#define SRV_MAX_MODELS 16
+#define SRV_MODEL_NAME_LEN 64
+typedef struct {
+    char name[SRV_MODEL_NAME_LEN];
+    char path[4096];
+} srv_model_spec;
+
 typedef struct {
     char listen_host[256];
     int port;
-    char model[4096];
+    srv_model_spec models[SRV_MAX_MODELS]; /* in the order they were given, file then flags */
+    int n_models;
+    int bare_model;         /* the index of the bare `model = PATH`, or -1 */
+    char default_model[SRV_MODEL_NAME_LEN]; /* empty: the first */
     int vae_split;          /* images per forward pass */
     int workers;            /* encoder threads */
     int threads;            /* compute threads per worker */
@@ -47,11 +61,14 @@ void srv_config_defaults(srv_config *cfg);
 int srv_config_load_file(srv_config *cfg, const char *path, char *err);
 /* Apply -c FILE first, then the other flags over it. Returns 1 for --help. */
 int srv_config_from_args(srv_config *cfg, int argc, char **argv, char *err);
-/* Read the API key file, check ranges. */
+/* Name the bare model, check default_model, read the API key file. */
 int srv_config_finish(srv_config *cfg, char *err);
 void srv_config_usage(FILE *fp);
 /* The settings whose values differ between a and b, as "key, key" in out (the
  * API key itself is reported as api_key_file); returns how many. */
 int srv_config_changes(const srv_config *a, const srv_config *b, char *out, size_t size);
+/* The model spec named name, or NULL; the default model's spec. */
+const srv_model_spec *srv_config_model(const srv_config *cfg, const char *name);
+const srv_model_spec *srv_config_default_model(const srv_config *cfg);
 
 #endif

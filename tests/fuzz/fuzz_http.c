@@ -103,6 +103,7 @@ static void stop_daemon(void)
         return; /* a worker may still use the model: leave it to the exit */
     srv_queue_free(fz.st.queue);
     ld_model_free(fz.model);
+    srv_models_free(fz.st.models);
     srv_metrics_destroy(&fz.st.metrics);
     srv_log_close();
 }
@@ -124,7 +125,8 @@ static void start_daemon(void)
     srv_config_defaults(cfg);
     snprintf(cfg->listen_host, sizeof cfg->listen_host, "127.0.0.1");
     cfg->port = 0;
-    fixture_model(cfg->model, sizeof cfg->model);
+    char model_path[4096];
+    fixture_model(model_path, sizeof model_path);
     snprintf(cfg->api_key, sizeof cfg->api_key, API_KEY);
     cfg->vae_split = 2;
     cfg->workers = 1;
@@ -148,7 +150,7 @@ static void start_daemon(void)
     cfg->max_connections_per_client = 8;
     cfg->max_requests_per_connection = 4;
 
-    int rc = ld_model_load(cfg->model, NULL, &fz.model, err);
+    int rc = ld_model_load(model_path, NULL, &fz.model, err);
     if (rc != LD_OK) {
         fprintf(stderr, "fuzz_http: %s (set LATENTD_FIXTURES)\n", err);
         abort();
@@ -157,7 +159,10 @@ static void start_daemon(void)
     const size_t fixed = fixed_memory(&worker_memory);
     cfg->memory_budget_bytes = fixed + 3 * cfg->max_body_bytes + (16u << 20);
     fz.st.cfg = cfg;
-    fz.st.model = fz.model;
+    /* the daemon's registry holds its own copy of the weights: fz.model is for sizing */
+    srv_model_set set = {.n = 1};
+    FUZZ_CHECK(srv_model_load("tiny-sd", model_path, &set.models[0], err) == LD_OK);
+    FUZZ_CHECK(srv_models_new(&set, &fz.st.models, err) == LD_OK);
     srv_metrics_init(&fz.st.metrics);
     srv_budget_init(&fz.st.budget, cfg->memory_budget_bytes);
     FUZZ_CHECK(srv_budget_take(&fz.st.budget, fixed));
@@ -165,7 +170,7 @@ static void start_daemon(void)
     const srv_queue_params qp = {cfg->vae_split,          cfg->workers,   cfg->threads,
                                  cfg->max_batch_delay_ms, cfg->max_queue, cfg->decode_threads,
                                  worker_memory};
-    rc = srv_queue_new(fz.model, &qp, &fz.st.metrics, &fz.st.queue, err);
+    rc = srv_queue_new(&qp, &fz.st.metrics, &fz.st.queue, err);
     if (rc == LD_OK)
         rc = srv_http_start(&fz.st, err);
     if (rc != LD_OK) {
