@@ -41,13 +41,6 @@
 #define PR_MDWE_REFUSE_EXEC_GAIN 1
 #endif
 
-static double now_seconds(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 /* ---------------- the service manager's side ---------------- */
 
 typedef struct {
