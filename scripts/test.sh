@@ -3,15 +3,17 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer, then under valgrind; then
 # fuzzes every parser of outside bytes for a bounded time (scripts/fuzz.sh,
 # $LATENTD_FUZZ_SECONDS per target, default 30); then loads and attacks the
-# real daemon past its capacity (tests/load, $LATENTD_LOAD_SECONDS, default 60).
-#   scripts/test.sh            all five
-#   scripts/test.sh plain|sanitize|valgrind|fuzz|load   one of them (or a quoted list)
+# real daemon past its capacity (tests/load, $LATENTD_LOAD_SECONDS, default 60);
+# then builds the Debian package, installs it and runs the installed daemon
+# (scripts/deb-check.sh; skipped when not root or without dpkg-buildpackage).
+#   scripts/test.sh            all six
+#   scripts/test.sh plain|sanitize|valgrind|fuzz|load|deb   one of them (or a quoted list)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 [ -x configure ] || autoreconf -fi >/dev/null 2>&1
 jobs=$(nproc 2>/dev/null || echo 2)
-modes=${1:-"plain sanitize valgrind fuzz load"}
+modes=${1:-"plain sanitize valgrind fuzz load deb"}
 status=0
 
 summary() { # the Check runners' closing lines, one per test program
@@ -67,6 +69,13 @@ for mode in $modes; do
     fuzz)
         echo "== fuzz =="
         scripts/fuzz.sh "${LATENTD_FUZZ_SECONDS:-30}" || status=1 ;;
+    deb)
+        # a copy of the tree in a temp folder, built with dpkg-buildpackage,
+        # installed with apt-get and purged again; 77 is a skip
+        echo "== deb =="
+        rc=0
+        scripts/deb-check.sh || rc=$?
+        [ $rc -eq 0 ] || [ $rc -eq 77 ] || status=1 ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
 done

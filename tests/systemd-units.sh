@@ -1,14 +1,14 @@
 #!/bin/sh
-# The systemd units in systemd/: `systemd-analyze verify` finds nothing to say
-# about them, and `systemd-analyze security --offline=true` rates latentd.service
-# (and the template) at an exposure of 2.0 or lower.  No systemd PID 1 needed.
-# Skips (77) where systemd-analyze is absent.
-#   LATENTD_BUILDDIR   where the built latentd is (make check sets it)
+# The systemd units, as the build made them from systemd/*.in with the
+# configured paths (what `make install` installs): `systemd-analyze verify`
+# finds nothing to say about them, and `systemd-analyze security --offline=true`
+# rates latentd.service (and the template) at an exposure of 2.0 or lower.  No
+# systemd PID 1 needed.  Skips (77) where systemd-analyze is absent.
+#   LATENTD_BUILDDIR   where the built latentd and systemd/ are (make check sets it)
 #   LATENTD_MAX_EXPOSURE   the highest exposure accepted (default 2.0)
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-units=$here/../systemd
 build=${LATENTD_BUILDDIR:-.}
+units=$build/systemd
 max=${LATENTD_MAX_EXPOSURE:-2.0}
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "systemd-units: no systemd-analyze (Debian: apt-get install systemd); skipped"
@@ -19,12 +19,24 @@ daemon=$(cd "$build" && pwd)/latentd
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# verify wants ExecStart='s binary to exist: point the units at the built one
-for unit in latentd.service latentd@.service latentd.socket; do
-    sed "s|/usr/local/bin/latentd|$daemon|g" "$units/$unit" >"$tmp/$unit"
-done
-cd "$tmp"
 status=0
+# verify wants ExecStart='s binary to exist: point the units at the built one
+# (the generated units name the installed one, BINDIR/latentd)
+for unit in latentd.service latentd@.service latentd.socket; do
+    [ -f "$units/$unit" ] || { echo "systemd-units: no $units/$unit (make builds it)" >&2; exit 1; }
+    if grep -n '@[a-z]*dir@' "$units/$unit"; then
+        echo "FAIL: $unit: a configure path left unsubstituted"
+        status=1
+    fi
+    sed "s|^ExecStart=/[^ ]*/latentd |ExecStart=$daemon |" "$units/$unit" >"$tmp/$unit"
+done
+# verify looks up Documentation=man:latentd(8): the page from the source tree
+man=$(cd "$(dirname "$0")/../man" && pwd)
+mkdir -p "$tmp/man/man8"
+ln -s "$man/latentd.8" "$tmp/man/man8/latentd.8"
+MANPATH=$tmp/man
+export MANPATH
+cd "$tmp"
 
 # verify exits 0 on unknown keys and bad values, with a warning: any line
 # about our units fails the test
@@ -61,6 +73,9 @@ for key in Type=notify WatchdogSec= 'ExecReload=/bin/kill -HUP $MAINPID'; do
         grep -qF "$key" "$unit" || { echo "FAIL: $unit lacks $key"; status=1; }
     done
 done
-grep -q 'latentd -c /etc/latentd/%i.conf' latentd@.service ||
-    { echo "FAIL: latentd@.service does not read /etc/latentd/%i.conf"; status=1; }
+# the instances' configs beside latentd.service's, in SYSCONFDIR/latentd
+conf=$(sed -n 's|^ExecStart=[^ ]* -c \(/.*\)/latentd.conf$|\1|p' latentd.service)
+[ -n "$conf" ] || { echo "FAIL: latentd.service reads no absolute .../latentd.conf"; status=1; }
+grep -qF "latentd -c $conf/%i.conf" latentd@.service ||
+    { echo "FAIL: latentd@.service does not read $conf/%i.conf"; status=1; }
 exit $status
