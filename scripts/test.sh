@@ -5,15 +5,17 @@
 # $LATENTD_FUZZ_SECONDS per target, default 30); then loads and attacks the
 # real daemon past its capacity (tests/load, $LATENTD_LOAD_SECONDS, default 60);
 # then builds the Debian package, installs it and runs the installed daemon
-# (scripts/deb-check.sh; skipped when not root or without dpkg-buildpackage).
-#   scripts/test.sh            all six
-#   scripts/test.sh plain|sanitize|valgrind|fuzz|load|deb   one of them (or a quoted list)
+# (scripts/deb-check.sh; skipped when not root or without dpkg-buildpackage);
+# then `make distcheck` (the tarball builds, passes its quick tests, installs
+# and uninstalls cleanly).
+#   scripts/test.sh            all seven
+#   scripts/test.sh plain|sanitize|valgrind|fuzz|load|deb|dist   one of them (or a quoted list)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 [ -x configure ] || autoreconf -fi >/dev/null 2>&1
 jobs=$(nproc 2>/dev/null || echo 2)
-modes=${1:-"plain sanitize valgrind fuzz load deb"}
+modes=${1:-"plain sanitize valgrind fuzz load deb dist"}
 status=0
 
 summary() { # the Check runners' closing lines, one per test program
@@ -76,6 +78,12 @@ for mode in $modes; do
         rc=0
         scripts/deb-check.sh || rc=$?
         [ $rc -eq 0 ] || [ $rc -eq 77 ] || status=1 ;;
+    dist)
+        echo "== dist =="
+        dir=build/test-dist
+        mkdir -p "$dir"
+        (cd "$dir" && "$top/configure" -q && make -s -j"$jobs" distcheck >distcheck.log 2>&1 \
+            && tail -n 4 distcheck.log) || { tail -n 40 "$dir/distcheck.log"; status=1; } ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
 done
