@@ -167,7 +167,7 @@ typedef struct {
     char **argv;
 } srv_args;
 
-static void reload_models(srv_state *st, const srv_config *fresh);
+static bool reload_models(srv_state *st, const srv_config *fresh, bool ping_watchdog);
 
 /* SIGHUP: read the config again, from the same -c file and flags as at start.
  * What a running daemon can change safely changes now: the models (see
@@ -176,7 +176,7 @@ static void reload_models(srv_state *st, const srv_config *fresh);
  * without a lock or sized things at start (the queue, the pools, the socket),
  * so a change to it is named in the log and waits for a restart.  A config
  * that does not parse changes nothing. */
-static void reload(srv_state *st, srv_config *live, const srv_args *args)
+static void reload(srv_state *st, srv_config *live, const srv_args *args, bool ping_watchdog)
 {
     char err[LD_ERR_LEN], changed[512];
     srv_config fresh;
@@ -199,17 +199,20 @@ static void reload(srv_state *st, srv_config *live, const srv_args *args)
     /* applied: only the settings that wait for a restart differ now (the
      * models are read by this thread alone, and by the workers through the
      * registry) */
-    reload_models(st, &fresh);
+    const bool models_changed = reload_models(st, &fresh, ping_watchdog);
     live->log_level = fresh.log_level;
     memcpy(live->log_file, fresh.log_file, sizeof live->log_file);
-    memcpy(live->models, fresh.models, sizeof live->models);
-    live->n_models = fresh.n_models;
-    live->bare_model = fresh.bare_model;
-    memcpy(live->default_model, fresh.default_model, sizeof live->default_model);
+    if (models_changed) { /* else the running set (and its config) stays */
+        memcpy(live->models, fresh.models, sizeof live->models);
+        live->n_models = fresh.n_models;
+        live->bare_model = fresh.bare_model;
+        memcpy(live->default_model, fresh.default_model, sizeof live->default_model);
+    }
     if (srv_config_changes(live, &fresh, changed, sizeof changed) > 0)
         srv_log(LOG_WARN, "reload: changed settings that take a restart: %s", changed);
-    srv_log(LOG_INFO, "reloaded the config: %s", log_changed ? "log_file/log_level applied"
-                                                           : "the log reopened");
+    srv_log(models_changed ? LOG_INFO : LOG_WARN, "reloaded the config: %s%s",
+            log_changed ? "log_file/log_level applied" : "the log reopened",
+            models_changed ? "" : "; the models are the running ones (see above)");
 }
 
 /* Until SIGTERM/SIGINT: SIGHUP reloads; once a second the stall detector and
@@ -246,7 +249,7 @@ static void wait_for_signals(srv_state *st, srv_config *cfg, const srv_args *arg
             srv_sd_notify("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading the config",
                           (unsigned long long)mono.tv_sec * 1000000ull +
                               (unsigned long long)mono.tv_nsec / 1000);
-            reload(st, cfg, args);
+            reload(st, cfg, args, watchdog_usec != 0);
             status[0] = '\0'; /* say it again after READY */
             srv_sd_notify("READY=1");
             report_status(st, status, sizeof status);
@@ -303,8 +306,12 @@ static int reserve_fixed_memory(srv_state *st, const srv_model_set *set, char *e
         return rc;
     const size_t held = atomic_load(&st->budget_fixed);
     const size_t one_body = 3 * cfg->max_body_bytes;
-    if (fixed > held && (fixed + one_body > cfg->memory_budget_bytes ||
-                         !srv_budget_take(&st->budget, fixed - held)))
+    const bool fits = fixed + one_body <= cfg->memory_budget_bytes;
+    if (fixed > held && fits && !srv_budget_take(&st->budget, fixed - held))
+        return ld_fail(err, LD_ENOMEM, "the workers need %zu MiB more of the memory budget, "
+                       "which requests hold right now; reload again when they are done",
+                       (fixed - held) >> 20);
+    if (fixed > held && !fits)
         return ld_fail(err, LD_EINVAL, "memory_budget_bytes (%zu MiB) is too small: %d workers "
                        "need %zu MiB for images of max_image_pixels at vae_split %d with the "
                        "largest model, and one request of max_body_bytes %zu MiB more; raise it "
@@ -328,7 +335,7 @@ static int reserve_fixed_memory(srv_state *st, const srv_model_set *set, char *e
  * reload, beside the running ones: requests go on meanwhile).  All or
  * nothing: when one fails to load, out is left empty. */
 static int load_models(const srv_config *cfg, const srv_model_set *running, srv_model_set *out,
-                       int *loaded, char *err)
+                       int *loaded, const srv_state *ping_for, char *err)
 {
     memset(out, 0, sizeof *out);
     *loaded = 0;
@@ -360,6 +367,10 @@ static int load_models(const srv_config *cfg, const srv_model_set *running, srv_
                 (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
         out->models[out->n++] = m;
         (*loaded)++;
+        /* a reload loads in the thread that feeds systemd's watchdog: a few
+         * large models must not outlast WatchdogSec unfed */
+        if (ping_for && atomic_load(&ping_for->workers_stalled) == 0)
+            srv_sd_notify_nowait("WATCHDOG=1");
     }
     return LD_OK;
 }
@@ -368,19 +379,19 @@ static int load_models(const srv_config *cfg, const srv_model_set *running, srv_
  * one and swapped in whole once it is; what the new set no longer holds is
  * freed when its last job is done.  A model that does not load, or a set
  * whose encoders would not fit the memory budget, keeps the running set. */
-static void reload_models(srv_state *st, const srv_config *fresh)
+static bool reload_models(srv_state *st, const srv_config *fresh, bool ping_watchdog)
 {
     char err[LD_ERR_LEN];
     srv_model_set running, next;
     int loaded;
     srv_models_snapshot(st->models, &running);
-    int rc = load_models(fresh, &running, &next, &loaded, err);
+    int rc = load_models(fresh, &running, &next, &loaded, ping_watchdog ? st : NULL, err);
     if (rc == LD_OK && (rc = reserve_fixed_memory(st, &next, err)) != LD_OK)
         srv_model_set_release(&next);
     if (rc != LD_OK) {
         srv_log(LOG_ERROR, "reload: kept the running models: %s", err);
         srv_model_set_release(&running);
-        return;
+        return false;
     }
     int dropped = 0;
     for (int i = 0; i < running.n; i++) {
@@ -400,6 +411,7 @@ static void reload_models(srv_state *st, const srv_config *fresh)
             "their jobs finish", names, def, loaded, next.n - loaded, dropped);
     srv_models_swap(st->models, &next);
     srv_model_set_release(&running);
+    return true;
 }
 
 /* "HOST:PORT" of a socket systemd passed, as the log's "listening on" says it. */
@@ -444,7 +456,7 @@ static int serve(srv_config *cfg, const srv_args *args)
     srv_budget_init(&st.budget, cfg->memory_budget_bytes);
     srv_model_set set;
     int loaded;
-    int rc = load_models(cfg, NULL, &set, &loaded, err);
+    int rc = load_models(cfg, NULL, &set, &loaded, NULL, err);
     if (rc == LD_OK) {
         check_threads(cfg);
         rc = reserve_fixed_memory(&st, &set, err);

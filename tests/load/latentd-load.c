@@ -1688,6 +1688,22 @@ typedef struct {
     long in_flight, queue_depth;
 } metrics;
 
+/* latentd_images_encoded_total{model="..."} N: one series per model. */
+static bool images_series(const char *line, unsigned long long *v)
+{
+    static const char name[] = "latentd_images_encoded_total";
+    if (strncmp(line, name, sizeof name - 1) != 0)
+        return false;
+    const char *rest = line + sizeof name - 1;
+    if (*rest == '{') {
+        rest = strstr(rest, "} ");
+        if (!rest)
+            return false;
+        rest++;
+    }
+    return sscanf(rest, " %llu", v) == 1;
+}
+
 static bool scrape(metrics *m)
 {
     memset(m, 0, sizeof *m);
@@ -1704,8 +1720,8 @@ static bool scrape(metrics *m)
         unsigned long long v;
         if (sscanf(line, "latentd_requests_total{status=\"%d\"} %llu", &s, &v) == 2 && s >= 100 && s < 600)
             m->status[s] = v;
-        else if (sscanf(line, "latentd_images_encoded_total %llu", &v) == 1)
-            m->images = v;
+        else if (images_series(line, &v))
+            m->images += v; /* summed over the models */
         else if (sscanf(line, "latentd_requests_in_flight %llu", &v) == 1)
             m->in_flight = (long)v;
         else if (sscanf(line, "latentd_queue_depth %llu", &v) == 1)
