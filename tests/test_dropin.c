@@ -349,6 +349,15 @@ START_TEST(names_other_tools_use)
     r = http(&d, "/v2/health/ready", NULL, NULL, 0, NULL, NULL);
     ck_assert_int_eq(r.status, 200);
     free(r.body);
+    /* a wrong method is told what the route takes (RFC 9110's Allow) */
+    r = http(&d, "/v1/encode", NULL, NULL, 0, NULL, NULL);
+    ck_assert_int_eq(r.status, 405);
+    ck_assert_ptr_nonnull(strcasestr(r.headers, "\nAllow: POST\r\n"));
+    free(r.body);
+    r = http(&d, "/v2/health/live", "text/plain", "x", 1, NULL, NULL);
+    ck_assert_int_eq(r.status, 405);
+    ck_assert_ptr_nonnull(strcasestr(r.headers, "\nAllow: GET, HEAD\r\n"));
+    free(r.body);
     size_t len;
     uint8_t *jpg = read_all(fixture("images/astronaut_64.jpg"), &len);
     r = http(&d, "/v1/encode", "image/jpg", jpg, len, NULL, NULL); /* a common misspelling */

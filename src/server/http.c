@@ -209,6 +209,8 @@ static MHD_Result_t send_body(request *rq, const char *method, const char *url, 
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (status == 405) /* RFC 9110 15.5.6: what the resource does take */
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, is_encode(rq) ? "POST" : "GET, HEAD");
     /* answered before its body is in: the rest of it is not worth reading */
     if (close || rq->body_pending || atomic_load(&st->draining) ||
         (rq->conn && srv_conn_requests(rq->conn) >= st->cfg->max_requests_per_connection))

@@ -57,7 +57,8 @@ static srv_model_counts *model_counts(srv_metrics *m, const char *model)
     if (m->n_models == METRIC_MODELS) /* a bounded table: the rest share the last series */
         return &m->models[METRIC_MODELS - 1];
     srv_model_counts *c = &m->models[m->n_models++];
-    snprintf(c->name, sizeof c->name, "%s", m->n_models == METRIC_MODELS ? "other" : model);
+    /* "(other)" is no valid model name, so the shared series cannot pass for one */
+    snprintf(c->name, sizeof c->name, "%s", m->n_models == METRIC_MODELS ? "(other)" : model);
     return c;
 }
 
