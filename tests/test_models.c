@@ -69,6 +69,11 @@ START_TEST(config_names_models)
     ck_assert_msg(parse_args(&cfg, a3, err) == LD_OK, "%s", err);
     ck_assert_int_eq(cfg.n_models, 1);
     ck_assert_str_eq(cfg.models[0].name, "two");
+    /* a folder named anything gives a name of the name alphabet (it reaches
+     * URLs, logs, metric labels and STATUS= lines) */
+    const char *const odd[] = {"latentd", "--model", "/m/my vae\nv2\xc3\xa9", NULL};
+    ck_assert_msg(parse_args(&cfg, odd, err) == LD_OK, "%s", err);
+    ck_assert_str_eq(cfg.models[0].name, "my_vae_v2__");
     /* refused: a bad name, two models of one name, an unknown default, none */
     const char *const bad_name[] = {"latentd", "--set", "model.a b=/m/x", NULL};
     ck_assert_int_eq(parse_args(&cfg, bad_name, err), LD_EINVAL);

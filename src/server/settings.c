@@ -388,6 +388,11 @@ int srv_config_finish(srv_config *cfg, char *err)
             copy[--len] = '\0';
         const char *slash = strrchr(copy, '/');
         snprintf(bare->name, sizeof bare->name, "%s", slash && slash[1] ? slash + 1 : copy);
+        /* a folder may be named anything; the name goes into URLs, logs, metric
+         * labels and STATUS= lines as it is, so it keeps to the name alphabet */
+        for (char *c = bare->name; *c; c++)
+            if (!isalnum((unsigned char)*c) && !strchr("._-", *c))
+                *c = '_';
     }
     for (int i = 0; i < cfg->n_models; i++)
         for (int k = 0; k < i; k++)
