@@ -36,6 +36,7 @@ int ld_webp_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *he
 int ld_webp_decode(const uint8_t *data, size_t len, const ld_image_limits *limits,
                    ld_image *out, char *err)
 {
+    memset(out, 0, sizeof *out); /* a refused image holds nothing, as the other decoders say */
     uint32_t width = 0, height = 0;
     int rc = ld_webp_probe(data, len, &width, &height, err);
     if (rc != LD_OK)
