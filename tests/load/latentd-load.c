@@ -91,7 +91,7 @@ static options O = {
     .base_clients = 4, .calib_seconds = 10, .calib_requests = 0,
     .clients = 128, .duration = 25, .grace = 15, .patience = 15,
     .mix = {40, 20, 6, 10, 8, 6, 10},
-    .backoff_ms = 100, .abandon_pause_ms = 2000, .min_ratio = 0.8, .min_mpx_ratio = 0.8,
+    .backoff_ms = 100, .abandon_pause_ms = 2000, .min_ratio = 0.8, .min_mpx_ratio = 0.6,
     .slow_conns = 130, .slow_interval = 8, .slow_hold = 20, .slow_max_hold = 0,
     .slow_body_bytes = 1024, .slow_body_ms = 500, .slow_read_bytes = 1024, .slow_read_ms = 100,
     .healthz_deadline = 2, .encode_deadline = 5, .start_timeout = 30, .drain_wait = 30,
@@ -2353,7 +2353,7 @@ static void usage(FILE *fp)
 "  --backoff-ms N          pause after a 503 or error (default 100, x0.5..1.5)\n"
 "  --abandon-pause-ms N    abort-queued clients' pause between requests (default 2000)\n"
 "  --min-ratio R           overload/unloaded images/s at least (default 0.8)\n"
-"  --min-mpx-ratio R       the same in Mpx/s, so that big images are not starved (0.8; 0: off)\n"
+"  --min-mpx-ratio R       the same in Mpx/s, so that big images are not starved (0.6; 0: off)\n"
 "  --rss-limit-mb N        peak RSS at most (default 0: reported, not checked)\n"
 "slow clients:\n"
 "  --slow-conns N          slowloris mode: connections (default 130)\n"
