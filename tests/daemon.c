@@ -68,7 +68,7 @@ int daemon_wait_notify(daemon_t *d, const char *state)
     return -1;
 }
 
-static int port_from_log(const char *log)
+int daemon_log_port(const char *log)
 {
     FILE *fp = fopen(log, "r");
     char line[1024];
@@ -135,9 +135,21 @@ daemon_t start_daemon(const char *model, const char *const *extra)
     }
     /* READY=1 comes once the model is loaded and the port is open */
     ck_assert_msg(daemon_wait_notify(&d, "READY=1") == 0, "latentd did not start (see %s)", d.log);
-    d.port = port_from_log(d.log);
+    d.port = daemon_log_port(d.log);
     ck_assert_msg(d.port > 0, "latentd did not say its port (see %s)", d.log);
     return d;
+}
+
+bool log_contains(const daemon_t *d, const char *text)
+{
+    FILE *fp = fopen(d->log, "r");
+    char line[2048];
+    bool found = false;
+    while (fp && !found && fgets(line, sizeof line, fp))
+        found = strstr(line, text) != NULL;
+    if (fp)
+        fclose(fp);
+    return found;
 }
 
 /* SIGTERM and wait; returns the exit status. */

@@ -27,6 +27,10 @@ typedef struct {
 daemon_t start_daemon(const char *model, const char *const *extra);
 /* Block until the daemon sends a notify message containing state ("STOPPING=1"). */
 int daemon_wait_notify(daemon_t *d, const char *state);
+/* The port of the last "listening on 127.0.0.1:PORT" line of a log (0: none). */
+int daemon_log_port(const char *log);
+/* Whether a line of the daemon's log holds text. */
+bool log_contains(const daemon_t *d, const char *text);
 /* SIGTERM and wait; returns the exit status. */
 int stop_daemon(daemon_t *d);
 /* Remove its folder (after the process is gone). */

@@ -75,18 +75,6 @@ static reply post_multipart(const daemon_t *d, const char *path, const char *bod
     return http(d, path, "multipart/form-data; boundary=bb", body, len, NULL, NULL);
 }
 
-static bool log_contains(const daemon_t *d, const char *text)
-{
-    FILE *fp = fopen(d->log, "r");
-    char line[2048];
-    bool found = false;
-    while (fp && !found && fgets(line, sizeof line, fp))
-        found = strstr(line, text) != NULL;
-    if (fp)
-        fclose(fp);
-    return found;
-}
-
 static bool socket_closed_by_peer(int fd)
 {
     char c;

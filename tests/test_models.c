@@ -229,17 +229,6 @@ static void write_conf(const char *path, const char *xl_model, const char *third
     ck_assert_int_eq(rename(tmp, path), 0); /* whole, as an editor or a package manager does */
 }
 
-static bool log_contains(const daemon_t *d, const char *text)
-{
-    size_t len;
-    uint8_t *log = read_all(d->log, &len);
-    char *s = realloc(log, len + 1);
-    s[len] = '\0';
-    const bool found = strstr(s, text) != NULL;
-    free(s);
-    return found;
-}
-
 /* A client sending requests in a loop, alternately to the default and to xl. */
 typedef struct {
     const daemon_t *d;

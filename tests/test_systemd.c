@@ -158,38 +158,11 @@ static void drain_messages(daemon_t *d)
         continue;
 }
 
-static int port_in_log(const char *log)
-{
-    FILE *fp = fopen(log, "r");
-    char line[1024];
-    int port = 0;
-    while (fp && fgets(line, sizeof line, fp)) {
-        const char *at = strstr(line, "listening on 127.0.0.1:");
-        if (at)
-            port = atoi(at + strlen("listening on 127.0.0.1:"));
-    }
-    if (fp)
-        fclose(fp);
-    return port;
-}
-
-static bool log_contains(const daemon_t *d, const char *text)
-{
-    FILE *fp = fopen(d->log, "r");
-    char line[2048];
-    bool found = false;
-    while (fp && !found && fgets(line, sizeof line, fp))
-        found = strstr(line, text) != NULL;
-    if (fp)
-        fclose(fp);
-    return found;
-}
-
 /* Up to READY=1 (the messages before it in seen), then the port. */
 static void await_ready(daemon_t *d, char *seen, size_t size)
 {
     ck_assert_msg(wait_message(d, "READY=1", 60, seen, size), "no READY=1 (see %s)", d->log);
-    d->port = port_in_log(d->log);
+    d->port = daemon_log_port(d->log);
     ck_assert_msg(d->port > 0, "no port in %s", d->log);
 }
 
