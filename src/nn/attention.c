@@ -21,8 +21,7 @@ static void project(ld_pool *pool, const float *w, const float *b, const float *
     for (int i = 0; i < c; i++)
         for (size_t t = 0; t < tokens; t++)
             dst[(size_t)i * tokens + t] = b[i];
-    ld_sgemm_split_rows(pool, c, (int)tokens, c, 1.0f, w, c, src, (int)tokens, 1.0f, dst,
-                        (int)tokens);
+    ld_gemm(pool, c, (int)tokens, c, w, c, src, (int)tokens, dst, (int)tokens, 1);
 }
 
 static void softmax_rows(float *s, int rows, size_t cols)

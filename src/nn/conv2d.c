@@ -138,8 +138,8 @@ void ld_conv2d_im2col(ld_pool *pool, const ld_conv_geom *g, const float *in,
     const int K = (int)col_rows(g);
     if (is_pointwise(g) && !map) {
         start_output(out, bias, g->out_ch, out_plane, out_plane, accumulate);
-        ld_sgemm_split_rows(pool, g->out_ch, (int)out_plane, K, 1.0f, weight, K, in, (int)out_plane,
-                            1.0f, out, (int)out_plane);
+        ld_gemm(pool, g->out_ch, (int)out_plane, K, weight, K, in, (int)out_plane, out,
+                (int)out_plane, 1);
         return;
     }
     int rows_per_band = (int)(scratch_floats / ((size_t)K * (size_t)g->out_w));
@@ -151,8 +151,7 @@ void ld_conv2d_im2col(ld_pool *pool, const ld_conv_geom *g, const float *in,
         float *dst = out + (size_t)y0 * g->out_w;
         im2col_band(pool, g, in, map, y0, rows, scratch);
         start_output(dst, bias, g->out_ch, out_plane, (size_t)band, accumulate);
-        ld_sgemm_split_rows(pool, g->out_ch, band, K, 1.0f, weight, K, scratch, band, 1.0f, dst,
-                            (int)out_plane);
+        ld_gemm(pool, g->out_ch, band, K, weight, K, scratch, band, dst, (int)out_plane, 1);
     }
 }
 

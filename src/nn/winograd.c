@@ -15,8 +15,14 @@
  * The transforms work on a whole row of tiles at a time, so each of the 36
  * positions is read and written as one contiguous run; the input and product
  * matrices are built one band of tile rows at a time so the scratch stays
- * bounded whatever the image size. */
+ * bounded whatever the image size.
+ *
+ * V is written straight in the pool's matrix kernel's panel layout (see
+ * gemm.h): per position, [tile panels][Ci][nr], the last panel padded with
+ * zeros, so the 36 products read it without a packing pass.  For CBLAS the
+ * panel is the whole band (nr = tiles), i.e. plain row-major [Ci][tiles]. */
 #include "latentd/nn.h"
+#include "gemm.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -43,6 +49,7 @@ typedef struct {
     size_t weights;      /* floats of U: 36·Co·Ci */
     size_t per_tile_row; /* floats of V and M for one row of tiles */
     size_t row_buffers;  /* floats of padded rows, 12 per thread */
+    size_t panel_slack;  /* floats of V's zero padding: under one panel per position */
 } wino_plan;
 
 static wino_plan plan(const ld_conv_geom *g, int threads)
@@ -54,6 +61,7 @@ static wino_plan plan(const ld_conv_geom *g, int threads)
     p.weights = (size_t)POSITIONS * g->out_ch * g->in_ch;
     p.per_tile_row = (size_t)POSITIONS * (size_t)(g->in_ch + g->out_ch) * (size_t)p.tiles_w;
     p.row_buffers = (size_t)threads * 2 * IN_TILE * (size_t)p.padded_w;
+    p.panel_slack = (size_t)POSITIONS * g->in_ch * LD_GEMM_MAX_NR;
     return p;
 }
 
@@ -71,7 +79,7 @@ size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget, int thre
         rows = 1;
     if (rows > (size_t)p.tiles_h)
         rows = (size_t)p.tiles_h;
-    return p.weights + p.row_buffers + rows * p.per_tile_row;
+    return p.weights + p.row_buffers + p.panel_slack + rows * p.per_tile_row;
 }
 
 typedef struct {
@@ -115,7 +123,7 @@ static void transform_weights(void *ctx, int first, int last, int thread)
  * the input map, if any), zeros around, so tile tx's columns start at
  * padded[4·tx]. */
 static void pad_row(const float *plane, int h, int w, int y, int padded_w,
-                    const ld_input_map *map, int c, float *padded)
+                    const ld_input_map *map, ld_map_fn map_row, int c, float *padded)
 {
     if (y < 0 || y >= h) {
         memset(padded, 0, (size_t)padded_w * sizeof(float));
@@ -123,16 +131,10 @@ static void pad_row(const float *plane, int h, int w, int y, int padded_w,
     }
     padded[0] = 0.0f;
     const float *row = plane + (size_t)y * w;
-    if (!map) {
+    if (!map)
         memcpy(padded + 1, row, (size_t)w * sizeof(float));
-    } else {
-        const float scale = map->scale[c], shift = map->shift[c];
-        for (int x = 0; x < w; x++)
-            padded[1 + x] = row[x] * scale + shift;
-        if (map->silu)
-            for (int x = 0; x < w; x++)
-                padded[1 + x] = ld_silu(padded[1 + x]);
-    }
+    else
+        map_row(row, padded + 1, w, map->scale[c], map->shift[c], map->silu);
     memset(padded + 1 + w, 0, (size_t)(padded_w - 1 - w) * sizeof(float));
 }
 
@@ -151,8 +153,9 @@ static void bt_rows(float *const d[IN_TILE], float *const t[IN_TILE], int n)
     }
 }
 
-/* o[j][tx] = (row · B)[j] for every tile of one transformed row */
-static void bt_cols(const float *row, int tiles, float *const o[IN_TILE])
+/* o[j][tx] = (row · B)[j] for every tile of one transformed row (the
+ * kernels' ld_wino_cols_fn; the vector ones are in gemm_x86.c) */
+void ld_wino_cols_generic(const float *row, int tiles, float *const o[IN_TILE])
 {
     for (int tx = 0; tx < tiles; tx++) {
         const float *c = row + OUT_TILE * tx;
@@ -173,14 +176,52 @@ typedef struct {
     const wino_plan *p;
     const float *in;        /* transform_input */
     const ld_input_map *map;
+    ld_map_fn map_row;      /* the kernel's, for map */
+    ld_wino_cols_fn wino_cols;
     float *v;
     const float *m;         /* transform_output */
     const float *bias;
     float *out;
     int accumulate;
     int ty0, rows;
+    int panel_cols;         /* V's panel width: the kernel's nr, or every tile for CBLAS */
+    size_t padded_tiles;    /* the band's tiles rounded up to whole panels */
     float *row_buffers;     /* 2·IN_TILE padded rows per thread */
 } band_job;
+
+/* One transformed row of tiles (tiles [t0, t0 + count) of the band) into V's
+ * panels: dst[jj] is position (i, jj)'s start for this input channel, and
+ * each run of tiles that stays inside one panel is one contiguous write. */
+static void bt_cols_to_panels(const band_job *j, const float *row, size_t t0, int count,
+                              float *const dst[IN_TILE])
+{
+    const size_t nr = (size_t)j->panel_cols;
+    const size_t panel_stride = (size_t)j->g->in_ch * nr;
+    for (int tx = 0; tx < count;) {
+        const size_t t = t0 + (size_t)tx;
+        const size_t col = t % nr;
+        const int run = (int)(nr - col) < count - tx ? (int)(nr - col) : count - tx;
+        float *o[IN_TILE];
+        for (int jj = 0; jj < IN_TILE; jj++)
+            o[jj] = dst[jj] + (t / nr) * panel_stride + col;
+        j->wino_cols(row + OUT_TILE * tx, run, o);
+        tx += run;
+    }
+}
+
+/* Zeros in the last panel's columns past the band's tiles, for channel ci:
+ * the products then run on whole panels. */
+static void zero_panel_tail(const band_job *j, size_t tiles, size_t pos_stride, int ci)
+{
+    const size_t nr = (size_t)j->panel_cols;
+    const size_t used = tiles % nr;
+    if (used == 0)
+        return;
+    const size_t last_panel = (j->padded_tiles / nr - 1) * (size_t)j->g->in_ch * nr;
+    for (int pos = 0; pos < POSITIONS; pos++)
+        memset(j->v + pos * pos_stride + last_panel + (size_t)ci * nr + used, 0,
+               (nr - used) * sizeof(float));
+}
 
 /* V[p][ci][t] = (Bᵀ d B)[p] for input channels [first, last) */
 static void transform_input(void *ctx, int first, int last, int thread)
@@ -189,7 +230,7 @@ static void transform_input(void *ctx, int first, int last, int thread)
     const ld_conv_geom *g = j->g;
     const wino_plan *p = j->p;
     const size_t tiles = (size_t)j->rows * p->tiles_w;
-    const size_t pos_stride = (size_t)g->in_ch * tiles;
+    const size_t pos_stride = (size_t)g->in_ch * j->padded_tiles;
     const size_t plane = (size_t)g->in_h * g->in_w;
     const int pw = p->padded_w;
     float *buf = j->row_buffers + (size_t)thread * 2 * IN_TILE * pw;
@@ -203,16 +244,17 @@ static void transform_input(void *ctx, int first, int last, int thread)
         for (int r = 0; r < j->rows; r++) {
             const int y = OUT_TILE * (j->ty0 + r) - 1;
             for (int k = 0; k < IN_TILE; k++)
-                pad_row(src, g->in_h, g->in_w, y + k, pw, j->map, ci, d[k]);
+                pad_row(src, g->in_h, g->in_w, y + k, pw, j->map, j->map_row, ci, d[k]);
             bt_rows(d, t, pw);
-            float *dst = j->v + (size_t)ci * tiles + (size_t)r * p->tiles_w;
+            float *dst = j->v + (size_t)ci * j->panel_cols;
             for (int i = 0; i < IN_TILE; i++) {
                 float *o[IN_TILE];
                 for (int jj = 0; jj < IN_TILE; jj++)
                     o[jj] = dst + (size_t)(i * IN_TILE + jj) * pos_stride;
-                bt_cols(t[i], p->tiles_w, o);
+                bt_cols_to_panels(j, t[i], (size_t)r * p->tiles_w, p->tiles_w, o);
             }
         }
+        zero_panel_tail(j, tiles, pos_stride, ci);
     }
 }
 
@@ -309,9 +351,11 @@ static void transform_output(void *ctx, int first, int last, int thread)
 
 typedef struct {
     const ld_conv_geom *g;
+    const ld_gemm_kernel *kernel;
     const float *u, *v;
     float *m;
     int tiles;
+    size_t padded_tiles;
 } product_job;
 
 /* M_p = U_p · V_p for positions [first, last) */
@@ -320,11 +364,17 @@ static void multiply_positions(void *ctx, int first, int last, int thread)
     (void)thread;
     const product_job *j = ctx;
     const ld_conv_geom *g = j->g;
-    for (int pos = first; pos < last; pos++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, j->tiles, g->in_ch,
-                    1.0f, j->u + (size_t)pos * g->out_ch * g->in_ch, g->in_ch,
-                    j->v + (size_t)pos * g->in_ch * j->tiles, j->tiles, 0.0f,
-                    j->m + (size_t)pos * g->out_ch * j->tiles, j->tiles);
+    for (int pos = first; pos < last; pos++) {
+        const float *u = j->u + (size_t)pos * g->out_ch * g->in_ch;
+        const float *v = j->v + (size_t)pos * g->in_ch * j->padded_tiles;
+        float *m = j->m + (size_t)pos * g->out_ch * j->tiles;
+        if (j->kernel->tile)
+            ld_gemm_packed(j->kernel, g->out_ch, j->tiles, g->in_ch, u, (size_t)g->in_ch, v, m,
+                           (size_t)j->tiles);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, j->tiles,
+                        g->in_ch, 1.0f, u, g->in_ch, v, j->tiles, 0.0f, m, j->tiles);
+    }
 }
 
 /* scratch: ld_winograd_scratch_floats(g, budget, ld_pool_threads(pool)) floats */
@@ -333,23 +383,27 @@ void ld_conv2d_winograd(ld_pool *pool, const ld_conv_geom *g, const float *in,
                         float *out, int accumulate, float *scratch, size_t scratch_floats)
 {
     const wino_plan p = plan(g, ld_pool_threads(pool));
-    assert(scratch_floats >= p.weights + p.row_buffers + p.per_tile_row);
+    const ld_gemm_kernel *kernel = ld_pool_gemm(pool);
+    const size_t fixed = p.weights + p.row_buffers + p.panel_slack;
+    assert(scratch_floats >= fixed + p.per_tile_row);
     float *u = scratch;
     float *row_buffers = scratch + p.weights;
     float *band = row_buffers + p.row_buffers;
-    const int rows_per_band = (int)((scratch_floats - p.weights - p.row_buffers) / p.per_tile_row);
+    const int rows_per_band = (int)((scratch_floats - fixed) / p.per_tile_row);
     const weights_job wj = {g, weight, u};
     ld_pool_for(pool, g->out_ch, transform_weights, (void *)&wj);
     for (int ty0 = 0; ty0 < p.tiles_h; ty0 += rows_per_band) {
         const int rows = p.tiles_h - ty0 < rows_per_band ? p.tiles_h - ty0 : rows_per_band;
         const int tiles = rows * p.tiles_w;
+        const int panel_cols = kernel->tile ? kernel->nr : tiles;
+        const size_t padded_tiles = (size_t)(tiles + panel_cols - 1) / panel_cols * panel_cols;
         float *v = band;
-        float *m = band + (size_t)POSITIONS * g->in_ch * tiles;
-        const band_job bj = {g, &p, in, map, v, m, bias, out, accumulate, ty0, rows,
-                             row_buffers};
+        float *m = band + (size_t)POSITIONS * g->in_ch * padded_tiles;
+        const band_job bj = {g, &p, in, map, kernel->map_row, kernel->wino_cols, v, m, bias, out, accumulate, ty0, rows,
+                             panel_cols, padded_tiles, row_buffers};
         ld_pool_for(pool, g->in_ch, transform_input, (void *)&bj);
         /* the 36 products are independent: one thread each, in turn */
-        const product_job pj = {g, u, v, m, tiles};
+        const product_job pj = {g, kernel, u, v, m, tiles, padded_tiles};
         ld_pool_for_dynamic(pool, POSITIONS, 1, multiply_positions, (void *)&pj);
         ld_pool_for(pool, g->out_ch, transform_output, (void *)&bj);
     }
