@@ -2,7 +2,7 @@
  *
  *   bench-encode [--model PATH | --random-sd] [--size N] [--batch N] [--reps N]
  *                [--threads N] [--save-model DIR] [--pipeline N] [--kernel NAME]
- *   bench-encode --kernels [--threads N] [--reps N]
+ *   bench-encode --kernels [--threads N] [--reps N] [--kernel NAME]
  *
  * --random-sd writes a full-size SD VAE encoder (block_out_channels
  * 128,256,512,512, 2 layers per block, latent 4) with random weights to a
@@ -348,7 +348,7 @@ int main(int argc, char **argv)
     }
     ld_encoder_init();
     if (kernels)
-        return bench_kernels(threads, reps);
+        return bench_kernels(threads, reps, kernel);
     char dir[] = "/tmp/latentd-bench-XXXXXX";
     if (save_dir) { /* the random model alone, for bench/accuracy.py */
         if (write_random_sd(save_dir, err) != LD_OK) {
@@ -420,6 +420,8 @@ int main(int argc, char **argv)
     ld_encode_stats stats = {0};
     eo.stats = &stats;
     double best = INFINITY, total = 0;
+    struct rusage before;
+    getrusage(RUSAGE_SELF, &before);
     for (int r = 0; r < reps; r++) {
         double t0 = now();
         ld_encode(model, images, batch, size, size, &eo, &out, err);
@@ -430,10 +432,18 @@ int main(int argc, char **argv)
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    /* CPU seconds per pass over all threads: with --threads 1 this is what a
+     * pass takes on an idle machine, however busy this one is */
+    const double cpu = (double)(ru.ru_utime.tv_sec - before.ru_utime.tv_sec) +
+                       (ru.ru_utime.tv_usec - before.ru_utime.tv_usec) * 1e-6 +
+                       (double)(ru.ru_stime.tv_sec - before.ru_stime.tv_sec) +
+                       (ru.ru_stime.tv_usec - before.ru_stime.tv_usec) * 1e-6;
     printf("model        %s\n", ld_model_name(model));
     printf("kernel       %s\n", ld_kernel_name(ld_pool_kernel(pool)));
     printf("input        %d x %dx%d, %d reps\n", batch, size, size, reps);
     printf("images/s     %.4f (best pass %.3f s, mean %.3f s)\n", batch / best, best, total / reps);
+    printf("cpu time     %.3f s per pass, all threads (images per CPU-second %.4f)\n",
+           cpu / reps, batch * reps / cpu);
     printf("per stage    conv %.3f s, norm %.3f s, attention %.3f s, other %.3f s (per pass)\n",
            stats.conv / reps, stats.norm / reps, stats.attention / reps, stats.other / reps);
     printf("workspace    %.1f MiB for a pass of %d\n",

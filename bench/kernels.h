@@ -3,8 +3,11 @@
 #ifndef LATENTD_BENCH_KERNELS_H
 #define LATENTD_BENCH_KERNELS_H
 
-/* Prints the peak and one line per (kernel, stage); threads <= 0: one per
- * core.  Returns 0, or 1 after printing why it could not run. */
-int bench_kernels(int threads, int reps);
+#include "latentd/nn.h"
+
+/* Prints the peak and one line per (kernel, stage), for every kernel this
+ * CPU runs or, unless `only` is LD_KERNEL_AUTO, that one; threads <= 0: one
+ * per core.  Returns 0, or 1 after printing why it could not run. */
+int bench_kernels(int threads, int reps, ld_kernel only);
 
 #endif

@@ -49,8 +49,9 @@ void ld_map_row_generic(const float *src, float *dst, int n, float scale, float 
 }
 
 static const ld_gemm_kernel generic_kernel = {LD_KERNEL_GENERIC, GENERIC_MR, GENERIC_NR,
-                                              tile_generic, ld_map_row_generic,
-                                              ld_wino_cols_generic};
+                                              tile_generic, {NULL, NULL}, GENERIC_NR,
+                                              ld_map_row_generic, ld_wino_cols_generic,
+                                              ld_wino_out_row_generic};
 
 ld_map_fn ld_best_map_row(void)
 {
@@ -76,8 +77,17 @@ static void blas_wino_cols(const float *row, int tiles, float *const out[6])
 /* OpenBLAS (or whatever CBLAS the build links): for comparison, and the
  * path the benchmark measures its own kernels against.  Its elementwise
  * work is the best kernel's. */
-static const ld_gemm_kernel blas_kernel = {LD_KERNEL_BLAS, 0, 0, NULL, blas_map_row,
-                                           blas_wino_cols};
+static void blas_wino_out_row(const float *const sv[6], int tiles, float bias, float *row,
+                              int accumulate)
+{
+    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
+    if (!k)
+        k = ld_gemm_kernel_avx2();
+    (k ? k->wino_out_row : ld_wino_out_row_generic)(sv, tiles, bias, row, accumulate);
+}
+
+static const ld_gemm_kernel blas_kernel = {LD_KERNEL_BLAS, 0, 0, NULL, {NULL, NULL}, 0,
+                                           blas_map_row, blas_wino_cols, blas_wino_out_row};
 
 /* ---------------- choosing a kernel ---------------- */
 
@@ -142,12 +152,21 @@ void ld_gemm_tile(const ld_gemm_kernel *kernel, int k, const float *a, size_t ld
     const float *rows[LD_GEMM_MAX_MR];
     for (int i = 0; i < kernel->mr; i++) /* rows past mr repeat row 0; their sums are dropped */
         rows[i] = a + (i < mr ? (size_t)i * lda : 0);
-    if (mr == kernel->mr && nr == kernel->nr) {
-        kernel->tile(k, rows, b, c, ldc, accumulate);
+    /* the narrowest tile that covers nr columns */
+    ld_tile_fn tile = kernel->tile;
+    int width = kernel->nr;
+    for (int v = 0; v < 2 && kernel->narrow_tile[v]; v++)
+        if (nr <= (v + 1) * kernel->vector) {
+            tile = kernel->narrow_tile[v];
+            width = (v + 1) * kernel->vector;
+            break;
+        }
+    if (mr == kernel->mr && nr == width) {
+        tile(k, rows, b, c, ldc, accumulate);
         return;
     }
     float edge[LD_GEMM_MAX_MR * LD_GEMM_MAX_NR];
-    kernel->tile(k, rows, b, edge, (size_t)kernel->nr, 0);
+    tile(k, rows, b, edge, (size_t)kernel->nr, 0);
     for (int i = 0; i < mr; i++) {
         float *row = c + (size_t)i * ldc;
         const float *sum = edge + (size_t)i * kernel->nr;
@@ -194,8 +213,9 @@ typedef struct {
     int accumulate;
 } gemm_job;
 
-/* Column panels [first, last) of C: each slice of k packed once, then every
- * row tile of A against it. */
+/* Column panels [first, last) of C, a slice of k at a time: the slice of A
+ * (m × KC) stays in L2 while every panel of B is packed against it and
+ * every row tile of A runs over the panel; C takes each slice's share. */
 static void gemm_panels(void *ctx, int first, int last, int thread)
 {
     (void)thread;
@@ -203,13 +223,13 @@ static void gemm_panels(void *ctx, int first, int last, int thread)
     const ld_gemm_kernel *kern = j->kernel;
     const int mr = kern->mr, nr = kern->nr;
     _Alignas(64) float panel[KC * LD_GEMM_MAX_NR];
-    for (int pn = first; pn < last; pn++) {
-        const int j0 = pn * nr;
-        const int cols = j->n - j0 < nr ? j->n - j0 : nr;
-        for (int k0 = 0; k0 < j->k; k0 += KC) {
-            const int kc = j->k - k0 < KC ? j->k - k0 : KC;
+    for (int k0 = 0; k0 < j->k; k0 += KC) {
+        const int kc = j->k - k0 < KC ? j->k - k0 : KC;
+        const int accumulate = j->accumulate || k0 > 0;
+        for (int pn = first; pn < last; pn++) {
+            const int j0 = pn * nr;
+            const int cols = j->n - j0 < nr ? j->n - j0 : nr;
             pack_panel(j->b, j->ldb, k0, kc, j0, cols, nr, panel);
-            const int accumulate = j->accumulate || k0 > 0;
             for (int i0 = 0; i0 < j->m; i0 += mr)
                 ld_gemm_tile(kern, kc, j->a + (size_t)i0 * j->lda + k0, j->lda,
                              j->m - i0 < mr ? j->m - i0 : mr, panel,

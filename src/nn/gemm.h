@@ -33,20 +33,32 @@ typedef void (*ld_map_fn)(const float *src, float *dst, int n, float scale, floa
  * out[0..5][tile]. */
 typedef void (*ld_wino_cols_fn)(const float *row, int tiles, float *const out[6]);
 
+/* Winograd's output transform for one output row of `tiles` whole tiles,
+ * from the six runs of (Aᵀ M): see ld_wino_out_row_generic in winograd.c. */
+typedef void (*ld_wino_out_fn)(const float *const s[6], int tiles, float bias, float *row,
+                               int accumulate);
+
 /* What one instruction set brings: the product's micro-kernel and the
  * elementwise map whose expf would otherwise cost a third of a convolution. */
 typedef struct {
     ld_kernel kind;
     int mr, nr;
     ld_tile_fn tile;   /* NULL for LD_KERNEL_BLAS: products go to cblas_sgemm */
+    /* tiles 1 and 2 vectors wide (B's rows still nr apart), for a panel's
+     * last columns; NULL where the kernel has none */
+    ld_tile_fn narrow_tile[2];
+    int vector;        /* floats per vector: the narrow tiles' step */
     ld_map_fn map_row;
     ld_wino_cols_fn wino_cols;
+    ld_wino_out_fn wino_out_row;
 } ld_gemm_kernel;
 
 /* The portable map (gemm.c) and column transform (winograd.c), for the
  * portable kernel and the tails of vector ones. */
 void ld_map_row_generic(const float *src, float *dst, int n, float scale, float shift, int silu);
 void ld_wino_cols_generic(const float *row, int tiles, float *const out[6]);
+void ld_wino_out_row_generic(const float *const s[6], int tiles, float bias, float *row,
+                             int accumulate);
 
 /* The kernel of `kind` (not LD_KERNEL_AUTO); NULL when this build or CPU lacks it. */
 const ld_gemm_kernel *ld_gemm_kernel_get(ld_kernel kind);

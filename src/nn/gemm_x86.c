@@ -4,7 +4,8 @@
  * decide at run time which one runs.
  *
  * Both keep a whole tile of C in registers and, for each step along k, load
- * one row of the packed B panel and broadcast one element of each row of A:
+ * one row of the packed B panel and broadcast one element of each row of A
+ * (full width below; narrower tiles for a panel's last columns):
  *   AVX-512: 8 rows × 48 columns = 24 zmm accumulators, 3 loads + 8
  *            broadcasts per 24 FMAs;
  *   AVX2:    4 rows × 24 columns = 12 ymm accumulators, 3 loads + 4
@@ -40,56 +41,54 @@
 #define Z_MR 8
 #define Z_NR 48
 
-/* c = acc, or c += acc: 48 floats of one row */
-TARGET_AVX512 static inline void z_store_row(float *c, __m512 x0, __m512 x1, __m512 x2,
-                                             int accumulate)
+/* The tile's body for `vecs` vectors of 16 columns (1 to 3), B's rows Z_NR
+ * apart whatever the width: the narrow ones serve a panel's last columns,
+ * so a product whose width is not a multiple of 48 wastes no arithmetic on
+ * padding.  Inlined with a constant `vecs`, the loops unroll and the
+ * accumulators live in registers. */
+TARGET_AVX512 static inline __attribute__((always_inline)) void
+z_tile(int k, const float *const *a, const float *b, float *c, size_t ldc, int accumulate,
+       const int vecs)
 {
-    if (accumulate) {
-        x0 = _mm512_add_ps(x0, _mm512_loadu_ps(c));
-        x1 = _mm512_add_ps(x1, _mm512_loadu_ps(c + 16));
-        x2 = _mm512_add_ps(x2, _mm512_loadu_ps(c + 32));
+    __m512 acc[Z_MR][3];
+    for (int i = 0; i < Z_MR; i++)
+        for (int v = 0; v < vecs; v++)
+            acc[i][v] = _mm512_setzero_ps();
+    for (int p = 0; p < k; p++, b += Z_NR) {
+        __m512 bv[3];
+        for (int v = 0; v < vecs; v++)
+            bv[v] = _mm512_loadu_ps(b + 16 * v);
+        for (int i = 0; i < Z_MR; i++) {
+            const __m512 x = _mm512_set1_ps(a[i][p]);
+            for (int v = 0; v < vecs; v++)
+                acc[i][v] = _mm512_fmadd_ps(x, bv[v], acc[i][v]);
+        }
     }
-    _mm512_storeu_ps(c, x0);
-    _mm512_storeu_ps(c + 16, x1);
-    _mm512_storeu_ps(c + 32, x2);
+    for (int i = 0; i < Z_MR; i++)
+        for (int v = 0; v < vecs; v++) {
+            float *dst = c + i * ldc + 16 * v;
+            const __m512 sum = accumulate ? _mm512_add_ps(acc[i][v], _mm512_loadu_ps(dst))
+                                          : acc[i][v];
+            _mm512_storeu_ps(dst, sum);
+        }
 }
 
 TARGET_AVX512 static void tile_avx512(int k, const float *const *a, const float *b, float *c,
                                       size_t ldc, int accumulate)
 {
-    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5],
-                *a6 = a[6], *a7 = a[7];
-    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00,
-           c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00, c40 = c00,
-           c41 = c00, c42 = c00, c50 = c00, c51 = c00, c52 = c00, c60 = c00, c61 = c00,
-           c62 = c00, c70 = c00, c71 = c00, c72 = c00;
-    for (int p = 0; p < k; p++, b += Z_NR) {
-        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16),
-                     b2 = _mm512_loadu_ps(b + 32);
-        __m512 x;
-#define Z_ROW(i)                                                                             \
-    x = _mm512_set1_ps(a##i[p]);                                                             \
-    c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                                               \
-    c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1);                                               \
-    c##i##2 = _mm512_fmadd_ps(x, b2, c##i##2)
-        Z_ROW(0);
-        Z_ROW(1);
-        Z_ROW(2);
-        Z_ROW(3);
-        Z_ROW(4);
-        Z_ROW(5);
-        Z_ROW(6);
-        Z_ROW(7);
-#undef Z_ROW
-    }
-    z_store_row(c, c00, c01, c02, accumulate);
-    z_store_row(c + ldc, c10, c11, c12, accumulate);
-    z_store_row(c + 2 * ldc, c20, c21, c22, accumulate);
-    z_store_row(c + 3 * ldc, c30, c31, c32, accumulate);
-    z_store_row(c + 4 * ldc, c40, c41, c42, accumulate);
-    z_store_row(c + 5 * ldc, c50, c51, c52, accumulate);
-    z_store_row(c + 6 * ldc, c60, c61, c62, accumulate);
-    z_store_row(c + 7 * ldc, c70, c71, c72, accumulate);
+    z_tile(k, a, b, c, ldc, accumulate, 3);
+}
+
+TARGET_AVX512 static void tile_avx512_32(int k, const float *const *a, const float *b, float *c,
+                                         size_t ldc, int accumulate)
+{
+    z_tile(k, a, b, c, ldc, accumulate, 2);
+}
+
+TARGET_AVX512 static void tile_avx512_16(int k, const float *const *a, const float *b, float *c,
+                                         size_t ldc, int accumulate)
+{
+    z_tile(k, a, b, c, ldc, accumulate, 1);
 }
 
 TARGET_AVX512 static inline __m512 z_exp(__m512 x)
@@ -166,8 +165,59 @@ TARGET_AVX512 static void wino_cols_avx512(const float *row, int tiles, float *c
     }
 }
 
-static const ld_gemm_kernel avx512_kernel = {LD_KERNEL_AVX512, Z_MR, Z_NR, tile_avx512,
-                                             map_row_avx512, wino_cols_avx512};
+/* The 4 outputs of each of 16 tiles, y_k[tile] for k = 0..3, in memory
+ * order row[4·tile + k]: a 4x4 transpose within each 128-bit lane, then of
+ * the lanes themselves. */
+TARGET_AVX512 static inline void z_store_interleaved(float *row, __m512 y0, __m512 y1,
+                                                     __m512 y2, __m512 y3, int accumulate)
+{
+    const __m512 t0 = _mm512_unpacklo_ps(y0, y1), t1 = _mm512_unpackhi_ps(y0, y1),
+                 t2 = _mm512_unpacklo_ps(y2, y3), t3 = _mm512_unpackhi_ps(y2, y3);
+    /* u_j, lane l: tile 4l + j's four outputs */
+    const __m512 u0 = _mm512_shuffle_ps(t0, t2, 0x44), u1 = _mm512_shuffle_ps(t0, t2, 0xEE),
+                 u2 = _mm512_shuffle_ps(t1, t3, 0x44), u3 = _mm512_shuffle_ps(t1, t3, 0xEE);
+    const __m512 v0 = _mm512_shuffle_f32x4(u0, u1, 0x44), v1 = _mm512_shuffle_f32x4(u2, u3, 0x44),
+                 v2 = _mm512_shuffle_f32x4(u0, u1, 0xEE), v3 = _mm512_shuffle_f32x4(u2, u3, 0xEE);
+    __m512 out[4] = {_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xDD),
+                     _mm512_shuffle_f32x4(v2, v3, 0x88), _mm512_shuffle_f32x4(v2, v3, 0xDD)};
+    for (int q = 0; q < 4; q++) {
+        if (accumulate)
+            out[q] = _mm512_add_ps(out[q], _mm512_loadu_ps(row + 16 * q));
+        _mm512_storeu_ps(row + 16 * q, out[q]);
+    }
+}
+
+/* Winograd's (Aᵀ M) A + bias on 16 tiles at a time; formulas as in
+ * ld_wino_out_row_generic */
+TARGET_AVX512 static void wino_out_row_avx512(const float *const s[6], int tiles, float bias,
+                                              float *row, int accumulate)
+{
+    const __m512 b = _mm512_set1_ps(bias), two = _mm512_set1_ps(2.0f),
+                 four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
+    int tx = 0;
+    for (; tx + 16 <= tiles; tx += 16) {
+        const __m512 s0 = _mm512_loadu_ps(s[0] + tx), s1 = _mm512_loadu_ps(s[1] + tx),
+                     s2 = _mm512_loadu_ps(s[2] + tx), s3 = _mm512_loadu_ps(s[3] + tx),
+                     s4 = _mm512_loadu_ps(s[4] + tx), s5 = _mm512_loadu_ps(s[5] + tx);
+        const __m512 p12 = _mm512_add_ps(s1, s2), d12 = _mm512_sub_ps(s1, s2);
+        const __m512 p34 = _mm512_add_ps(s3, s4), d34 = _mm512_sub_ps(s3, s4);
+        const __m512 y0 = _mm512_add_ps(_mm512_add_ps(s0, p12), _mm512_add_ps(p34, b));
+        const __m512 y1 = _mm512_fmadd_ps(two, d34, _mm512_add_ps(d12, b));
+        const __m512 y2 = _mm512_fmadd_ps(four, p34, _mm512_add_ps(p12, b));
+        const __m512 y3 = _mm512_fmadd_ps(eight, d34, _mm512_add_ps(_mm512_add_ps(d12, s5), b));
+        z_store_interleaved(row + 4 * tx, y0, y1, y2, y3, accumulate);
+    }
+    if (tx < tiles) {
+        const float *rest[6];
+        for (int k = 0; k < 6; k++)
+            rest[k] = s[k] + tx;
+        ld_wino_out_row_generic(rest, tiles - tx, bias, row + 4 * tx, accumulate);
+    }
+}
+
+static const ld_gemm_kernel avx512_kernel = {
+    LD_KERNEL_AVX512, Z_MR, Z_NR, tile_avx512, {tile_avx512_16, tile_avx512_32}, 16,
+    map_row_avx512,   wino_cols_avx512, wino_out_row_avx512};
 
 const ld_gemm_kernel *ld_gemm_kernel_avx512(void)
 {
@@ -181,44 +231,50 @@ const ld_gemm_kernel *ld_gemm_kernel_avx512(void)
 #define Y_MR 4
 #define Y_NR 24
 
-TARGET_AVX2 static inline void y_store_row(float *c, __m256 x0, __m256 x1, __m256 x2,
-                                           int accumulate)
+/* As z_tile: `vecs` vectors of 8 columns (1 to 3), B's rows Y_NR apart. */
+TARGET_AVX2 static inline __attribute__((always_inline)) void
+y_tile(int k, const float *const *a, const float *b, float *c, size_t ldc, int accumulate,
+       const int vecs)
 {
-    if (accumulate) {
-        x0 = _mm256_add_ps(x0, _mm256_loadu_ps(c));
-        x1 = _mm256_add_ps(x1, _mm256_loadu_ps(c + 8));
-        x2 = _mm256_add_ps(x2, _mm256_loadu_ps(c + 16));
+    __m256 acc[Y_MR][3];
+    for (int i = 0; i < Y_MR; i++)
+        for (int v = 0; v < vecs; v++)
+            acc[i][v] = _mm256_setzero_ps();
+    for (int p = 0; p < k; p++, b += Y_NR) {
+        __m256 bv[3];
+        for (int v = 0; v < vecs; v++)
+            bv[v] = _mm256_loadu_ps(b + 8 * v);
+        for (int i = 0; i < Y_MR; i++) {
+            const __m256 x = _mm256_broadcast_ss(a[i] + p);
+            for (int v = 0; v < vecs; v++)
+                acc[i][v] = _mm256_fmadd_ps(x, bv[v], acc[i][v]);
+        }
     }
-    _mm256_storeu_ps(c, x0);
-    _mm256_storeu_ps(c + 8, x1);
-    _mm256_storeu_ps(c + 16, x2);
+    for (int i = 0; i < Y_MR; i++)
+        for (int v = 0; v < vecs; v++) {
+            float *dst = c + i * ldc + 8 * v;
+            const __m256 sum = accumulate ? _mm256_add_ps(acc[i][v], _mm256_loadu_ps(dst))
+                                          : acc[i][v];
+            _mm256_storeu_ps(dst, sum);
+        }
 }
 
 TARGET_AVX2 static void tile_avx2(int k, const float *const *a, const float *b, float *c,
                                   size_t ldc, int accumulate)
 {
-    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00,
-           c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
-    for (int p = 0; p < k; p++, b += Y_NR) {
-        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8),
-                     b2 = _mm256_loadu_ps(b + 16);
-        __m256 x;
-#define Y_ROW(i)                                                                             \
-    x = _mm256_broadcast_ss(a##i + p);                                                       \
-    c##i##0 = _mm256_fmadd_ps(x, b0, c##i##0);                                               \
-    c##i##1 = _mm256_fmadd_ps(x, b1, c##i##1);                                               \
-    c##i##2 = _mm256_fmadd_ps(x, b2, c##i##2)
-        Y_ROW(0);
-        Y_ROW(1);
-        Y_ROW(2);
-        Y_ROW(3);
-#undef Y_ROW
-    }
-    y_store_row(c, c00, c01, c02, accumulate);
-    y_store_row(c + ldc, c10, c11, c12, accumulate);
-    y_store_row(c + 2 * ldc, c20, c21, c22, accumulate);
-    y_store_row(c + 3 * ldc, c30, c31, c32, accumulate);
+    y_tile(k, a, b, c, ldc, accumulate, 3);
+}
+
+TARGET_AVX2 static void tile_avx2_16(int k, const float *const *a, const float *b, float *c,
+                                     size_t ldc, int accumulate)
+{
+    y_tile(k, a, b, c, ldc, accumulate, 2);
+}
+
+TARGET_AVX2 static void tile_avx2_8(int k, const float *const *a, const float *b, float *c,
+                                    size_t ldc, int accumulate)
+{
+    y_tile(k, a, b, c, ldc, accumulate, 1);
 }
 
 TARGET_AVX2 static inline __m256 y_exp(__m256 x)
@@ -294,8 +350,9 @@ TARGET_AVX2 static void wino_cols_avx2(const float *row, int tiles, float *const
     }
 }
 
-static const ld_gemm_kernel avx2_kernel = {LD_KERNEL_AVX2, Y_MR, Y_NR, tile_avx2, map_row_avx2,
-                                           wino_cols_avx2};
+static const ld_gemm_kernel avx2_kernel = {
+    LD_KERNEL_AVX2, Y_MR, Y_NR, tile_avx2, {tile_avx2_8, tile_avx2_16}, 8, map_row_avx2,
+    wino_cols_avx2, ld_wino_out_row_generic};
 
 const ld_gemm_kernel *ld_gemm_kernel_avx2(void)
 {

@@ -138,19 +138,27 @@ static void pad_row(const float *plane, int h, int w, int y, int padded_w,
     memset(padded + 1 + w, 0, (size_t)(padded_w - 1 - w) * sizeof(float));
 }
 
-/* t[i] = (Bᵀ d)[i] over whole rows */
-static void bt_rows(float *const d[IN_TILE], float *const t[IN_TILE], int n)
+/* t[i] = (Bᵀ d)[i] over whole rows; the rows never overlap (restrict lets
+ * the compiler vectorise) */
+static void bt_rows_run(const float *restrict d0, const float *restrict d1,
+                        const float *restrict d2, const float *restrict d3,
+                        const float *restrict d4, const float *restrict d5, float *restrict t0,
+                        float *restrict t1, float *restrict t2, float *restrict t3,
+                        float *restrict t4, float *restrict t5, int n)
 {
     for (int x = 0; x < n; x++) {
-        const float d0 = d[0][x], d1 = d[1][x], d2 = d[2][x], d3 = d[3][x], d4 = d[4][x],
-                    d5 = d[5][x];
-        t[0][x] = 4 * d0 - 5 * d2 + d4;
-        t[1][x] = -4 * (d1 + d2) + d3 + d4;
-        t[2][x] = 4 * (d1 - d2) - d3 + d4;
-        t[3][x] = 2 * (d3 - d1) - d2 + d4;
-        t[4][x] = 2 * (d1 - d3) - d2 + d4;
-        t[5][x] = 4 * d1 - 5 * d3 + d5;
+        t0[x] = 4 * d0[x] - 5 * d2[x] + d4[x];
+        t1[x] = -4 * (d1[x] + d2[x]) + d3[x] + d4[x];
+        t2[x] = 4 * (d1[x] - d2[x]) - d3[x] + d4[x];
+        t3[x] = 2 * (d3[x] - d1[x]) - d2[x] + d4[x];
+        t4[x] = 2 * (d1[x] - d3[x]) - d2[x] + d4[x];
+        t5[x] = 4 * d1[x] - 5 * d3[x] + d5[x];
     }
+}
+
+static void bt_rows(float *const d[IN_TILE], float *const t[IN_TILE], int n)
+{
+    bt_rows_run(d[0], d[1], d[2], d[3], d[4], d[5], t[0], t[1], t[2], t[3], t[4], t[5], n);
 }
 
 /* o[j][tx] = (row · B)[j] for every tile of one transformed row (the
@@ -178,6 +186,7 @@ typedef struct {
     const ld_input_map *map;
     ld_map_fn map_row;      /* the kernel's, for map */
     ld_wino_cols_fn wino_cols;
+    ld_wino_out_fn wino_out_row;
     float *v;
     const float *m;         /* transform_output */
     const float *bias;
@@ -243,7 +252,17 @@ static void transform_input(void *ctx, int first, int last, int thread)
         const float *src = j->in + ci * plane;
         for (int r = 0; r < j->rows; r++) {
             const int y = OUT_TILE * (j->ty0 + r) - 1;
-            for (int k = 0; k < IN_TILE; k++)
+            /* tile rows overlap by two input rows: the last two of the
+             * previous tile row are this one's first two, already mapped */
+            const int reused = r > 0 ? IN_TILE - OUT_TILE : 0;
+            if (reused) {
+                float *const last0 = d[OUT_TILE], *const last1 = d[OUT_TILE + 1];
+                for (int k = IN_TILE - 1; k >= reused; k--)
+                    d[k] = d[k - reused];
+                d[0] = last0;
+                d[1] = last1;
+            }
+            for (int k = reused; k < IN_TILE; k++)
                 pad_row(src, g->in_h, g->in_w, y + k, pw, j->map, j->map_row, ci, d[k]);
             bt_rows(d, t, pw);
             float *dst = j->v + (size_t)ci * j->panel_cols;
@@ -258,27 +277,47 @@ static void transform_input(void *ctx, int first, int last, int thread)
     }
 }
 
-/* s[tx] = (row k of Aᵀ) · (m[0][tx], ..., m[5][tx]) for a whole row of tiles */
-static void at_combine(int k, const float *const m[IN_TILE], int tiles, float *sv)
+/* One output row from the six runs s[0..5] of (Aᵀ M) for `tiles` whole
+ * tiles: row[4·tx + x] (+)= ((Aᵀ M) A)[x] + bias (the kernels'
+ * ld_wino_out_fn; the vector ones are in gemm_x86.c).  When accumulating
+ * (a residual added in place) the row is read; otherwise it never is. */
+void ld_wino_out_row_generic(const float *const s[IN_TILE], int tiles, float bias, float *row,
+                             int accumulate)
 {
-    const float *m0 = m[0], *m1 = m[1], *m2 = m[2], *m3 = m[3], *m4 = m[4], *m5 = m[5];
-    switch (k) { /* one loop per row of Aᵀ, so each vectorises */
-    case 0:
-        for (int tx = 0; tx < tiles; tx++)
-            sv[tx] = m0[tx] + m1[tx] + m2[tx] + m3[tx] + m4[tx];
-        break;
-    case 1:
-        for (int tx = 0; tx < tiles; tx++)
-            sv[tx] = m1[tx] - m2[tx] + 2 * (m3[tx] - m4[tx]);
-        break;
-    case 2:
-        for (int tx = 0; tx < tiles; tx++)
-            sv[tx] = m1[tx] + m2[tx] + 4 * (m3[tx] + m4[tx]);
-        break;
-    default:
-        for (int tx = 0; tx < tiles; tx++)
-            sv[tx] = m1[tx] - m2[tx] + 8 * (m3[tx] - m4[tx]) + m5[tx];
-        break;
+    const float *s0 = s[0], *s1 = s[1], *s2 = s[2], *s3 = s[3], *s4 = s[4], *s5 = s[5];
+    if (accumulate)
+        for (int tx = 0; tx < tiles; tx++) {
+            float *o = row + OUT_TILE * tx;
+            o[0] += s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + bias;
+            o[1] += s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + bias;
+            o[2] += s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + bias;
+            o[3] += s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + bias;
+        }
+    else
+        for (int tx = 0; tx < tiles; tx++) {
+            float *o = row + OUT_TILE * tx;
+            o[0] = s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + bias;
+            o[1] = s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + bias;
+            o[2] = s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + bias;
+            o[3] = s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + bias;
+        }
+}
+
+/* s_k[tx] = (row k of Aᵀ) · (m0[tx], ..., m5[tx]) for the four rows k of Aᵀ
+ * and a whole row of tiles: each position's run is read once.  The runs
+ * never overlap (restrict lets the compiler vectorise). */
+static void at_rows_run(const float *restrict m0, const float *restrict m1,
+                        const float *restrict m2, const float *restrict m3,
+                        const float *restrict m4, const float *restrict m5, float *restrict s0,
+                        float *restrict s1, float *restrict s2, float *restrict s3, int tiles)
+{
+    for (int tx = 0; tx < tiles; tx++) {
+        const float p12 = m1[tx] + m2[tx], d12 = m1[tx] - m2[tx];
+        const float p34 = m3[tx] + m4[tx], d34 = m3[tx] - m4[tx];
+        s0[tx] = m0[tx] + p12 + p34;
+        s1[tx] = d12 + 2 * d34;
+        s2[tx] = p12 + 4 * p34;
+        s3[tx] = d12 + 8 * d34 + m5[tx];
     }
 }
 
@@ -296,43 +335,30 @@ static void transform_output(void *ctx, int first, int last, int thread)
     const int tw = p->tiles_w;
     const int full_tiles = g->out_w / OUT_TILE; /* tiles whose 4 columns are all inside */
     const int accumulate = j->accumulate;
-    float *sv[IN_TILE];
+    /* sv[k][c]: row k of Aᵀ M, column c, for a row of tiles (24 runs of tw
+     * floats fit in the thread's 12 padded rows of 4·tw + 2) */
+    float *sv[OUT_TILE][IN_TILE];
     float *buf = j->row_buffers + (size_t)thread * 2 * IN_TILE * p->padded_w;
-    for (int c = 0; c < IN_TILE; c++)
-        sv[c] = buf + (size_t)c * tw;
+    for (int k = 0; k < OUT_TILE; k++)
+        for (int c = 0; c < IN_TILE; c++)
+            sv[k][c] = buf + (size_t)(k * IN_TILE + c) * tw;
     for (int co = first; co < last; co++) {
         const float b = j->bias ? j->bias[co] : 0.0f;
         for (int r = 0; r < j->rows; r++) {
             const int y = OUT_TILE * (j->ty0 + r);
             const float *src = j->m + (size_t)co * tiles + (size_t)r * tw;
+            for (int c = 0; c < IN_TILE; c++) {
+                const float *col[IN_TILE]; /* column c of M, by row */
+                for (int i = 0; i < IN_TILE; i++)
+                    col[i] = src + (size_t)(i * IN_TILE + c) * pos_stride;
+                at_rows_run(col[0], col[1], col[2], col[3], col[4], col[5], sv[0][c], sv[1][c],
+                            sv[2][c], sv[3][c], tw);
+            }
             for (int k = 0; k < OUT_TILE && y + k < g->out_h; k++) {
-                for (int c = 0; c < IN_TILE; c++) { /* row k of Aᵀ M, column c */
-                    const float *col[IN_TILE];
-                    for (int i = 0; i < IN_TILE; i++)
-                        col[i] = src + (size_t)(i * IN_TILE + c) * pos_stride;
-                    at_combine(k, col, tw, sv[c]);
-                }
                 float *row = j->out + co * plane + (size_t)(y + k) * g->out_w;
-                const float *s0 = sv[0], *s1 = sv[1], *s2 = sv[2], *s3 = sv[3],
-                            *s4 = sv[4], *s5 = sv[5];
-                /* out = (Aᵀ M) A + b, or out += when a residual is added in place;
-                 * never read an output that is not being accumulated into */
-                if (accumulate)
-                    for (int tx = 0; tx < full_tiles; tx++) {
-                        float *o = row + OUT_TILE * tx;
-                        o[0] += s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
-                        o[1] += s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
-                        o[2] += s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
-                        o[3] += s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
-                    }
-                else
-                    for (int tx = 0; tx < full_tiles; tx++) {
-                        float *o = row + OUT_TILE * tx;
-                        o[0] = s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
-                        o[1] = s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
-                        o[2] = s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
-                        o[3] = s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
-                    }
+                const float *s0 = sv[k][0], *s1 = sv[k][1], *s2 = sv[k][2], *s3 = sv[k][3],
+                            *s4 = sv[k][4], *s5 = sv[k][5];
+                j->wino_out_row((const float *const *)sv[k], full_tiles, b, row, accumulate);
                 for (int tx = full_tiles; tx < tw; tx++) { /* a partial last tile */
                     const float yv[OUT_TILE] = {
                         s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b,
@@ -399,7 +425,8 @@ void ld_conv2d_winograd(ld_pool *pool, const ld_conv_geom *g, const float *in,
         const size_t padded_tiles = (size_t)(tiles + panel_cols - 1) / panel_cols * panel_cols;
         float *v = band;
         float *m = band + (size_t)POSITIONS * g->in_ch * padded_tiles;
-        const band_job bj = {g, &p, in, map, kernel->map_row, kernel->wino_cols, v, m, bias, out, accumulate, ty0, rows,
+        const band_job bj = {g, &p, in, map, kernel->map_row, kernel->wino_cols,
+                             kernel->wino_out_row, v, m, bias, out, accumulate, ty0, rows,
                              panel_cols, padded_tiles, row_buffers};
         ld_pool_for(pool, g->in_ch, transform_input, (void *)&bj);
         /* the 36 products are independent: one thread each, in turn */
