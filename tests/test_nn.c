@@ -220,6 +220,11 @@ START_TEST(conv_downsample_pads_right_and_bottom)
     check_conv(odd, 1);
     ld_conv_geom even = {3, 8, 8, 2, 4, 4, 3, 2, 0, 0};
     check_conv(even, 1 << 20);
+    /* rows wide enough for the vector kernels' stride-2 gather, odd and even */
+    ld_conv_geom wide = {3, 6, 71, 4, 3, 35, 3, 2, 0, 0};
+    check_conv(wide, 1 << 20);
+    ld_conv_geom wide_even = {2, 4, 96, 3, 2, 48, 3, 2, 0, 0};
+    check_conv(wide_even, 1 << 20);
 }
 END_TEST
 

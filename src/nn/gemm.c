@@ -48,10 +48,27 @@ void ld_map_row_generic(const float *src, float *dst, int n, float scale, float 
             dst[x] = ld_silu(dst[x]);
 }
 
+double ld_exp_sum_generic(float *row, int n, float shift)
+{
+    double sum = 0.0;
+    for (int x = 0; x < n; x++) {
+        row[x] = expf(row[x] - shift);
+        sum += row[x];
+    }
+    return sum;
+}
+
+void ld_even_generic(const float *src, float *dst, int n)
+{
+    for (int x = 0; x < n; x++)
+        dst[x] = src[2 * x];
+}
+
 static const ld_gemm_kernel generic_kernel = {LD_KERNEL_GENERIC, GENERIC_MR, GENERIC_NR,
                                               tile_generic, {NULL, NULL}, GENERIC_NR,
                                               ld_map_row_generic, ld_wino_cols_generic,
-                                              ld_wino_out_row_generic};
+                                              ld_wino_out_row_generic, ld_exp_sum_generic,
+                                              ld_even_generic};
 
 ld_map_fn ld_best_map_row(void)
 {
@@ -86,8 +103,25 @@ static void blas_wino_out_row(const float *const sv[6], int tiles, float bias, f
     (k ? k->wino_out_row : ld_wino_out_row_generic)(sv, tiles, bias, row, accumulate);
 }
 
-static const ld_gemm_kernel blas_kernel = {LD_KERNEL_BLAS, 0, 0, NULL, {NULL, NULL}, 0,
-                                           blas_map_row, blas_wino_cols, blas_wino_out_row};
+static double blas_exp_sum(float *row, int n, float shift)
+{
+    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
+    if (!k)
+        k = ld_gemm_kernel_avx2();
+    return (k ? k->exp_sum : ld_exp_sum_generic)(row, n, shift);
+}
+
+static void blas_even(const float *src, float *dst, int n)
+{
+    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
+    if (!k)
+        k = ld_gemm_kernel_avx2();
+    (k ? k->even : ld_even_generic)(src, dst, n);
+}
+
+static const ld_gemm_kernel blas_kernel = {
+    LD_KERNEL_BLAS, 0,           0, NULL, {NULL, NULL}, 0, blas_map_row, blas_wino_cols,
+    blas_wino_out_row, blas_exp_sum, blas_even};
 
 /* ---------------- choosing a kernel ---------------- */
 
@@ -191,10 +225,21 @@ void ld_gemm_packed(const ld_gemm_kernel *kernel, int m, int n, int k, const flo
 /* ---------------- the general product ---------------- */
 
 /* Rows [k0, k0+kc) and columns [j0, j0+cols) of B into a [kc][nr] panel,
- * zeros past cols. */
-static void pack_panel(const float *b, size_t ldb, int k0, int kc, int j0, int cols, int nr,
-                       float *panel)
+ * zeros past cols.  B transposed: given as Bᵀ [n × k], row j of Bᵀ is
+ * column j of B. */
+static void pack_panel(const float *b, size_t ldb, int transposed, int k0, int kc, int j0,
+                       int cols, int nr, float *panel)
 {
+    if (transposed) {
+        for (int jj = 0; jj < cols; jj++) {
+            const float *src = b + (size_t)(j0 + jj) * ldb + k0;
+            for (int p = 0; p < kc; p++)
+                panel[(size_t)p * nr + jj] = src[p];
+        }
+        for (int p = 0; p < kc && cols < nr; p++)
+            memset(panel + (size_t)p * nr + cols, 0, (size_t)(nr - cols) * sizeof(float));
+        return;
+    }
     for (int p = 0; p < kc; p++) {
         const float *src = b + (size_t)(k0 + p) * ldb + j0;
         float *dst = panel + (size_t)p * nr;
@@ -210,6 +255,7 @@ typedef struct {
     const float *a, *b;
     float *c;
     size_t lda, ldb, ldc;
+    int b_transposed;
     int accumulate;
 } gemm_job;
 
@@ -229,7 +275,7 @@ static void gemm_panels(void *ctx, int first, int last, int thread)
         for (int pn = first; pn < last; pn++) {
             const int j0 = pn * nr;
             const int cols = j->n - j0 < nr ? j->n - j0 : nr;
-            pack_panel(j->b, j->ldb, k0, kc, j0, cols, nr, panel);
+            pack_panel(j->b, j->ldb, j->b_transposed, k0, kc, j0, cols, nr, panel);
             for (int i0 = 0; i0 < j->m; i0 += mr)
                 ld_gemm_tile(kern, kc, j->a + (size_t)i0 * j->lda + k0, j->lda,
                              j->m - i0 < mr ? j->m - i0 : mr, panel,
@@ -243,6 +289,7 @@ typedef struct {
     const float *a, *b;
     float *c;
     int lda, ldb, ldc;
+    int b_transposed;
     float beta;
 } blas_job;
 
@@ -250,23 +297,32 @@ static void blas_rows(void *ctx, int first, int last, int thread)
 {
     (void)thread;
     const blas_job *j = ctx;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, last - first, j->n, j->k, 1.0f,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, j->b_transposed ? CblasTrans : CblasNoTrans,
+                last - first, j->n, j->k, 1.0f,
                 j->a + (size_t)first * j->lda, j->lda, j->b, j->ldb, j->beta,
                 j->c + (size_t)first * j->ldc, j->ldc);
+}
+
+void ld_gemm_ex(ld_pool *pool, int m, int n, int k, const float *a, int lda, const float *b,
+                int ldb, int b_transposed, float *c, int ldc, int accumulate)
+{
+    assert(k > 0);
+    if (m <= 0 || n <= 0)
+        return;
+    const ld_gemm_kernel *kern = ld_pool_gemm(pool);
+    if (!kern->tile) {
+        const blas_job job = {m, n, k, a, b, c, lda, ldb, ldc, b_transposed,
+                              accumulate ? 1.0f : 0.0f};
+        ld_pool_for(pool, m, blas_rows, (void *)&job);
+        return;
+    }
+    const gemm_job job = {kern, m, n, k, a, b, c, (size_t)lda, (size_t)ldb, (size_t)ldc,
+                          b_transposed, accumulate};
+    ld_pool_for(pool, (n + kern->nr - 1) / kern->nr, gemm_panels, (void *)&job);
 }
 
 void ld_gemm(ld_pool *pool, int m, int n, int k, const float *a, int lda, const float *b,
              int ldb, float *c, int ldc, int accumulate)
 {
-    if (m <= 0 || n <= 0)
-        return;
-    const ld_gemm_kernel *kern = ld_pool_gemm(pool);
-    if (!kern->tile) {
-        const blas_job job = {m, n, k, a, b, c, lda, ldb, ldc, accumulate ? 1.0f : 0.0f};
-        ld_pool_for(pool, m, blas_rows, (void *)&job);
-        return;
-    }
-    const gemm_job job = {kern, m, n, k, a, b, c, (size_t)lda, (size_t)ldb, (size_t)ldc,
-                          accumulate};
-    ld_pool_for(pool, (n + kern->nr - 1) / kern->nr, gemm_panels, (void *)&job);
+    ld_gemm_ex(pool, m, n, k, a, lda, b, ldb, 0, c, ldc, accumulate);
 }

@@ -38,6 +38,14 @@ typedef void (*ld_wino_cols_fn)(const float *row, int tiles, float *const out[6]
 typedef void (*ld_wino_out_fn)(const float *const s[6], int tiles, float bias, float *row,
                                int accumulate);
 
+/* row[x] = exp(row[x] - shift) for x < n; returns their sum, added in
+ * double (softmax's denominator) */
+typedef double (*ld_exp_sum_fn)(float *row, int n, float shift);
+
+/* dst[x] = src[2x] for x < n (src holds 2n floats): a stride-2
+ * convolution's input columns, gathered for im2col */
+typedef void (*ld_even_fn)(const float *src, float *dst, int n);
+
 /* What one instruction set brings: the product's micro-kernel and the
  * elementwise map whose expf would otherwise cost a third of a convolution. */
 typedef struct {
@@ -51,11 +59,15 @@ typedef struct {
     ld_map_fn map_row;
     ld_wino_cols_fn wino_cols;
     ld_wino_out_fn wino_out_row;
+    ld_exp_sum_fn exp_sum;
+    ld_even_fn even;
 } ld_gemm_kernel;
 
 /* The portable map (gemm.c) and column transform (winograd.c), for the
  * portable kernel and the tails of vector ones. */
 void ld_map_row_generic(const float *src, float *dst, int n, float scale, float shift, int silu);
+double ld_exp_sum_generic(float *row, int n, float shift);
+void ld_even_generic(const float *src, float *dst, int n);
 void ld_wino_cols_generic(const float *row, int tiles, float *const out[6]);
 void ld_wino_out_row_generic(const float *const s[6], int tiles, float bias, float *row,
                              int accumulate);

@@ -215,9 +215,35 @@ TARGET_AVX512 static void wino_out_row_avx512(const float *const s[6], int tiles
     }
 }
 
+TARGET_AVX512 static double exp_sum_avx512(float *row, int n, float shift)
+{
+    const __m512 s = _mm512_set1_ps(shift);
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    int x = 0;
+    for (; x + 16 <= n; x += 16) {
+        const __m512 e = z_exp(_mm512_sub_ps(_mm512_loadu_ps(row + x), s));
+        _mm512_storeu_ps(row + x, e);
+        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
+                                   _mm512_castps_pd(e), 1))));
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi)) + ld_exp_sum_generic(row + x, n - x, shift);
+}
+
+TARGET_AVX512 static void even_avx512(const float *src, float *dst, int n)
+{
+    const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                            28, 30);
+    int x = 0;
+    for (; x + 16 <= n; x += 16)
+        _mm512_storeu_ps(dst + x, _mm512_permutex2var_ps(_mm512_loadu_ps(src + 2 * x), evens,
+                                                         _mm512_loadu_ps(src + 2 * x + 16)));
+    ld_even_generic(src + 2 * x, dst + x, n - x);
+}
+
 static const ld_gemm_kernel avx512_kernel = {
     LD_KERNEL_AVX512, Z_MR, Z_NR, tile_avx512, {tile_avx512_16, tile_avx512_32}, 16,
-    map_row_avx512,   wino_cols_avx512, wino_out_row_avx512};
+    map_row_avx512,   wino_cols_avx512, wino_out_row_avx512, exp_sum_avx512, even_avx512};
 
 const ld_gemm_kernel *ld_gemm_kernel_avx512(void)
 {
@@ -350,9 +376,25 @@ TARGET_AVX2 static void wino_cols_avx2(const float *row, int tiles, float *const
     }
 }
 
+TARGET_AVX2 static double exp_sum_avx2(float *row, int n, float shift)
+{
+    const __m256 s = _mm256_set1_ps(shift);
+    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+    int x = 0;
+    for (; x + 8 <= n; x += 8) {
+        const __m256 e = y_exp(_mm256_sub_ps(_mm256_loadu_ps(row + x), s));
+        _mm256_storeu_ps(row + x, e);
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double part[4];
+    _mm256_storeu_pd(part, _mm256_add_pd(lo, hi));
+    return part[0] + part[1] + part[2] + part[3] + ld_exp_sum_generic(row + x, n - x, shift);
+}
+
 static const ld_gemm_kernel avx2_kernel = {
     LD_KERNEL_AVX2, Y_MR, Y_NR, tile_avx2, {tile_avx2_8, tile_avx2_16}, 8, map_row_avx2,
-    wino_cols_avx2, ld_wino_out_row_generic};
+    wino_cols_avx2, ld_wino_out_row_generic, exp_sum_avx2, ld_even_generic};
 
 const ld_gemm_kernel *ld_gemm_kernel_avx2(void)
 {
