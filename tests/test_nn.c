@@ -194,9 +194,11 @@ START_TEST(conv_3x3_same_padding_in_bands)
     if (!use_kernel(_i))
         return;
     /* odd sizes leave partial Winograd tiles on the right and bottom */
+    /* and rows of 18 and 33 tiles: the vector transforms' 16 tiles and tails */
     const ld_conv_geom shapes[] = {{5, 11, 9, 7, 11, 9, 3, 1, 1, 1}, {4, 8, 6, 3, 8, 6, 3, 1, 1, 1},
-                                   {2, 1, 1, 3, 1, 1, 3, 1, 1, 1}};
-    for (int s = 0; s < 3; s++) {
+                                   {2, 1, 1, 3, 1, 1, 3, 1, 1, 1},   {3, 9, 70, 2, 9, 70, 3, 1, 1, 1},
+                                   {2, 5, 131, 3, 5, 131, 3, 1, 1, 1}};
+    for (int s = 0; s < 5; s++) {
         ck_assert(ld_winograd_applies(&shapes[s]));
         for (conv_algo a = ALGO_IM2COL; a <= ALGO_WINOGRAD; a++) {
             check_conv_with(shapes[s], 1 << 20, a); /* one band */

@@ -64,11 +64,23 @@ void ld_even_generic(const float *src, float *dst, int n)
         dst[x] = src[2 * x];
 }
 
+void ld_sums_generic(const float *x, size_t n, double *sum, double *sum_sq)
+{
+    double s = 0.0, sq = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double v = x[i];
+        s += v;
+        sq += v * v;
+    }
+    *sum = s;
+    *sum_sq = sq;
+}
+
 static const ld_gemm_kernel generic_kernel = {LD_KERNEL_GENERIC, GENERIC_MR, GENERIC_NR,
                                               tile_generic, {NULL, NULL}, GENERIC_NR,
                                               ld_map_row_generic, ld_wino_cols_generic,
                                               ld_wino_out_row_generic, ld_exp_sum_generic,
-                                              ld_even_generic};
+                                              ld_even_generic, ld_sums_generic};
 
 ld_map_fn ld_best_map_row(void)
 {
@@ -119,9 +131,17 @@ static void blas_even(const float *src, float *dst, int n)
     (k ? k->even : ld_even_generic)(src, dst, n);
 }
 
+static void blas_sums(const float *x, size_t n, double *sum, double *sum_sq)
+{
+    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
+    if (!k)
+        k = ld_gemm_kernel_avx2();
+    (k ? k->sums : ld_sums_generic)(x, n, sum, sum_sq);
+}
+
 static const ld_gemm_kernel blas_kernel = {
     LD_KERNEL_BLAS, 0,           0, NULL, {NULL, NULL}, 0, blas_map_row, blas_wino_cols,
-    blas_wino_out_row, blas_exp_sum, blas_even};
+    blas_wino_out_row, blas_exp_sum, blas_even, blas_sums};
 
 /* ---------------- choosing a kernel ---------------- */
 

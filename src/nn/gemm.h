@@ -46,6 +46,10 @@ typedef double (*ld_exp_sum_fn)(float *row, int n, float shift);
  * convolution's input columns, gathered for im2col */
 typedef void (*ld_even_fn)(const float *src, float *dst, int n);
 
+/* *sum = Σ x[i], *sum_sq = Σ x[i]² over n floats, added in double
+ * (GroupNorm's statistics: a group holds millions of values) */
+typedef void (*ld_sums_fn)(const float *x, size_t n, double *sum, double *sum_sq);
+
 /* What one instruction set brings: the product's micro-kernel and the
  * elementwise map whose expf would otherwise cost a third of a convolution. */
 typedef struct {
@@ -61,6 +65,7 @@ typedef struct {
     ld_wino_out_fn wino_out_row;
     ld_exp_sum_fn exp_sum;
     ld_even_fn even;
+    ld_sums_fn sums;
 } ld_gemm_kernel;
 
 /* The portable map (gemm.c) and column transform (winograd.c), for the
@@ -68,6 +73,7 @@ typedef struct {
 void ld_map_row_generic(const float *src, float *dst, int n, float scale, float shift, int silu);
 double ld_exp_sum_generic(float *row, int n, float shift);
 void ld_even_generic(const float *src, float *dst, int n);
+void ld_sums_generic(const float *x, size_t n, double *sum, double *sum_sq);
 void ld_wino_cols_generic(const float *row, int tiles, float *const out[6]);
 void ld_wino_out_row_generic(const float *const s[6], int tiles, float bias, float *row,
                              int accumulate);

@@ -130,23 +130,42 @@ TARGET_AVX512 static void map_row_avx512(const float *src, float *dst, int n, fl
     }
 }
 
-/* Winograd's Bᵀ on 16 tiles at a time: the tiles' 6 columns are gathered
- * (stride 4: tiles overlap by 2), the formulas as in winograd.c. */
+/* Winograd's Bᵀ on 16 tiles at a time.  Tile l's six columns start at
+ * c[4l], so columns 0..3 of the 16 tiles are the 64 floats c[0..63]
+ * de-interleaved by four (two-source permutes, then halves joined), and
+ * columns 4 and 5 are columns 0 and 1 moved one tile along, the last tile
+ * taking c[64] and c[65]. */
+TARGET_AVX512 static inline __m512 z_every_fourth(__m512 a, __m512 b, __m512 c, __m512 d,
+                                                  __m512i pick)
+{
+    const __m512 ab = _mm512_permutex2var_ps(a, pick, b), cd = _mm512_permutex2var_ps(c, pick, d);
+    return _mm512_shuffle_f32x4(ab, cd, 0x44); /* low halves: tiles 0-7, then 8-15 */
+}
+
+TARGET_AVX512 static inline __m512 z_next_tile(__m512 col, const float *after)
+{
+    const __m512i last = _mm512_castps_si512(_mm512_maskz_loadu_ps(1, after));
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(last, _mm512_castps_si512(col), 1));
+}
+
 TARGET_AVX512 static void wino_cols_avx512(const float *row, int tiles, float *const o[6])
 {
-    const __m512i stride4 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48,
-                                              52, 56, 60);
+    const __m512i pick0 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i one = _mm512_set1_epi32(1);
+    const __m512i pick1 = _mm512_add_epi32(pick0, one), pick2 = _mm512_add_epi32(pick1, one),
+                  pick3 = _mm512_add_epi32(pick2, one);
     const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f),
                  five = _mm512_set1_ps(5.0f);
     int tx = 0;
     for (; tx + 16 <= tiles; tx += 16) {
         const float *c = row + 4 * tx;
-        const __m512 d0 = _mm512_i32gather_ps(stride4, c, 4),
-                     d1 = _mm512_i32gather_ps(stride4, c + 1, 4),
-                     d2 = _mm512_i32gather_ps(stride4, c + 2, 4),
-                     d3 = _mm512_i32gather_ps(stride4, c + 3, 4),
-                     d4 = _mm512_i32gather_ps(stride4, c + 4, 4),
-                     d5 = _mm512_i32gather_ps(stride4, c + 5, 4);
+        const __m512 a = _mm512_loadu_ps(c), b = _mm512_loadu_ps(c + 16),
+                     cc = _mm512_loadu_ps(c + 32), dd = _mm512_loadu_ps(c + 48);
+        const __m512 d0 = z_every_fourth(a, b, cc, dd, pick0),
+                     d1 = z_every_fourth(a, b, cc, dd, pick1),
+                     d2 = z_every_fourth(a, b, cc, dd, pick2),
+                     d3 = z_every_fourth(a, b, cc, dd, pick3);
+        const __m512 d4 = z_next_tile(d0, c + 64), d5 = z_next_tile(d1, c + 65);
         const __m512 d4_d2 = _mm512_sub_ps(d4, d2);
         _mm512_storeu_ps(o[0] + tx, _mm512_fmadd_ps(four, d0, _mm512_fnmadd_ps(five, d2, d4)));
         _mm512_storeu_ps(o[1] + tx, _mm512_fnmadd_ps(four, _mm512_add_ps(d1, d2),
@@ -241,9 +260,31 @@ TARGET_AVX512 static void even_avx512(const float *src, float *dst, int n)
     ld_even_generic(src + 2 * x, dst + x, n - x);
 }
 
+/* 16 floats at a time as two vectors of 8 doubles, two accumulators each */
+TARGET_AVX512 static void sums_avx512(const float *x, size_t n, double *sum, double *sum_sq)
+{
+    __m512d s0 = _mm512_setzero_pd(), s1 = s0, q0 = s0, q1 = s0;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        const __m512d hi =
+            _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        s0 = _mm512_add_pd(s0, lo);
+        s1 = _mm512_add_pd(s1, hi);
+        q0 = _mm512_fmadd_pd(lo, lo, q0);
+        q1 = _mm512_fmadd_pd(hi, hi, q1);
+    }
+    double tail_sum, tail_sq;
+    ld_sums_generic(x + i, n - i, &tail_sum, &tail_sq);
+    *sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) + tail_sum;
+    *sum_sq = _mm512_reduce_add_pd(_mm512_add_pd(q0, q1)) + tail_sq;
+}
+
 static const ld_gemm_kernel avx512_kernel = {
     LD_KERNEL_AVX512, Z_MR, Z_NR, tile_avx512, {tile_avx512_16, tile_avx512_32}, 16,
-    map_row_avx512,   wino_cols_avx512, wino_out_row_avx512, exp_sum_avx512, even_avx512};
+    map_row_avx512,   wino_cols_avx512, wino_out_row_avx512, exp_sum_avx512, even_avx512,
+    sums_avx512};
 
 const ld_gemm_kernel *ld_gemm_kernel_avx512(void)
 {
@@ -392,9 +433,30 @@ TARGET_AVX2 static double exp_sum_avx2(float *row, int n, float shift)
     return part[0] + part[1] + part[2] + part[3] + ld_exp_sum_generic(row + x, n - x, shift);
 }
 
+TARGET_AVX2 static void sums_avx2(const float *x, size_t n, double *sum, double *sum_sq)
+{
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0, q0 = s0, q1 = s0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        s0 = _mm256_add_pd(s0, lo);
+        s1 = _mm256_add_pd(s1, hi);
+        q0 = _mm256_fmadd_pd(lo, lo, q0);
+        q1 = _mm256_fmadd_pd(hi, hi, q1);
+    }
+    double part_s[4], part_q[4], tail_sum, tail_sq;
+    _mm256_storeu_pd(part_s, _mm256_add_pd(s0, s1));
+    _mm256_storeu_pd(part_q, _mm256_add_pd(q0, q1));
+    ld_sums_generic(x + i, n - i, &tail_sum, &tail_sq);
+    *sum = part_s[0] + part_s[1] + part_s[2] + part_s[3] + tail_sum;
+    *sum_sq = part_q[0] + part_q[1] + part_q[2] + part_q[3] + tail_sq;
+}
+
 static const ld_gemm_kernel avx2_kernel = {
     LD_KERNEL_AVX2, Y_MR, Y_NR, tile_avx2, {tile_avx2_8, tile_avx2_16}, 8, map_row_avx2,
-    wino_cols_avx2, ld_wino_out_row_generic, exp_sum_avx2, ld_even_generic};
+    wino_cols_avx2, ld_wino_out_row_generic, exp_sum_avx2, ld_even_generic, sums_avx2};
 
 const ld_gemm_kernel *ld_gemm_kernel_avx2(void)
 {
