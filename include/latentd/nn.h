@@ -88,6 +88,10 @@ ld_kernel ld_pool_kernel(const ld_pool *pool); /* never AUTO; the best one for N
  * transposes, the columns of C split between the pool's threads. */
 void ld_gemm(ld_pool *pool, int m, int n, int k, const float *a, int lda, const float *b,
              int ldb, float *c, int ldc, int accumulate);
+/* The same, B given transposed when b_transposed is set: b is Bᵀ [n×k]
+ * with rows ldb apart. */
+void ld_gemm_ex(ld_pool *pool, int m, int n, int k, const float *a, int lda, const float *b,
+                int ldb, int b_transposed, float *c, int ldc, int accumulate);
 
 /* Geometry of a 2-D convolution over one image.  Padding on the bottom and
  * right is implied by the output size: taps that fall outside the input read
