@@ -78,7 +78,8 @@ void ld_sums_generic(const float *x, size_t n, double *sum, double *sum_sq)
 
 static const ld_gemm_kernel generic_kernel = {LD_KERNEL_GENERIC, GENERIC_MR, GENERIC_NR,
                                               tile_generic, {NULL, NULL}, GENERIC_NR,
-                                              ld_map_row_generic, ld_wino_cols_generic,
+                                              ld_map_row_generic, ld_wino_rows_generic,
+                                              ld_wino_cols_generic,
                                               ld_wino_out_row_generic, ld_exp_sum_generic,
                                               ld_even_generic, ld_sums_generic};
 
@@ -93,6 +94,14 @@ ld_map_fn ld_best_map_row(void)
 static void blas_map_row(const float *src, float *dst, int n, float scale, float shift, int silu)
 {
     ld_best_map_row()(src, dst, n, scale, shift, silu);
+}
+
+static void blas_wino_rows(const float *const d[6], float *const t[6], int n)
+{
+    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
+    if (!k)
+        k = ld_gemm_kernel_avx2();
+    (k ? k->wino_rows : ld_wino_rows_generic)(d, t, n);
 }
 
 static void blas_wino_cols(const float *row, int tiles, float *const out[6])
@@ -140,7 +149,7 @@ static void blas_sums(const float *x, size_t n, double *sum, double *sum_sq)
 }
 
 static const ld_gemm_kernel blas_kernel = {
-    LD_KERNEL_BLAS, 0,           0, NULL, {NULL, NULL}, 0, blas_map_row, blas_wino_cols,
+    LD_KERNEL_BLAS, 0, 0, NULL, {NULL, NULL}, 0, blas_map_row, blas_wino_rows, blas_wino_cols,
     blas_wino_out_row, blas_exp_sum, blas_even, blas_sums};
 
 /* ---------------- choosing a kernel ---------------- */

@@ -28,6 +28,10 @@ typedef void (*ld_tile_fn)(int k, const float *const *a, const float *b, float *
 typedef void (*ld_map_fn)(const float *src, float *dst, int n, float scale, float shift,
                           int silu);
 
+/* Winograd's input transform down six rows: t[i][x] = (Bᵀ d)[i][x] for
+ * x < n (see winograd.c); the rows never overlap. */
+typedef void (*ld_wino_rows_fn)(const float *const d[6], float *const t[6], int n);
+
 /* Winograd's input transform across one row (see winograd.c): for each of
  * `tiles` tiles, the row's 6 values starting at row[4·tile], times B, into
  * out[0..5][tile]. */
@@ -61,6 +65,7 @@ typedef struct {
     ld_tile_fn narrow_tile[2];
     int vector;        /* floats per vector: the narrow tiles' step */
     ld_map_fn map_row;
+    ld_wino_rows_fn wino_rows;
     ld_wino_cols_fn wino_cols;
     ld_wino_out_fn wino_out_row;
     ld_exp_sum_fn exp_sum;
@@ -74,6 +79,7 @@ void ld_map_row_generic(const float *src, float *dst, int n, float scale, float 
 double ld_exp_sum_generic(float *row, int n, float shift);
 void ld_even_generic(const float *src, float *dst, int n);
 void ld_sums_generic(const float *x, size_t n, double *sum, double *sum_sq);
+void ld_wino_rows_generic(const float *const d[6], float *const t[6], int n);
 void ld_wino_cols_generic(const float *row, int tiles, float *const out[6]);
 void ld_wino_out_row_generic(const float *const s[6], int tiles, float bias, float *row,
                              int accumulate);

@@ -156,7 +156,7 @@ static void bt_rows_run(const float *restrict d0, const float *restrict d1,
     }
 }
 
-static void bt_rows(float *const d[IN_TILE], float *const t[IN_TILE], int n)
+void ld_wino_rows_generic(const float *const d[IN_TILE], float *const t[IN_TILE], int n)
 {
     bt_rows_run(d[0], d[1], d[2], d[3], d[4], d[5], t[0], t[1], t[2], t[3], t[4], t[5], n);
 }
@@ -185,6 +185,7 @@ typedef struct {
     const float *in;        /* transform_input */
     const ld_input_map *map;
     ld_map_fn map_row;      /* the kernel's, for map */
+    ld_wino_rows_fn wino_rows;
     ld_wino_cols_fn wino_cols;
     ld_wino_out_fn wino_out_row;
     float *v;
@@ -264,7 +265,7 @@ static void transform_input(void *ctx, int first, int last, int thread)
             }
             for (int k = reused; k < IN_TILE; k++)
                 pad_row(src, g->in_h, g->in_w, y + k, pw, j->map, j->map_row, ci, d[k]);
-            bt_rows(d, t, pw);
+            j->wino_rows((const float *const *)d, t, pw);
             float *dst = j->v + (size_t)ci * j->panel_cols;
             for (int i = 0; i < IN_TILE; i++) {
                 float *o[IN_TILE];
@@ -425,7 +426,7 @@ void ld_conv2d_winograd(ld_pool *pool, const ld_conv_geom *g, const float *in,
         const size_t padded_tiles = (size_t)(tiles + panel_cols - 1) / panel_cols * panel_cols;
         float *v = band;
         float *m = band + (size_t)POSITIONS * g->in_ch * padded_tiles;
-        const band_job bj = {g, &p, in, map, kernel->map_row, kernel->wino_cols,
+        const band_job bj = {g, &p, in, map, kernel->map_row, kernel->wino_rows, kernel->wino_cols,
                              kernel->wino_out_row, v, m, bias, out, accumulate, ty0, rows,
                              panel_cols, padded_tiles, row_buffers};
         ld_pool_for(pool, g->in_ch, transform_input, (void *)&bj);
