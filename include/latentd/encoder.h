@@ -146,8 +146,8 @@ typedef struct {
 /* Encode n images of h×w, given as RGB in [0, 1], [n, 3, h, w].
  * Works in chunks of at most vae_split images; when a chunk's working memory
  * cannot be had it halves the chunk and retries, down to one image, then
- * (banding on or auto) the same banded, before it reports LD_ENOMEM.  The result does not depend on the chunking.  That
- * working memory is the only memory the call takes (besides a pool it makes
+ * (banding auto) the same banded, before it reports LD_ENOMEM.  The result
+ * does not depend on the chunking or the banding.  That working memory is the only memory the call takes (besides a pool it makes
  * itself, see ld_pool_new): nothing is mapped later, in the middle of the
  * work, so memory pressure gives LD_ENOMEM up front, never a stall. */
 int ld_encode(const ld_model *model, const float *images, int n, int h, int w,

@@ -158,7 +158,7 @@ static void residual_shortcut(const band_ctx *bc, const float *x)
 }
 
 /* One image; beats as the whole resnet does: conv1, the shortcut, conv2. */
-static int resnet_image(const pass *ps, const step *s, const step_bufs *b, int i)
+static int banded_resnet_image(const pass *ps, const step *s, const step_bufs *b, int i)
 {
     const ld_resnet *r = s->resnet;
     float *x = b->x + (size_t)i * step_in_floats(s);
@@ -186,7 +186,7 @@ int banded_resnet(const pass *ps, const step *s, const step_bufs *b)
     assert(s->resnet->has_shortcut || s->in_ch == s->out_ch);
     int rc = LD_OK;
     for (int k = 0; k < ps->n && rc == LD_OK; k++)
-        rc = resnet_image(ps, s, b, pass_image(ps, s, k));
+        rc = banded_resnet_image(ps, s, b, pass_image(ps, s, k));
     return rc;
 }
 
@@ -196,7 +196,7 @@ int banded_resnet(const pass *ps, const step *s, const step_bufs *b)
  * input rows [2·oy0, 2·oy1 + 1), so once a band is computed, every input
  * row above 2·oy1 is dead; output channel c goes to the start of input
  * channel c's plane (rows < oy1/2 + 1 of it), then the planes close up. */
-static int downsample_image(const pass *ps, const step *s, const step_bufs *b, int i)
+static int banded_downsample_image(const pass *ps, const step *s, const step_bufs *b, int i)
 {
     float *x = b->x + (size_t)i * step_in_floats(s);
     const size_t out_plane = (size_t)s->out_h * s->out_w;
@@ -225,6 +225,6 @@ int banded_downsample(const pass *ps, const step *s, const step_bufs *b)
     assert(s->out_ch <= s->in_ch);
     int rc = LD_OK;
     for (int k = 0; k < ps->n && rc == LD_OK; k++)
-        rc = downsample_image(ps, s, b, pass_image(ps, s, k));
+        rc = banded_downsample_image(ps, s, b, pass_image(ps, s, k));
     return rc;
 }

@@ -103,10 +103,10 @@ static int run_conv_in(const pass *ps, const step *s, const step_bufs *b, const 
         b->scale1[c] = 2.0f;
         b->shift1[c] = -1.0f;
     }
-    const ld_input_map centre = {b->scale1, b->shift1, 0};
+    const ld_input_map centring = {b->scale1, b->shift1, 0};
     for (int i = 0; i < ps->n; i++) {
         conv_whole(ps, s->conv, s->h, s->w, 1, images + (size_t)i * step_in_floats(s),
-                   center ? &centre : NULL, b->x + (size_t)i * step_out_floats(s), 0, b);
+                   center ? &centring : NULL, b->x + (size_t)i * step_out_floats(s), 0, b);
         int rc = pass_layer_done(ps);
         if (rc != LD_OK)
             return rc;
