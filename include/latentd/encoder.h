@@ -147,9 +147,10 @@ typedef struct {
  * Works in chunks of at most vae_split images; when a chunk's working memory
  * cannot be had it halves the chunk and retries, down to one image, then
  * (banding auto) the same banded, before it reports LD_ENOMEM.  The result
- * does not depend on the chunking or the banding.  That working memory is the only memory the call takes (besides a pool it makes
- * itself, see ld_pool_new): nothing is mapped later, in the middle of the
- * work, so memory pressure gives LD_ENOMEM up front, never a stall. */
+ * does not depend on the chunking or the banding (beyond float rounding).
+ * That working memory is the only memory the call takes (besides a pool it
+ * makes itself, see ld_pool_new): nothing is mapped later, in the middle of
+ * the work, so memory pressure gives LD_ENOMEM up front, never a stall. */
 int ld_encode(const ld_model *model, const float *images, int n, int h, int w,
               const ld_encode_opts *opts, ld_encode_out *out, char *err);
 

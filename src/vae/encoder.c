@@ -132,7 +132,8 @@ static int resnet_image(const pass *ps, const step *s, const step_bufs *b, int i
     }
     if (rc != LD_OK)
         return rc;
-    const ld_input_map map2 = pass_norm_map(ps, &r->norm2, b->hidden, plane, b->scale2, b->shift2);
+    const ld_input_map map2 =
+        pass_norm_map(ps, &r->norm2, b->hidden, plane, b->scale2, b->shift2);
     conv_whole(ps, &r->conv2, s->h, s->w, 1, b->hidden, &map2, sum, 1, b);
     if (sum != x)
         move_output(ps, b->x + (size_t)i * step_out_floats(s), sum, step_out_floats(s));
@@ -234,17 +235,18 @@ static bool workspace_alloc(workspace *ws, size_t max_memory)
 static int modes_to_try(const ld_model *m, int h, int w, int threads, ld_banding banding,
                         plan_mode modes[2])
 {
-    if (banding == LD_BANDING_ON) {
+    switch (banding) {
+    case LD_BANDING_ON:
         modes[0] = PLAN_BAND_ALL;
         return 1;
-    }
-    if (banding == LD_BANDING_OFF || plan_auto_mode(m, h, w, threads) == PLAN_BAND_AS_NEEDED) {
-        modes[0] = banding == LD_BANDING_OFF ? PLAN_WHOLE : PLAN_BAND_AS_NEEDED;
+    case LD_BANDING_OFF:
+        modes[0] = PLAN_WHOLE;
         return 1;
+    default:
+        modes[0] = plan_auto_mode(m, h, w, threads);
+        modes[1] = PLAN_BAND_AS_NEEDED; /* when memory requires it */
+        return modes[0] == PLAN_WHOLE ? 2 : 1;
     }
-    modes[0] = PLAN_WHOLE; /* faster: banding only when memory requires it */
-    modes[1] = PLAN_BAND_AS_NEEDED;
-    return 2;
 }
 
 /* The first plan that can be had: the largest chunk <= want, halving on
