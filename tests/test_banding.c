@@ -7,6 +7,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,8 +220,33 @@ START_TEST(memory_limit_brings_banding_on_its_own)
 }
 END_TEST
 
-/* The arena is the largest step's need, not a sum: a chunk of two takes less
- * than twice one image, and banding takes less than the whole pass. */
+static uint64_t beats_of(const ld_model *m, const float *rgb, ld_banding banding)
+{
+    _Atomic uint64_t beats = 0;
+    ld_encode_opts opts;
+    ld_encode_opts_init(&opts);
+    opts.banding = banding;
+    opts.heartbeat = &beats;
+    result r = encode_ok(m, rgb, 1, 64, 64, &opts);
+    result_free(&r);
+    return atomic_load(&beats);
+}
+
+/* A watchdog sees a banded pass beat once per layer, as a whole one does. */
+START_TEST(banded_pass_beats_every_layer)
+{
+    ld_model *m = load_model("models/tiny-sd");
+    ld_image img = load_image("astronaut_64");
+    const uint64_t whole = beats_of(m, img.rgb, LD_BANDING_OFF);
+    ck_assert_uint_gt(whole, 0);
+    ck_assert_uint_eq(beats_of(m, img.rgb, LD_BANDING_ON), whole);
+    ld_image_free(&img);
+    ld_model_free(m);
+}
+END_TEST
+
+/* The arena is the largest step's need, not a sum of per-image buffers: a
+ * chunk of two takes less than twice one image (the scratch is shared). */
 START_TEST(workspace_grows_with_the_chunk_not_the_scratch)
 {
     ld_model *m = load_model("models/tiny-sd");
@@ -240,6 +266,7 @@ static Suite *banding_suite(void)
     tcase_add_loop_test(tc, banded_matches_whole_and_diffusers, 0, N_MODELS);
     tcase_add_test(tc, banded_chunks_match_the_batch);
     tcase_add_test(tc, memory_limit_brings_banding_on_its_own);
+    tcase_add_test(tc, banded_pass_beats_every_layer);
     tcase_add_test(tc, workspace_grows_with_the_chunk_not_the_scratch);
     suite_add_tcase(s, tc);
     return s;
