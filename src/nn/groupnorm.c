@@ -4,19 +4,18 @@
  * can be streamed over bands of rows (groupnorm_bands.h) for a tensor that is
  * never whole in memory; both paths fold them into coefficients alike. */
 #include "latentd/nn.h"
+#include "gemm.h"
 #include "groupnorm_bands.h"
 
 #include <math.h>
 
-/* sums[0] += Σx, sums[1] += Σx² over count values */
-static void add_sums(const float *x, size_t count, double sums[2])
+/* sums[0] += Σx, sums[1] += Σx² over count values, with the pool's kernel
+ * (vectors of doubles) */
+static void add_sums(const ld_gemm_kernel *kernel, const float *x, size_t count,
+                     double sums[2])
 {
-    double sum = 0.0, sum_sq = 0.0;
-    for (size_t i = 0; i < count; i++) {
-        double v = x[i];
-        sum += v;
-        sum_sq += v * v;
-    }
+    double sum, sum_sq;
+    kernel->sums(x, count, &sum, &sum_sq);
     sums[0] += sum;
     sums[1] += sum_sq;
 }
@@ -41,6 +40,7 @@ static void channel_coeffs(double mean, float inv_std, float gamma, float beta, 
 }
 
 typedef struct {
+    const ld_gemm_kernel *kernel; /* its sums */
     const float *in;
     float *out; /* ld_group_norm: the normalised values; NULL: coefficients only */
     int per_group;
@@ -72,7 +72,7 @@ static void norm_groups(void *ctx, int first, int last, int thread)
     for (int g = first; g < last; g++) {
         const size_t count = (size_t)j->per_group * j->plane;
         double sums[2] = {0.0, 0.0};
-        add_sums(j->in + (size_t)g * count, count, sums);
+        add_sums(j->kernel, j->in + (size_t)g * count, count, sums);
         float inv_std;
         const double mean = group_moments(sums, (double)count, j->eps, &inv_std);
         for (int c = g * j->per_group; c < (g + 1) * j->per_group; c++) {
@@ -92,21 +92,23 @@ void ld_group_norm_coeffs(ld_pool *pool, const float *in, int channels, size_t p
                           const float *gamma, const float *beta, float eps, float *scale,
                           float *shift)
 {
-    const norm_job job = {in, NULL, channels / groups, plane, gamma, beta, eps, 0, scale, shift};
+    const norm_job job = {ld_pool_gemm(pool), in, NULL, channels / groups, plane,
+                          gamma, beta, eps, 0, scale, shift};
     ld_pool_for(pool, groups, norm_groups, (void *)&job);
 }
 
 void ld_group_norm(ld_pool *pool, const float *in, float *out, int channels, size_t plane,
                    int groups, const float *gamma, const float *beta, float eps, int apply_silu)
 {
-    const norm_job job = {in, out, channels / groups, plane, gamma, beta, eps, apply_silu, NULL,
-                          NULL};
+    const norm_job job = {ld_pool_gemm(pool), in, out, channels / groups, plane,
+                          gamma, beta, eps, apply_silu, NULL, NULL};
     ld_pool_for(pool, groups, norm_groups, (void *)&job);
 }
 
 /* ---------------- streamed over bands of rows ---------------- */
 
 typedef struct {
+    const ld_gemm_kernel *kernel; /* its sums */
     const float *band;
     int per_group;
     size_t band_plane; /* floats of one channel of the band */
@@ -121,14 +123,15 @@ static void band_sums_groups(void *ctx, int first, int last, int thread)
     const band_sums_job *j = ctx;
     for (int g = first; g < last; g++)
         for (int c = g * j->per_group; c < (g + 1) * j->per_group; c++)
-            add_sums(j->band + (size_t)c * j->band_plane + j->row_offset, j->count,
+            add_sums(j->kernel, j->band + (size_t)c * j->band_plane + j->row_offset, j->count,
                      j->sums + 2 * (size_t)g);
 }
 
 void ld_group_sums_add(ld_pool *pool, const float *band, int channels, int band_h, int w,
                        int row0, int rows, int groups, double *sums)
 {
-    const band_sums_job job = {band,
+    const band_sums_job job = {ld_pool_gemm(pool),
+                               band,
                                channels / groups,
                                (size_t)band_h * (size_t)w,
                                (size_t)row0 * (size_t)w,
