@@ -124,7 +124,8 @@ typedef struct {
     void *progress_ctx;
     ld_encode_stats *stats; /* optional; times are added to it */
     /* optional: once *cancel is true (from any thread) the call returns
-     * LD_ECANCELLED after the layer it is in, its memory freed */
+     * LD_ECANCELLED after the layer it is in (its working memory stays
+     * with the pool, as after any call) */
     const _Atomic bool *cancel;
     /* optional: incremented after every layer of every image, so a watchdog
      * can tell a working call from a stuck one */
@@ -152,7 +153,10 @@ typedef struct {
  * does not depend on the chunking or the banding (beyond float rounding).
  * That working memory is the only memory the call takes (besides a pool it
  * makes itself, see ld_pool_new): nothing is mapped later, in the middle of
- * the work, so memory pressure gives LD_ENOMEM up front, never a stall. */
+ * the work, so memory pressure gives LD_ENOMEM up front, never a stall.  It
+ * is the pool's arena (ld_pool_arena): a caller's pool keeps it for the next
+ * call, so repeated calls do not map it afresh (at most max_memory, when
+ * that is set: a kept block over it is given back first). */
 int ld_encode(const ld_model *model, const float *images, int n, int h, int w,
               const ld_encode_opts *opts, ld_encode_out *out, char *err);
 

@@ -219,15 +219,15 @@ static int encoder_forward(const pass *ps, const float *images, bool center)
 /* ---------------- chunking ---------------- */
 
 typedef struct {
-    float *arena;
+    float *arena; /* the pool's (ld_pool_arena): kept there for the next call */
     plan plan;
 } workspace;
 
-static bool workspace_alloc(workspace *ws, size_t max_memory)
+static bool workspace_alloc(workspace *ws, ld_pool *pool, size_t max_memory)
 {
     if (max_memory && ws->plan.floats > max_memory / sizeof(float))
         return false;
-    ws->arena = ld_alloc_aligned(ws->plan.floats, sizeof(float));
+    ws->arena = ld_pool_arena(pool, ws->plan.floats);
     return ws->arena != NULL;
 }
 
@@ -251,15 +251,19 @@ static int modes_to_try(const ld_model *m, int h, int w, int threads, ld_banding
 
 /* The first plan that can be had: the largest chunk <= want, halving on
  * failure, in each mode in turn. */
-static int workspace_acquire(workspace *ws, const ld_model *m, int h, int w, int threads,
+static int workspace_acquire(workspace *ws, const ld_model *m, int h, int w, ld_pool *pool,
                              int want, const ld_encode_opts *opts, char *err)
 {
+    const int threads = ld_pool_threads(pool);
     plan_mode modes[2];
     const int n_modes = modes_to_try(m, h, w, threads, opts->banding, modes);
+    /* a block the pool kept that is over the limit now is given back */
+    if (opts->max_memory && ld_pool_arena_floats(pool) > opts->max_memory / sizeof(float))
+        ld_pool_arena_release(pool);
     for (int k = 0; k < n_modes; k++) {
         for (int chunk = want; chunk >= 1; chunk /= 2) {
             plan_make(&ws->plan, m, h, w, chunk, threads, modes[k]);
-            if (workspace_alloc(ws, opts->max_memory))
+            if (workspace_alloc(ws, pool, opts->max_memory))
                 return LD_OK;
         }
     }
@@ -355,12 +359,11 @@ int ld_encode(const ld_model *m, const float *images, int n, int h, int w,
     ld_pool *pool = opts->pool ? opts->pool : own_pool;
     workspace ws = {0};
     const int want = opts->vae_split > 0 && opts->vae_split < n ? opts->vae_split : n;
-    rc = workspace_acquire(&ws, m, h, w, ld_pool_threads(pool), want, opts, err);
+    rc = workspace_acquire(&ws, m, h, w, pool, want, opts, err);
     if (rc == LD_OK) {
         out->chunk_used = ws.plan.chunk;
         rc = encode_chunks(m, images, n, h, w, lh, lw, pool, &ws, opts, out, err);
     }
-    ld_free_aligned(ws.arena);
-    ld_pool_free(own_pool);
+    ld_pool_free(own_pool); /* and its arena; a caller's pool keeps it */
     return rc;
 }
