@@ -76,12 +76,20 @@ void ld_sums_generic(const float *x, size_t n, double *sum, double *sum_sq)
     *sum_sq = sq;
 }
 
-static const ld_gemm_kernel generic_kernel = {LD_KERNEL_GENERIC, GENERIC_MR, GENERIC_NR,
-                                              tile_generic, {NULL, NULL}, GENERIC_NR,
-                                              ld_map_row_generic, ld_wino_rows_generic,
-                                              ld_wino_cols_generic,
-                                              ld_wino_out_row_generic, ld_exp_sum_generic,
-                                              ld_even_generic, ld_sums_generic};
+static const ld_gemm_kernel generic_kernel = {
+    .kind = LD_KERNEL_GENERIC,
+    .mr = GENERIC_MR,
+    .nr = GENERIC_NR,
+    .tile = tile_generic,
+    .vector = GENERIC_NR,
+    .map_row = ld_map_row_generic,
+    .wino_rows = ld_wino_rows_generic,
+    .wino_cols = ld_wino_cols_generic,
+    .wino_out_row = ld_wino_out_row_generic,
+    .exp_sum = ld_exp_sum_generic,
+    .even = ld_even_generic,
+    .sums = ld_sums_generic,
+};
 
 ld_map_fn ld_best_map_row(void)
 {
@@ -149,8 +157,16 @@ static void blas_sums(const float *x, size_t n, double *sum, double *sum_sq)
 }
 
 static const ld_gemm_kernel blas_kernel = {
-    LD_KERNEL_BLAS, 0, 0, NULL, {NULL, NULL}, 0, blas_map_row, blas_wino_rows, blas_wino_cols,
-    blas_wino_out_row, blas_exp_sum, blas_even, blas_sums};
+    .kind = LD_KERNEL_BLAS,
+    .tile = NULL, /* products go to cblas_sgemm */
+    .map_row = blas_map_row,
+    .wino_rows = blas_wino_rows,
+    .wino_cols = blas_wino_cols,
+    .wino_out_row = blas_wino_out_row,
+    .exp_sum = blas_exp_sum,
+    .even = blas_even,
+    .sums = blas_sums,
+};
 
 /* ---------------- choosing a kernel ---------------- */
 

@@ -312,9 +312,20 @@ TARGET_AVX512 static void sums_avx512(const float *x, size_t n, double *sum, dou
 }
 
 static const ld_gemm_kernel avx512_kernel = {
-    LD_KERNEL_AVX512, Z_MR, Z_NR, tile_avx512, {tile_avx512_16, tile_avx512_32}, 16,
-    map_row_avx512,   wino_rows_avx512, wino_cols_avx512, wino_out_row_avx512, exp_sum_avx512, even_avx512,
-    sums_avx512};
+    .kind = LD_KERNEL_AVX512,
+    .mr = Z_MR,
+    .nr = Z_NR,
+    .tile = tile_avx512,
+    .narrow_tile = {tile_avx512_16, tile_avx512_32},
+    .vector = 16,
+    .map_row = map_row_avx512,
+    .wino_rows = wino_rows_avx512,
+    .wino_cols = wino_cols_avx512,
+    .wino_out_row = wino_out_row_avx512,
+    .exp_sum = exp_sum_avx512,
+    .even = even_avx512,
+    .sums = sums_avx512,
+};
 
 const ld_gemm_kernel *ld_gemm_kernel_avx512(void)
 {
@@ -484,9 +495,62 @@ TARGET_AVX2 static void sums_avx2(const float *x, size_t n, double *sum, double 
     *sum_sq = part_q[0] + part_q[1] + part_q[2] + part_q[3] + tail_sq;
 }
 
+/* As wino_out_row_avx512, 8 tiles at a time: a 4x4 transpose within each
+ * 128-bit half, then the halves put in order */
+TARGET_AVX2 static void wino_out_row_avx2(const float *const s[6], int tiles, float bias,
+                                          float *row, int accumulate)
+{
+    const __m256 b = _mm256_set1_ps(bias), two = _mm256_set1_ps(2.0f),
+                 four = _mm256_set1_ps(4.0f), eight = _mm256_set1_ps(8.0f);
+    int tx = 0;
+    for (; tx + 8 <= tiles; tx += 8) {
+        const __m256 s0 = _mm256_loadu_ps(s[0] + tx), s1 = _mm256_loadu_ps(s[1] + tx),
+                     s2 = _mm256_loadu_ps(s[2] + tx), s3 = _mm256_loadu_ps(s[3] + tx),
+                     s4 = _mm256_loadu_ps(s[4] + tx), s5 = _mm256_loadu_ps(s[5] + tx);
+        const __m256 p12 = _mm256_add_ps(s1, s2), d12 = _mm256_sub_ps(s1, s2);
+        const __m256 p34 = _mm256_add_ps(s3, s4), d34 = _mm256_sub_ps(s3, s4);
+        const __m256 y0 = _mm256_add_ps(_mm256_add_ps(s0, p12), _mm256_add_ps(p34, b));
+        const __m256 y1 = _mm256_fmadd_ps(two, d34, _mm256_add_ps(d12, b));
+        const __m256 y2 = _mm256_fmadd_ps(four, p34, _mm256_add_ps(p12, b));
+        const __m256 y3 = _mm256_fmadd_ps(eight, d34, _mm256_add_ps(_mm256_add_ps(d12, s5), b));
+        const __m256 t0 = _mm256_unpacklo_ps(y0, y1), t1 = _mm256_unpackhi_ps(y0, y1),
+                     t2 = _mm256_unpacklo_ps(y2, y3), t3 = _mm256_unpackhi_ps(y2, y3);
+        /* u_j, half l: tile 4l + j's four outputs */
+        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+                     u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 out[4] = {
+            _mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u2, u3, 0x20),
+            _mm256_permute2f128_ps(u0, u1, 0x31), _mm256_permute2f128_ps(u2, u3, 0x31)};
+        float *o = row + 4 * tx;
+        for (int q = 0; q < 4; q++) {
+            if (accumulate)
+                out[q] = _mm256_add_ps(out[q], _mm256_loadu_ps(o + 8 * q));
+            _mm256_storeu_ps(o + 8 * q, out[q]);
+        }
+    }
+    if (tx < tiles) {
+        const float *rest[6];
+        for (int k = 0; k < 6; k++)
+            rest[k] = s[k] + tx;
+        ld_wino_out_row_generic(rest, tiles - tx, bias, row + 4 * tx, accumulate);
+    }
+}
+
 static const ld_gemm_kernel avx2_kernel = {
-    LD_KERNEL_AVX2, Y_MR, Y_NR, tile_avx2, {tile_avx2_8, tile_avx2_16}, 8, map_row_avx2,
-    ld_wino_rows_generic, wino_cols_avx2, ld_wino_out_row_generic, exp_sum_avx2, ld_even_generic, sums_avx2};
+    .kind = LD_KERNEL_AVX2,
+    .mr = Y_MR,
+    .nr = Y_NR,
+    .tile = tile_avx2,
+    .narrow_tile = {tile_avx2_8, tile_avx2_16},
+    .vector = 8,
+    .map_row = map_row_avx2,
+    .wino_rows = ld_wino_rows_generic,
+    .wino_cols = wino_cols_avx2,
+    .wino_out_row = wino_out_row_avx2,
+    .exp_sum = exp_sum_avx2,
+    .even = ld_even_generic,
+    .sums = sums_avx2,
+};
 
 const ld_gemm_kernel *ld_gemm_kernel_avx2(void)
 {
