@@ -27,6 +27,7 @@ typedef struct srv_queue srv_queue;
 typedef struct {
     int vae_split, workers, threads, max_batch_delay_ms, max_queue, decode_threads;
     size_t worker_memory; /* an encode's working memory, at most (0: no limit) */
+    ld_kernel kernel;     /* the workers' pools' matrix kernel */
 } srv_queue_params;
 
 int srv_queue_new(const srv_queue_params *params, srv_metrics *metrics, srv_queue **out,
