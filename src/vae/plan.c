@@ -266,9 +266,13 @@ size_t step_layout(const plan *p, const step *s, bool banded, float *base, step_
 
 /* ---------------- the arena ---------------- */
 
+/* A banded resnet adds conv2 to its input in place unless a shortcut maps it;
+ * a banded downsample puts output channel c over input channel c. */
 static bool can_band(const step *s)
 {
-    return s->kind == STEP_RESNET || s->kind == STEP_DOWNSAMPLE;
+    if (s->kind == STEP_RESNET)
+        return s->resnet->has_shortcut || s->in_ch == s->out_ch;
+    return s->kind == STEP_DOWNSAMPLE && s->out_ch <= s->in_ch;
 }
 
 static size_t step_need(const plan *p, const step *s, bool banded)
