@@ -79,7 +79,9 @@ typedef struct {
 typedef struct {
     double seconds;         /* first request (or batch) to last answer */
     long peak_rss_kb;       /* daemon: VmHWM */
-    double cpu_seconds;     /* daemon: user + system time during the timed part */
+    double cpu_seconds;     /* user + system time of the daemon (of this process, bare)
+                               during the timed part: less noisy than wall time on a
+                               shared machine */
     double mean_batch;      /* images per forward pass */
     double encode_seconds;  /* daemon: sum of its batches' encode times */
 } pass_result;
@@ -88,6 +90,13 @@ static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -696,7 +705,7 @@ typedef struct {
     int size, vae_split, threads, total;
     size_t max_memory;
     _Atomic int next;      /* first image of the next batch */
-    _Atomic int chunk_used;
+    _Atomic int batches;   /* ld_encode calls in the timed part */
     _Atomic bool failed;
     char err[LD_ERR_LEN];
     pthread_mutex_t lock;
@@ -719,7 +728,8 @@ static int bare_encode(bare_worker *w, int n, char *err)
     eo.max_memory = run->max_memory;
     ld_encode_out out = {w->latents, NULL, NULL, NULL, 0};
     const int rc = ld_encode(run->model, run->images, n, run->size, run->size, &eo, &out, err);
-    atomic_store(&run->chunk_used, out.chunk_used);
+    if (rc == LD_OK && out.chunk_used < n) /* the memory cap split it, as it would the daemon's */
+        atomic_fetch_add(&run->batches, (n + out.chunk_used - 1) / out.chunk_used - 1);
     return rc;
 }
 
@@ -734,6 +744,7 @@ static void *bare_main(void *arg)
     while (rc == LD_OK && !atomic_load(&run->failed) &&
            (first = atomic_fetch_add(&run->next, run->vae_split)) < run->total) {
         const int left = run->total - first;
+        atomic_fetch_add(&run->batches, 1);
         rc = bare_encode(w, left < run->vae_split ? left : run->vae_split, err);
     }
     if (rc != LD_OK) {
@@ -788,6 +799,7 @@ static int bare_workers_new(bare_run *run, int n, bare_worker **out, char *err)
         bare_workers_free(workers, n);
         return rc;
     }
+    atomic_store(&run->batches, 0); /* the warm-up's do not count */
     *out = workers;
     return LD_OK;
 }
@@ -820,11 +832,12 @@ static int bare_pass(const bench_opts *o, const bench_config *c, const ld_model 
         }
     }
     pthread_barrier_wait(&start);
-    const double t0 = now();
+    const double t0 = now(), cpu0 = cpu_now();
     for (int i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
     r->seconds = now() - t0;
-    r->mean_batch = atomic_load(&run.chunk_used);
+    r->cpu_seconds = cpu_now() - cpu0;
+    r->mean_batch = (double)o->images / atomic_load(&run.batches);
     pthread_barrier_destroy(&start);
     bare_workers_free(workers, c->workers);
     if (atomic_load(&run.failed))
@@ -838,19 +851,21 @@ static int bare_pass(const bench_opts *o, const bench_config *c, const ld_model 
 static void print_daemon_pass(int round, const bench_config *c, const bench_opts *o,
                               const pass_result *r)
 {
-    printf("round %d  %dx%d/%d  daemon %7.2f s  %.4f images/s  batch %.2f  "
-           "encode %.2f s  cpu %.1f s  peak RSS %.0f MiB\n", round, c->workers, c->threads,
-           c->vae_split, r->seconds, o->images / r->seconds, r->mean_batch, r->encode_seconds,
-           r->cpu_seconds, r->peak_rss_kb / 1024.0);
+    /* idle: the part of the workers' time not spent in an encode */
+    printf("round %d  %dx%d/%d  daemon %7.2f s  %.4f images/s  batch %.2f  idle %4.1f %%  "
+           "cpu %.1f s  peak RSS %.0f MiB\n", round, c->workers, c->threads, c->vae_split,
+           r->seconds, o->images / r->seconds, r->mean_batch,
+           100.0 * (1 - r->encode_seconds / (c->workers * r->seconds)), r->cpu_seconds,
+           r->peak_rss_kb / 1024.0);
     fflush(stdout);
 }
 
 static void print_bare_pass(int round, const bench_config *c, const bench_opts *o,
                             const pass_result *r)
 {
-    printf("round %d  %dx%d/%d  bare   %7.2f s  %.4f images/s  batch %.0f\n", round,
-           c->workers, c->threads, c->vae_split, r->seconds, o->images / r->seconds,
-           r->mean_batch);
+    printf("round %d  %dx%d/%d  bare   %7.2f s  %.4f images/s  batch %.2f              "
+           "cpu %.1f s\n", round, c->workers, c->threads, c->vae_split, r->seconds,
+           o->images / r->seconds, r->mean_batch, r->cpu_seconds);
     fflush(stdout);
 }
 
@@ -889,15 +904,20 @@ static int run_bench(const bench_opts *o, const ld_model *model, const char *req
     printf("\n%d images of %dx%d (%s bodies), %d clients, max_batch_delay_ms %d, "
            "best of %d rounds\n", o->images, o->size, o->size, o->body, o->clients,
            o->batch_delay_ms, o->reps);
+    /* ratio: best daemon pass over best bare pass; paired: the geometric mean of
+     * each round's ratio; cpu: bare CPU seconds over the daemon's (1: the same work) */
     printf("| workers x threads | vae_split | daemon images/s | bare images/s | ratio | "
-           "paired ratio | daemon peak RSS |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+           "paired ratio | cpu ratio | daemon peak RSS |\n"
+           "| --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for (int k = 0; k < o->n_configs; k++) {
         const bench_config *c = &o->configs[k];
         const double daemon = o->images / best_daemon[k].seconds;
         const double bare = o->images / best_bare[k].seconds;
-        printf("| %d x %d | %d | %.4f | %.4f | %.3f | %.3f | %.0f MiB |\n", c->workers,
+        printf("| %d x %d | %d | %.4f | %.4f | %.3f | %.3f | %.3f | %.0f MiB |\n", c->workers,
                c->threads, c->vae_split, daemon, bare, daemon / bare,
-               exp(pair_ratio_log[k] / o->reps), best_daemon[k].peak_rss_kb / 1024.0);
+               exp(pair_ratio_log[k] / o->reps),
+               best_bare[k].cpu_seconds / best_daemon[k].cpu_seconds,
+               best_daemon[k].peak_rss_kb / 1024.0);
     }
     return LD_OK;
 }
