@@ -1,7 +1,8 @@
 /* bench-encode: images/s, per-stage time and peak RSS of the encoder.
  *
  *   bench-encode [--model PATH | --random-sd] [--size N] [--batch N] [--reps N]
- *                [--threads N] [--save-model DIR] [--pipeline N]
+ *                [--threads N] [--save-model DIR] [--pipeline N] [--kernel NAME]
+ *   bench-encode --kernels [--threads N] [--reps N] [--kernel NAME]
  *
  * --random-sd writes a full-size SD VAE encoder (block_out_channels
  * 128,256,512,512, 2 layers per block, latent 4) with random weights to a
@@ -13,11 +14,18 @@
  * batches of --batch) with a dataset run over the folder (ld_dataset_run:
  * listing, decoding on the reader thread, batching, writing one .npy per
  * image), the way `latent-encode --out-dir` works; --reps passes of each,
- * alternating, the best counting. */
+ * alternating, the best counting.
+ *
+ * --kernel NAME encodes with that matrix kernel (auto, avx512, avx2, generic,
+ * blas) instead of the CPU's best.  --kernels prints the machine's measured
+ * FMA peak and the GFLOP/s of each of the encoder's stages under every
+ * kernel this CPU has (bench/kernels.c). */
 #include "latentd/dataset.h"
 #include "latentd/encoder.h"
 #include "latentd/image.h"
 #include "latentd/safetensors.h"
+
+#include "kernels.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -303,12 +311,15 @@ static int bench_pipeline(const ld_model *model, ld_pool *pool, int n, int size,
 int main(int argc, char **argv)
 {
     const char *model_path = NULL, *save_dir = NULL;
-    int size = 512, batch = 1, reps = 3, threads = 0, random_sd = 0, pipeline = 0;
+    int size = 512, batch = 1, reps = 3, threads = 0, random_sd = 0, pipeline = 0, kernels = 0;
+    ld_kernel kernel = LD_KERNEL_AUTO;
+    char err[LD_ERR_LEN];
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"random-sd", no_argument, 0, 'r'},
         {"size", required_argument, 0, 's'},  {"batch", required_argument, 0, 'b'},
         {"reps", required_argument, 0, 'n'},  {"threads", required_argument, 0, 't'},
         {"save-model", required_argument, 0, 'S'}, {"pipeline", required_argument, 0, 'p'},
+        {"kernel", required_argument, 0, 'k'},     {"kernels", no_argument, 0, 'K'},
         {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:rs:b:n:t:", opts, NULL)) != -1) {
@@ -321,15 +332,24 @@ int main(int argc, char **argv)
         case 't': threads = atoi(optarg); break;
         case 'S': save_dir = optarg; break;
         case 'p': pipeline = atoi(optarg); break;
+        case 'k':
+            if (ld_kernel_parse(optarg, &kernel, err) != LD_OK) {
+                fprintf(stderr, "bench-encode: %s\n", err);
+                return 2;
+            }
+            break;
+        case 'K': kernels = 1; break;
         default:
             fprintf(stderr, "usage: bench-encode [--model PATH | --random-sd] [--size N] "
                             "[--batch N] [--reps N] [--threads N] [--save-model DIR] "
-                            "[--pipeline N]\n");
+                            "[--pipeline N] [--kernel NAME] [--kernels]\n");
             return 2;
         }
     }
     ld_encoder_init();
-    char err[LD_ERR_LEN], dir[] = "/tmp/latentd-bench-XXXXXX";
+    if (kernels)
+        return bench_kernels(threads, reps, kernel);
+    char dir[] = "/tmp/latentd-bench-XXXXXX";
     if (save_dir) { /* the random model alone, for bench/accuracy.py */
         if (write_random_sd(save_dir, err) != LD_OK) {
             fprintf(stderr, "bench-encode: %s\n", err);
@@ -367,7 +387,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < pixels; i++)
         images[i] = 0.5f + 0.5f * uniform(&s);
     ld_pool *pool;
-    if (ld_pool_new(threads, &pool, err) != LD_OK) {
+    if (ld_pool_new(threads, &pool, err) != LD_OK ||
+        ld_pool_set_kernel(pool, kernel, err) != LD_OK) {
         fprintf(stderr, "bench-encode: %s\n", err);
         return 1;
     }
@@ -399,6 +420,8 @@ int main(int argc, char **argv)
     ld_encode_stats stats = {0};
     eo.stats = &stats;
     double best = INFINITY, total = 0;
+    struct rusage before;
+    getrusage(RUSAGE_SELF, &before);
     for (int r = 0; r < reps; r++) {
         double t0 = now();
         ld_encode(model, images, batch, size, size, &eo, &out, err);
@@ -409,9 +432,18 @@ int main(int argc, char **argv)
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    /* CPU seconds per pass over all threads: with --threads 1 this is what a
+     * pass takes on an idle machine, however busy this one is */
+    const double cpu = (double)(ru.ru_utime.tv_sec - before.ru_utime.tv_sec) +
+                       (ru.ru_utime.tv_usec - before.ru_utime.tv_usec) * 1e-6 +
+                       (double)(ru.ru_stime.tv_sec - before.ru_stime.tv_sec) +
+                       (ru.ru_stime.tv_usec - before.ru_stime.tv_usec) * 1e-6;
     printf("model        %s\n", ld_model_name(model));
+    printf("kernel       %s\n", ld_kernel_name(ld_pool_kernel(pool)));
     printf("input        %d x %dx%d, %d reps\n", batch, size, size, reps);
     printf("images/s     %.4f (best pass %.3f s, mean %.3f s)\n", batch / best, best, total / reps);
+    printf("cpu time     %.3f s per pass, all threads (images per CPU-second %.4f)\n",
+           cpu / reps, batch * reps / cpu);
     printf("per stage    conv %.3f s, norm %.3f s, attention %.3f s, other %.3f s (per pass)\n",
            stats.conv / reps, stats.norm / reps, stats.attention / reps, stats.other / reps);
     printf("workspace    %.1f MiB for a pass of %d\n",

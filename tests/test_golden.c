@@ -143,6 +143,42 @@ START_TEST(every_image_matches_diffusers)
 }
 END_TEST
 
+/* Every matrix kernel this CPU runs (_i, an ld_kernel) matches the fixtures,
+ * on every model: square, odd-sized and non-square images, so partial
+ * tiles and panels are covered. */
+START_TEST(every_kernel_matches_diffusers)
+{
+    static const char *const some[] = {"astronaut_64", "chelsea_60x44", "coffee_96x128",
+                                       "rocket_128"};
+    if (!ld_kernel_available((ld_kernel)_i)) {
+        fprintf(stderr, "test_golden: no %s kernel on this CPU: not tested here\n",
+                ld_kernel_name((ld_kernel)_i));
+        return;
+    }
+    for (int mi = 0; mi < N_MODELS; mi++) {
+        ld_model *m = load_model(models[mi][0]);
+        for (size_t k = 0; k < sizeof some / sizeof *some; k++) {
+            if (quick() && k > 1)
+                break;
+            ld_image img = load_image(some[k]);
+            ld_encode_opts opts;
+            ld_encode_opts_init(&opts);
+            opts.kernel = (ld_kernel)_i;
+            opts.threads = 2;
+            result r = encode(m, img.rgb, 1, img.height, img.width, &opts, NULL);
+            char what[256];
+            snprintf(what, sizeof what, "%s kernel: %s × %s", ld_kernel_name((ld_kernel)_i),
+                     models[mi][0], some[k]);
+            assert_matches(&r, fixture("expected/%s/%s.safetensors", models[mi][1], some[k]),
+                           what);
+            result_free(&r);
+            ld_image_free(&img);
+        }
+        ld_model_free(m);
+    }
+}
+END_TEST
+
 /* batch3_64 = astronaut, chelsea, coffee as one batch; any vae_split gives it */
 static float *batch3(ld_image imgs[3])
 {
@@ -516,6 +552,7 @@ static Suite *golden_suite(void)
     tcase_set_timeout(tc, 900);
     tcase_add_loop_test(tc, every_image_matches_diffusers, 0, N_MODELS);
     tcase_add_loop_test(tc, batch_of_three_matches_at_every_split, 0, N_MODELS);
+    tcase_add_loop_test(tc, every_kernel_matches_diffusers, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_test(tc, memory_limit_halves_the_chunk);
     tcase_add_test(tc, progress_callback_can_cancel);
     tcase_add_test(tc, heartbeat_counts_every_layer);

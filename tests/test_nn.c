@@ -1,10 +1,12 @@
 /* The kernels against direct loops in double precision. */
 #include "latentd/nn.h"
+#include "gemm.h" /* the kernels' elementwise maps, tested directly */
 #include "testutil.h"
 
 #include <check.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,109 @@ static void pool_teardown(void)
     ld_pool_free(pool);
     pool = NULL;
 }
+
+/* The kernel tests loop over every matrix kernel (_i, an ld_kernel): each
+ * one this CPU runs is tested, the others are said and passed over. */
+static bool use_kernel(int kind)
+{
+    char err[LD_ERR_LEN];
+    if (!ld_kernel_available((ld_kernel)kind)) {
+        fprintf(stderr, "test_nn: no %s kernel on this CPU: not tested here\n",
+                ld_kernel_name((ld_kernel)kind));
+        return false;
+    }
+    ck_assert_msg(ld_pool_set_kernel(pool, (ld_kernel)kind, err) == LD_OK, "%s", err);
+    ck_assert_int_eq(ld_pool_kernel(pool), kind);
+    return true;
+}
+
+/* C = A·B (+ C) against double sums, shapes that leave partial tiles in
+ * every direction for every kernel's mr × nr, k past the packing slice
+ * (256), and leading dimensions wider than the matrices. */
+START_TEST(gemm_matches_definition)
+{
+    if (!use_kernel(_i))
+        return;
+    static const int shapes[][3] = {{1, 1, 1},   {3, 5, 7},    {8, 48, 64},  {9, 49, 300},
+                                    {4, 24, 33}, {17, 100, 257}, {64, 97, 513}, {130, 7, 20}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        const int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+        const int lda = k + 3, ldb = n + 5, ldc = n + 2;
+        float *a = malloc(sizeof(float) * m * lda), *b = malloc(sizeof(float) * k * ldb),
+              *c = malloc(sizeof(float) * m * ldc), *c0 = malloc(sizeof(float) * m * ldc);
+        ck_assert(a && b && c && c0);
+        fill_random(a, (size_t)m * lda, 11);
+        fill_random(b, (size_t)k * ldb, 12);
+        fill_random(c0, (size_t)m * ldc, 13);
+        for (int accumulate = 0; accumulate <= 1; accumulate++) {
+            memcpy(c, c0, sizeof(float) * m * ldc);
+            ld_gemm(pool, m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < ldc; j++) {
+                    const float got = c[(size_t)i * ldc + j];
+                    if (j >= n) { /* past the matrix: untouched */
+                        ck_assert_float_eq(got, c0[(size_t)i * ldc + j]);
+                        continue;
+                    }
+                    double want = accumulate ? c0[(size_t)i * ldc + j] : 0.0;
+                    for (int p = 0; p < k; p++)
+                        want += (double)a[(size_t)i * lda + p] * b[(size_t)p * ldb + j];
+                    ck_assert_msg(fabs(got - want) <= 1e-5 * sqrt(k) * (1 + fabs(want)),
+                                  "%s %dx%dx%d acc %d: c[%d][%d] = %g, want %g",
+                                  ld_kernel_name((ld_kernel)_i), m, n, k, accumulate, i, j, got,
+                                  want);
+                }
+        }
+        free(a);
+        free(b);
+        free(c);
+        free(c0);
+    }
+}
+END_TEST
+
+/* The kernels' GroupNorm+SiLU map (their own exp) against SiLU in double,
+ * from tiny to huge inputs of either sign, at every row length up to two
+ * vectors and then some (the masked and scalar tails). */
+START_TEST(input_map_matches_silu)
+{
+    if (!use_kernel(_i))
+        return;
+    const ld_gemm_kernel *k = ld_gemm_kernel_get((ld_kernel)_i);
+    ck_assert_ptr_nonnull(k);
+    enum { N = 4001 };
+    float *src = malloc(N * sizeof(float)), *dst = malloc((N + 1) * sizeof(float));
+    ck_assert(src && dst);
+    for (int i = 0; i < N; i++) /* -100 .. 100, denser near 0, and exact zero */
+        src[i] = (float)(100.0 * pow((i - N / 2) / (double)(N / 2), 3));
+    const float scale = 1.25f, shift = -0.5f;
+    for (int n = 0; n <= 40; n++) {
+        dst[n] = 12345.0f; /* past the row: untouched */
+        k->map_row(src + N / 2 - n / 2, dst, n, scale, shift, 1);
+        ck_assert_float_eq(dst[n], 12345.0f);
+    }
+    k->map_row(src, dst, N, scale, shift, 1);
+    for (int i = 0; i < N; i++) {
+        /* the map's float v may be a rounding or two off (FMA or not):
+         * allow for silu's slope over that, plus 2 ulp of the result;
+         * below -87 the kernels' exp saturates (about -1e-36 for -0) */
+        const double v = (double)src[i] * scale + shift;
+        const double sig = 1.0 / (1.0 + exp(-v));
+        const double want = v * sig;
+        const double slope = fabs(sig * (1.0 + v * (1.0 - sig)));
+        const double v_error = (fabs((double)src[i] * scale) + fabs(v)) * 0x1p-24;
+        const double tol = 2.4e-7 * fabs(want) + slope * v_error + 1e-30;
+        ck_assert_msg(fabs(dst[i] - want) <= tol,
+                      "%s: silu(%g) = %.9g, want %.9g", ld_kernel_name((ld_kernel)_i), v,
+                      dst[i], want);
+    }
+    k->map_row(src, dst, N, scale, shift, 0); /* the affine part alone */
+    for (int i = 0; i < N; i++)
+        ck_assert_float_eq_tol(dst[i], src[i] * scale + shift, 1e-5f * (1 + fabsf(dst[i])));
+    free(src);
+    free(dst);
+}
+END_TEST
 
 static double conv_ref(const ld_conv_geom *g, const float *in, const float *w, const float *b,
                        int co, int y, int x)
@@ -86,10 +191,14 @@ static void check_conv(ld_conv_geom g, size_t budget)
 
 START_TEST(conv_3x3_same_padding_in_bands)
 {
+    if (!use_kernel(_i))
+        return;
     /* odd sizes leave partial Winograd tiles on the right and bottom */
+    /* and rows of 18 and 33 tiles: the vector transforms' 16 tiles and tails */
     const ld_conv_geom shapes[] = {{5, 11, 9, 7, 11, 9, 3, 1, 1, 1}, {4, 8, 6, 3, 8, 6, 3, 1, 1, 1},
-                                   {2, 1, 1, 3, 1, 1, 3, 1, 1, 1}};
-    for (int s = 0; s < 3; s++) {
+                                   {2, 1, 1, 3, 1, 1, 3, 1, 1, 1},   {3, 9, 70, 2, 9, 70, 3, 1, 1, 1},
+                                   {2, 5, 131, 3, 5, 131, 3, 1, 1, 1}};
+    for (int s = 0; s < 5; s++) {
         ck_assert(ld_winograd_applies(&shapes[s]));
         for (conv_algo a = ALGO_IM2COL; a <= ALGO_WINOGRAD; a++) {
             check_conv_with(shapes[s], 1 << 20, a); /* one band */
@@ -105,17 +214,26 @@ END_TEST
 
 START_TEST(conv_downsample_pads_right_and_bottom)
 {
+    if (!use_kernel(_i))
+        return;
     /* diffusers: pad (0,1,0,1) then 3x3 stride 2, no padding: n -> floor(n/2) */
     ld_conv_geom odd = {4, 15, 11, 6, 7, 5, 3, 2, 0, 0};
     check_conv(odd, 1 << 20);
     check_conv(odd, 1);
     ld_conv_geom even = {3, 8, 8, 2, 4, 4, 3, 2, 0, 0};
     check_conv(even, 1 << 20);
+    /* rows wide enough for the vector kernels' stride-2 gather, odd and even */
+    ld_conv_geom wide = {3, 6, 71, 4, 3, 35, 3, 2, 0, 0};
+    check_conv(wide, 1 << 20);
+    ld_conv_geom wide_even = {2, 4, 96, 3, 2, 48, 3, 2, 0, 0};
+    check_conv(wide_even, 1 << 20);
 }
 END_TEST
 
 START_TEST(conv_pointwise)
 {
+    if (!use_kernel(_i))
+        return;
     ld_conv_geom g = {6, 5, 7, 9, 5, 7, 1, 1, 0, 0};
     check_conv(g, 1 << 20);
 }
@@ -125,6 +243,8 @@ END_TEST
  * equal to normalising a copy, convolving it and adding. */
 START_TEST(conv_with_input_map_and_accumulate)
 {
+    if (!use_kernel(_i))
+        return;
     ld_conv_geom g = {8, 9, 7, 5, 9, 7, 3, 1, 1, 1};
     const size_t nin = 8 * 9 * 7, nout = 5 * 9 * 7, nw = 5 * 8 * 9;
     float *in = malloc(nin * 4), *w = malloc(nw * 4), *b = malloc(5 * 4), *normed = malloc(nin * 4);
@@ -170,6 +290,8 @@ END_TEST
 
 START_TEST(group_norm_matches_definition)
 {
+    if (!use_kernel(_i))
+        return;
     const int C = 12, G = 4, HW = 37;
     float x[12 * 37], y[12 * 37], gamma[12], beta[12];
     fill_random(x, sizeof x / 4, 5);
@@ -207,6 +329,8 @@ END_TEST
 
 START_TEST(attention_matches_definition)
 {
+    if (!use_kernel(_i))
+        return;
     const int C = 8;
     const size_t T = 300; /* more than one block of queries */
     float *x = malloc(C * T * 4), *out = malloc(C * T * 4), *w[4], *b[4];
@@ -460,12 +584,14 @@ static Suite *nn_suite(void)
     TCase *tc = tcase_create("kernels");
     tcase_set_timeout(tc, 600);
     tcase_add_checked_fixture(tc, pool_setup, pool_teardown);
-    tcase_add_test(tc, conv_3x3_same_padding_in_bands);
-    tcase_add_test(tc, conv_downsample_pads_right_and_bottom);
-    tcase_add_test(tc, conv_pointwise);
-    tcase_add_test(tc, conv_with_input_map_and_accumulate);
-    tcase_add_test(tc, group_norm_matches_definition);
-    tcase_add_test(tc, attention_matches_definition);
+    tcase_add_loop_test(tc, gemm_matches_definition, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
+    tcase_add_loop_test(tc, input_map_matches_silu, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
+    tcase_add_loop_test(tc, conv_3x3_same_padding_in_bands, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
+    tcase_add_loop_test(tc, conv_downsample_pads_right_and_bottom, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
+    tcase_add_loop_test(tc, conv_pointwise, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
+    tcase_add_loop_test(tc, conv_with_input_map_and_accumulate, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
+    tcase_add_loop_test(tc, group_norm_matches_definition, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
+    tcase_add_loop_test(tc, attention_matches_definition, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("pool");
     tcase_set_timeout(tp, 600);

@@ -95,6 +95,8 @@ typedef struct {
     ld_pool *pool;          /* the threads to compute on (a daemon worker's own); NULL: a
                                pool of `threads` made for this call alone */
     int threads;            /* without a pool: threads this call uses; <= 0: one per core */
+    ld_kernel kernel;       /* without a pool: its matrix kernel (default LD_KERNEL_AUTO,
+                               the CPU's best); a caller's pool keeps its own */
     bool center_input;      /* x*2-1 before the encoder (center_input_sample); default on */
     bool deterministic;     /* latents from the mode (mean); else a sample */
     const uint64_t *seeds;  /* sampling: one seed per image (the noise depends on it alone) */

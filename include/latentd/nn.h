@@ -5,6 +5,7 @@
 #define LATENTD_NN_H
 
 #include <math.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "latentd/common.h"
@@ -57,10 +58,40 @@ void ld_pool_for(ld_pool *pool, int n, ld_pool_fn fn, void *ctx);
  * are left, for work whose cost varies. */
 void ld_pool_for_dynamic(ld_pool *pool, int n, int grain, ld_pool_fn fn, void *ctx);
 
-/* C = alpha·A·B + beta·C (row-major, no transposes), rows of A split between
- * the pool's threads. */
-void ld_sgemm_split_rows(ld_pool *pool, int m, int n, int k, float alpha, const float *a,
-                         int lda, const float *b, int ldb, float beta, float *c, int ldc);
+/* The matrix kernels a pool computes with.  latentd has its own
+ * register-tiled micro-kernels for the products that dominate the encoder
+ * (Winograd's, the 1x1 and im2col convolutions, attention's projections),
+ * one per instruction set; the CPU's features pick the fastest at run time,
+ * whatever BLAS the build links and however its environment is set.
+ * LD_KERNEL_BLAS sends those products to CBLAS instead, for comparison. */
+typedef enum {
+    LD_KERNEL_AUTO,    /* the best this CPU runs (ld_kernel_best) */
+    LD_KERNEL_AVX512,  /* x86-64 with AVX-512F and FMA */
+    LD_KERNEL_AVX2,    /* x86-64 with AVX2 and FMA */
+    LD_KERNEL_GENERIC, /* portable C, vectorised by the compiler */
+    LD_KERNEL_BLAS,    /* cblas_sgemm */
+    LD_KERNEL_COUNT
+} ld_kernel;
+
+/* "auto", "avx512", "avx2", "generic", "blas" */
+const char *ld_kernel_name(ld_kernel kind);
+int ld_kernel_parse(const char *name, ld_kernel *out, char *err);
+/* Whether this build and CPU can run it (AUTO always can). */
+bool ld_kernel_available(ld_kernel kind);
+ld_kernel ld_kernel_best(void);
+/* A new pool computes with ld_kernel_best(); LD_EUNSUPPORTED when the CPU lacks
+ * `kind`.  Set it before the pool's first loop, not during one. */
+int ld_pool_set_kernel(ld_pool *pool, ld_kernel kind, char *err);
+ld_kernel ld_pool_kernel(const ld_pool *pool); /* never AUTO; the best one for NULL */
+
+/* C[m×n] = A[m×k]·B[k×n], or C += A·B when accumulate is set; row-major, no
+ * transposes, the columns of C split between the pool's threads. */
+void ld_gemm(ld_pool *pool, int m, int n, int k, const float *a, int lda, const float *b,
+             int ldb, float *c, int ldc, int accumulate);
+/* The same, B given transposed when b_transposed is set: b is Bᵀ [n×k]
+ * with rows ldb apart. */
+void ld_gemm_ex(ld_pool *pool, int m, int n, int k, const float *a, int lda, const float *b,
+                int ldb, int b_transposed, float *c, int ldc, int accumulate);
 
 /* Geometry of a 2-D convolution over one image.  Padding on the bottom and
  * right is implied by the output size: taps that fall outside the input read

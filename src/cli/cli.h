@@ -20,6 +20,7 @@ typedef struct {
     const char *output;
     int vae_split;
     int threads;
+    ld_kernel kernel; /* --kernel; LD_KERNEL_AUTO (0) by default */
     bool sample;
     bool has_seed;
     uint64_t seed;

@@ -194,6 +194,8 @@ int cli_run_dataset(const cli_args *a, const ld_model *model)
     }
     ld_pool *pool = NULL;
     rc = ld_pool_new(a->threads, &pool, err);
+    if (rc == LD_OK)
+        rc = ld_pool_set_kernel(pool, a->kernel, err);
     ld_dataset_counts counts = {.total = inputs.count};
     if (rc == LD_OK) {
         ld_dataset_opts opts;

@@ -64,6 +64,8 @@ static void usage(FILE *fp)
             "                       scaling for a single-file checkpoint without config.json\n"
             "  --max-memory MB      working-memory limit; batches are split to fit\n"
             "  --threads N          compute threads (default: one per core)\n"
+            "  --kernel NAME        matrix kernel: auto (default: the best this CPU runs),\n"
+            "                       avx512, avx2, generic or blas (the linked CBLAS)\n"
             "  -q, --quiet          no progress display\n"
             "dataset mode (one output file per image, resumable):\n"
             "  INPUT                an image, a folder (walked recursively: *.png *.jpg *.jpeg\n"
@@ -112,7 +114,7 @@ static int parse_args(int argc, char **argv, cli_args *a)
     enum { OPT_SPLIT = 256, OPT_SAMPLE, OPT_SEED, OPT_NO_CENTER, OPT_MOMENTS, OPT_SCALE,
            OPT_SHIFT, OPT_MEM, OPT_THREADS, OPT_OUT_DIR, OPT_FORMAT, OPT_OUTPUTS, OPT_INCLUDE,
            OPT_EXCLUDE, OPT_OVERWRITE, OPT_SHARD, OPT_PROGRESS, OPT_INTERVAL, OPT_FAILURES,
-           OPT_PREVIEW };
+           OPT_PREVIEW, OPT_KERNEL };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
@@ -124,6 +126,7 @@ static int parse_args(int argc, char **argv, cli_args *a)
         {"shift-factor", required_argument, 0, OPT_SHIFT},
         {"max-memory", required_argument, 0, OPT_MEM},
         {"threads", required_argument, 0, OPT_THREADS},
+        {"kernel", required_argument, 0, OPT_KERNEL},
         {"out-dir", required_argument, 0, OPT_OUT_DIR},
         {"format", required_argument, 0, OPT_FORMAT},
         {"outputs", required_argument, 0, OPT_OUTPUTS},
@@ -163,6 +166,12 @@ static int parse_args(int argc, char **argv, cli_args *a)
                 return fprintf(stderr, "latent-encode: --threads wants a positive integer\n"), -1;
             a->threads = (int)num;
             break;
+        case OPT_KERNEL: {
+            char kernel_err[LD_ERR_LEN];
+            if (ld_kernel_parse(optarg, &a->kernel, kernel_err) != LD_OK)
+                return fprintf(stderr, "latent-encode: --kernel: %s\n", kernel_err), -1;
+            break;
+        }
         case OPT_SAMPLE: a->sample = true; break;
         case OPT_SEED: {
             char seed_err[LD_ERR_LEN];
@@ -460,6 +469,8 @@ static int run(const cli_args *a, ld_model *model, cli_items *list, char *err)
      * the encoder's working memory then take what is left */
     ld_pool *pool = NULL;
     int rc = ld_pool_new(a->threads, &pool, err);
+    if (rc == LD_OK)
+        rc = ld_pool_set_kernel(pool, a->kernel, err);
     for (int i = 0; rc == LD_OK && i < a->n_images; i++)
         rc = load_input(model, a->images[i], list, err);
     progress_bar bar = {.show = !a->quiet && isatty(STDERR_FILENO) && list->n > 1,

@@ -61,30 +61,6 @@ void ld_nn_init(void)
 #endif
 }
 
-typedef struct {
-    int m, n, k;
-    float alpha, beta;
-    const float *a, *b;
-    float *c;
-    int lda, ldb, ldc;
-} gemm_job;
-
-static void gemm_rows(void *ctx, int first, int last, int thread)
-{
-    (void)thread;
-    const gemm_job *j = ctx;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, last - first, j->n, j->k, j->alpha,
-                j->a + (size_t)first * j->lda, j->lda, j->b, j->ldb, j->beta,
-                j->c + (size_t)first * j->ldc, j->ldc);
-}
-
-void ld_sgemm_split_rows(ld_pool *pool, int m, int n, int k, float alpha, const float *a,
-                         int lda, const float *b, int ldb, float beta, float *c, int ldc)
-{
-    const gemm_job job = {m, n, k, alpha, beta, a, b, c, lda, ldb, ldc};
-    ld_pool_for(pool, m, gemm_rows, (void *)&job);
-}
-
 #ifdef HAVE_BLAS_MEMORY_ALLOC
 /* Whether `bytes` of fresh private memory can be mapped now, as OpenBLAS maps
  * its buffers.  Nothing is touched, so nothing becomes resident. */

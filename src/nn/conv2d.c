@@ -1,6 +1,7 @@
 /* 2-D convolution as im2col + sgemm, one band of output rows at a time so the
  * column buffer stays bounded whatever the image size. */
 #include "latentd/nn.h"
+#include "gemm.h"
 
 #include <math.h>
 #include <string.h>
@@ -38,7 +39,7 @@ size_t ld_conv2d_im2col_scratch_floats(const ld_conv_geom *g, size_t budget, int
 
 /* One input row, shifted by kx and strided, into one row of the column matrix. */
 static void gather_row(const float *in_row, int in_w, int out_w, int stride, int x_off,
-                       float *dst)
+                       ld_even_fn even, float *dst)
 {
     if (!in_row) {
         memset(dst, 0, sizeof(float) * (size_t)out_w);
@@ -54,7 +55,13 @@ static void gather_row(const float *in_row, int in_w, int out_w, int stride, int
         memset(dst + x_hi, 0, sizeof(float) * (size_t)(out_w - x_hi));
         return;
     }
-    for (int x = 0; x < out_w; x++) {
+    int x = 0;
+    if (stride == 2 && x_off >= 0) { /* the outputs whose two-float pairs are inside */
+        const int inside = (in_w - x_off) / 2 < out_w ? (in_w - x_off) / 2 : out_w;
+        even(in_row + x_off, dst, inside);
+        x = inside;
+    }
+    for (; x < out_w; x++) {
         int ix = x * stride + x_off;
         dst[x] = (ix >= 0 && ix < in_w) ? in_row[ix] : 0.0f;
     }
@@ -75,6 +82,7 @@ typedef struct {
     const ld_conv_geom *g;
     const float *in;
     const ld_input_map *map;
+    ld_even_fn even;
     int y0, rows;
     float *col;
 } im2col_job;
@@ -97,7 +105,7 @@ static void im2col_channels(void *ctx, int first, int last, int thread)
                     const float *src = (iy >= 0 && iy < g->in_h)
                                            ? j->in + ci * plane + (size_t)iy * g->in_w
                                            : NULL;
-                    gather_row(src, g->in_w, g->out_w, g->stride, kx - g->pad_left,
+                    gather_row(src, g->in_w, g->out_w, g->stride, kx - g->pad_left, j->even,
                                dst + (size_t)r * g->out_w);
                     if (j->map && src)
                         map_row(g, j->map, ci, kx - g->pad_left, dst + (size_t)r * g->out_w);
@@ -110,7 +118,7 @@ static void im2col_channels(void *ctx, int first, int last, int thread)
 static void im2col_band(ld_pool *pool, const ld_conv_geom *g, const float *in,
                         const ld_input_map *map, int y0, int rows, float *col)
 {
-    const im2col_job job = {g, in, map, y0, rows, col};
+    const im2col_job job = {g, in, map, ld_pool_gemm(pool)->even, y0, rows, col};
     ld_pool_for(pool, g->in_ch, im2col_channels, (void *)&job);
 }
 
@@ -138,8 +146,8 @@ void ld_conv2d_im2col(ld_pool *pool, const ld_conv_geom *g, const float *in,
     const int K = (int)col_rows(g);
     if (is_pointwise(g) && !map) {
         start_output(out, bias, g->out_ch, out_plane, out_plane, accumulate);
-        ld_sgemm_split_rows(pool, g->out_ch, (int)out_plane, K, 1.0f, weight, K, in, (int)out_plane,
-                            1.0f, out, (int)out_plane);
+        ld_gemm(pool, g->out_ch, (int)out_plane, K, weight, K, in, (int)out_plane, out,
+                (int)out_plane, 1);
         return;
     }
     int rows_per_band = (int)(scratch_floats / ((size_t)K * (size_t)g->out_w));
@@ -151,8 +159,7 @@ void ld_conv2d_im2col(ld_pool *pool, const ld_conv_geom *g, const float *in,
         float *dst = out + (size_t)y0 * g->out_w;
         im2col_band(pool, g, in, map, y0, rows, scratch);
         start_output(dst, bias, g->out_ch, out_plane, (size_t)band, accumulate);
-        ld_sgemm_split_rows(pool, g->out_ch, band, K, 1.0f, weight, K, scratch, band, 1.0f, dst,
-                            (int)out_plane);
+        ld_gemm(pool, g->out_ch, band, K, weight, K, scratch, band, dst, (int)out_plane, 1);
     }
 }
 

@@ -14,6 +14,7 @@
 #endif
 #include "latentd/nn.h"
 #include "blas.h"
+#include "gemm.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -38,6 +39,7 @@ struct ld_pool {
     pthread_t *workers;
     worker_arg *args;
     bool blas_reserved;
+    const ld_gemm_kernel *gemm; /* the matrix kernel every loop's products use */
     pthread_mutex_t turn; /* held by the thread whose loop is running */
     pthread_mutex_t lock; /* guards generation, pending, stopping */
     pthread_cond_t wake;  /* workers: a new loop, or stop */
@@ -146,6 +148,28 @@ void ld_pool_for_dynamic(ld_pool *p, int n, int grain, ld_pool_fn fn, void *ctx)
     run(p, n, grain > 0 ? grain : 1, fn, ctx);
 }
 
+int ld_pool_set_kernel(ld_pool *p, ld_kernel kind, char *err)
+{
+    if (kind == LD_KERNEL_AUTO)
+        kind = ld_kernel_best();
+    const ld_gemm_kernel *k = ld_gemm_kernel_get(kind);
+    if (!k)
+        return ld_fail(err, LD_EUNSUPPORTED, "this CPU or build has no %s kernel",
+                       ld_kernel_name(kind));
+    p->gemm = k;
+    return LD_OK;
+}
+
+const ld_gemm_kernel *ld_pool_gemm(const ld_pool *p)
+{
+    return p ? p->gemm : ld_gemm_kernel_get(ld_kernel_best());
+}
+
+ld_kernel ld_pool_kernel(const ld_pool *p)
+{
+    return ld_pool_gemm(p)->kind;
+}
+
 int ld_pool_threads(const ld_pool *p)
 {
     return p ? p->threads : 1;
@@ -193,6 +217,7 @@ int ld_pool_new(int threads, ld_pool **out, char *err)
     if (!p)
         return ld_fail(err, LD_ENOMEM, "out of memory for a thread pool");
     p->threads = threads;
+    p->gemm = ld_gemm_kernel_get(ld_kernel_best());
     pthread_mutex_init(&p->turn, NULL);
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);

@@ -15,8 +15,14 @@
  * The transforms work on a whole row of tiles at a time, so each of the 36
  * positions is read and written as one contiguous run; the input and product
  * matrices are built one band of tile rows at a time so the scratch stays
- * bounded whatever the image size. */
+ * bounded whatever the image size.
+ *
+ * V is written straight in the pool's matrix kernel's panel layout (see
+ * gemm.h): per position, [tile panels][Ci][nr], the last panel padded with
+ * zeros, so the 36 products read it without a packing pass.  For CBLAS the
+ * panel is the whole band (nr = tiles), i.e. plain row-major [Ci][tiles]. */
 #include "latentd/nn.h"
+#include "gemm.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -43,6 +49,7 @@ typedef struct {
     size_t weights;      /* floats of U: 36·Co·Ci */
     size_t per_tile_row; /* floats of V and M for one row of tiles */
     size_t row_buffers;  /* floats of padded rows, 12 per thread */
+    size_t panel_slack;  /* floats of V's zero padding: under one panel per position */
 } wino_plan;
 
 static wino_plan plan(const ld_conv_geom *g, int threads)
@@ -54,6 +61,7 @@ static wino_plan plan(const ld_conv_geom *g, int threads)
     p.weights = (size_t)POSITIONS * g->out_ch * g->in_ch;
     p.per_tile_row = (size_t)POSITIONS * (size_t)(g->in_ch + g->out_ch) * (size_t)p.tiles_w;
     p.row_buffers = (size_t)threads * 2 * IN_TILE * (size_t)p.padded_w;
+    p.panel_slack = (size_t)POSITIONS * g->in_ch * LD_GEMM_MAX_NR;
     return p;
 }
 
@@ -71,7 +79,7 @@ size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget, int thre
         rows = 1;
     if (rows > (size_t)p.tiles_h)
         rows = (size_t)p.tiles_h;
-    return p.weights + p.row_buffers + rows * p.per_tile_row;
+    return p.weights + p.row_buffers + p.panel_slack + rows * p.per_tile_row;
 }
 
 typedef struct {
@@ -115,7 +123,7 @@ static void transform_weights(void *ctx, int first, int last, int thread)
  * the input map, if any), zeros around, so tile tx's columns start at
  * padded[4·tx]. */
 static void pad_row(const float *plane, int h, int w, int y, int padded_w,
-                    const ld_input_map *map, int c, float *padded)
+                    const ld_input_map *map, ld_map_fn map_row, int c, float *padded)
 {
     if (y < 0 || y >= h) {
         memset(padded, 0, (size_t)padded_w * sizeof(float));
@@ -123,36 +131,39 @@ static void pad_row(const float *plane, int h, int w, int y, int padded_w,
     }
     padded[0] = 0.0f;
     const float *row = plane + (size_t)y * w;
-    if (!map) {
+    if (!map)
         memcpy(padded + 1, row, (size_t)w * sizeof(float));
-    } else {
-        const float scale = map->scale[c], shift = map->shift[c];
-        for (int x = 0; x < w; x++)
-            padded[1 + x] = row[x] * scale + shift;
-        if (map->silu)
-            for (int x = 0; x < w; x++)
-                padded[1 + x] = ld_silu(padded[1 + x]);
-    }
+    else
+        map_row(row, padded + 1, w, map->scale[c], map->shift[c], map->silu);
     memset(padded + 1 + w, 0, (size_t)(padded_w - 1 - w) * sizeof(float));
 }
 
-/* t[i] = (Bᵀ d)[i] over whole rows */
-static void bt_rows(float *const d[IN_TILE], float *const t[IN_TILE], int n)
+/* t[i] = (Bᵀ d)[i] over whole rows; the rows never overlap (restrict lets
+ * the compiler vectorise) */
+static void bt_rows_run(const float *restrict d0, const float *restrict d1,
+                        const float *restrict d2, const float *restrict d3,
+                        const float *restrict d4, const float *restrict d5, float *restrict t0,
+                        float *restrict t1, float *restrict t2, float *restrict t3,
+                        float *restrict t4, float *restrict t5, int n)
 {
     for (int x = 0; x < n; x++) {
-        const float d0 = d[0][x], d1 = d[1][x], d2 = d[2][x], d3 = d[3][x], d4 = d[4][x],
-                    d5 = d[5][x];
-        t[0][x] = 4 * d0 - 5 * d2 + d4;
-        t[1][x] = -4 * (d1 + d2) + d3 + d4;
-        t[2][x] = 4 * (d1 - d2) - d3 + d4;
-        t[3][x] = 2 * (d3 - d1) - d2 + d4;
-        t[4][x] = 2 * (d1 - d3) - d2 + d4;
-        t[5][x] = 4 * d1 - 5 * d3 + d5;
+        t0[x] = 4 * d0[x] - 5 * d2[x] + d4[x];
+        t1[x] = -4 * (d1[x] + d2[x]) + d3[x] + d4[x];
+        t2[x] = 4 * (d1[x] - d2[x]) - d3[x] + d4[x];
+        t3[x] = 2 * (d3[x] - d1[x]) - d2[x] + d4[x];
+        t4[x] = 2 * (d1[x] - d3[x]) - d2[x] + d4[x];
+        t5[x] = 4 * d1[x] - 5 * d3[x] + d5[x];
     }
 }
 
-/* o[j][tx] = (row · B)[j] for every tile of one transformed row */
-static void bt_cols(const float *row, int tiles, float *const o[IN_TILE])
+static void bt_rows(float *const d[IN_TILE], float *const t[IN_TILE], int n)
+{
+    bt_rows_run(d[0], d[1], d[2], d[3], d[4], d[5], t[0], t[1], t[2], t[3], t[4], t[5], n);
+}
+
+/* o[j][tx] = (row · B)[j] for every tile of one transformed row (the
+ * kernels' ld_wino_cols_fn; the vector ones are in gemm_x86.c) */
+void ld_wino_cols_generic(const float *row, int tiles, float *const o[IN_TILE])
 {
     for (int tx = 0; tx < tiles; tx++) {
         const float *c = row + OUT_TILE * tx;
@@ -173,14 +184,53 @@ typedef struct {
     const wino_plan *p;
     const float *in;        /* transform_input */
     const ld_input_map *map;
+    ld_map_fn map_row;      /* the kernel's, for map */
+    ld_wino_cols_fn wino_cols;
+    ld_wino_out_fn wino_out_row;
     float *v;
     const float *m;         /* transform_output */
     const float *bias;
     float *out;
     int accumulate;
     int ty0, rows;
+    int panel_cols;         /* V's panel width: the kernel's nr, or every tile for CBLAS */
+    size_t padded_tiles;    /* the band's tiles rounded up to whole panels */
     float *row_buffers;     /* 2·IN_TILE padded rows per thread */
 } band_job;
+
+/* One transformed row of tiles (tiles [t0, t0 + count) of the band) into V's
+ * panels: dst[jj] is position (i, jj)'s start for this input channel, and
+ * each run of tiles that stays inside one panel is one contiguous write. */
+static void bt_cols_to_panels(const band_job *j, const float *row, size_t t0, int count,
+                              float *const dst[IN_TILE])
+{
+    const size_t nr = (size_t)j->panel_cols;
+    const size_t panel_stride = (size_t)j->g->in_ch * nr;
+    for (int tx = 0; tx < count;) {
+        const size_t t = t0 + (size_t)tx;
+        const size_t col = t % nr;
+        const int run = (int)(nr - col) < count - tx ? (int)(nr - col) : count - tx;
+        float *o[IN_TILE];
+        for (int jj = 0; jj < IN_TILE; jj++)
+            o[jj] = dst[jj] + (t / nr) * panel_stride + col;
+        j->wino_cols(row + OUT_TILE * tx, run, o);
+        tx += run;
+    }
+}
+
+/* Zeros in the last panel's columns past the band's tiles, for channel ci:
+ * the products then run on whole panels. */
+static void zero_panel_tail(const band_job *j, size_t tiles, size_t pos_stride, int ci)
+{
+    const size_t nr = (size_t)j->panel_cols;
+    const size_t used = tiles % nr;
+    if (used == 0)
+        return;
+    const size_t last_panel = (j->padded_tiles / nr - 1) * (size_t)j->g->in_ch * nr;
+    for (int pos = 0; pos < POSITIONS; pos++)
+        memset(j->v + pos * pos_stride + last_panel + (size_t)ci * nr + used, 0,
+               (nr - used) * sizeof(float));
+}
 
 /* V[p][ci][t] = (Bᵀ d B)[p] for input channels [first, last) */
 static void transform_input(void *ctx, int first, int last, int thread)
@@ -189,7 +239,7 @@ static void transform_input(void *ctx, int first, int last, int thread)
     const ld_conv_geom *g = j->g;
     const wino_plan *p = j->p;
     const size_t tiles = (size_t)j->rows * p->tiles_w;
-    const size_t pos_stride = (size_t)g->in_ch * tiles;
+    const size_t pos_stride = (size_t)g->in_ch * j->padded_tiles;
     const size_t plane = (size_t)g->in_h * g->in_w;
     const int pw = p->padded_w;
     float *buf = j->row_buffers + (size_t)thread * 2 * IN_TILE * pw;
@@ -202,41 +252,72 @@ static void transform_input(void *ctx, int first, int last, int thread)
         const float *src = j->in + ci * plane;
         for (int r = 0; r < j->rows; r++) {
             const int y = OUT_TILE * (j->ty0 + r) - 1;
-            for (int k = 0; k < IN_TILE; k++)
-                pad_row(src, g->in_h, g->in_w, y + k, pw, j->map, ci, d[k]);
+            /* tile rows overlap by two input rows: the last two of the
+             * previous tile row are this one's first two, already mapped */
+            const int reused = r > 0 ? IN_TILE - OUT_TILE : 0;
+            if (reused) {
+                float *const last0 = d[OUT_TILE], *const last1 = d[OUT_TILE + 1];
+                for (int k = IN_TILE - 1; k >= reused; k--)
+                    d[k] = d[k - reused];
+                d[0] = last0;
+                d[1] = last1;
+            }
+            for (int k = reused; k < IN_TILE; k++)
+                pad_row(src, g->in_h, g->in_w, y + k, pw, j->map, j->map_row, ci, d[k]);
             bt_rows(d, t, pw);
-            float *dst = j->v + (size_t)ci * tiles + (size_t)r * p->tiles_w;
+            float *dst = j->v + (size_t)ci * j->panel_cols;
             for (int i = 0; i < IN_TILE; i++) {
                 float *o[IN_TILE];
                 for (int jj = 0; jj < IN_TILE; jj++)
                     o[jj] = dst + (size_t)(i * IN_TILE + jj) * pos_stride;
-                bt_cols(t[i], p->tiles_w, o);
+                bt_cols_to_panels(j, t[i], (size_t)r * p->tiles_w, p->tiles_w, o);
             }
         }
+        zero_panel_tail(j, tiles, pos_stride, ci);
     }
 }
 
-/* s[tx] = (row k of Aᵀ) · (m[0][tx], ..., m[5][tx]) for a whole row of tiles */
-static void at_combine(int k, const float *const m[IN_TILE], int tiles, float *sv)
+/* One output row from the six runs s[0..5] of (Aᵀ M) for `tiles` whole
+ * tiles: row[4·tx + x] (+)= ((Aᵀ M) A)[x] + bias (the kernels'
+ * ld_wino_out_fn; the vector ones are in gemm_x86.c).  When accumulating
+ * (a residual added in place) the row is read; otherwise it never is. */
+void ld_wino_out_row_generic(const float *const s[IN_TILE], int tiles, float bias, float *row,
+                             int accumulate)
 {
-    const float *m0 = m[0], *m1 = m[1], *m2 = m[2], *m3 = m[3], *m4 = m[4], *m5 = m[5];
-    switch (k) { /* one loop per row of Aᵀ, so each vectorises */
-    case 0:
-        for (int tx = 0; tx < tiles; tx++)
-            sv[tx] = m0[tx] + m1[tx] + m2[tx] + m3[tx] + m4[tx];
-        break;
-    case 1:
-        for (int tx = 0; tx < tiles; tx++)
-            sv[tx] = m1[tx] - m2[tx] + 2 * (m3[tx] - m4[tx]);
-        break;
-    case 2:
-        for (int tx = 0; tx < tiles; tx++)
-            sv[tx] = m1[tx] + m2[tx] + 4 * (m3[tx] + m4[tx]);
-        break;
-    default:
-        for (int tx = 0; tx < tiles; tx++)
-            sv[tx] = m1[tx] - m2[tx] + 8 * (m3[tx] - m4[tx]) + m5[tx];
-        break;
+    const float *s0 = s[0], *s1 = s[1], *s2 = s[2], *s3 = s[3], *s4 = s[4], *s5 = s[5];
+    if (accumulate)
+        for (int tx = 0; tx < tiles; tx++) {
+            float *o = row + OUT_TILE * tx;
+            o[0] += s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + bias;
+            o[1] += s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + bias;
+            o[2] += s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + bias;
+            o[3] += s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + bias;
+        }
+    else
+        for (int tx = 0; tx < tiles; tx++) {
+            float *o = row + OUT_TILE * tx;
+            o[0] = s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + bias;
+            o[1] = s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + bias;
+            o[2] = s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + bias;
+            o[3] = s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + bias;
+        }
+}
+
+/* s_k[tx] = (row k of Aᵀ) · (m0[tx], ..., m5[tx]) for the four rows k of Aᵀ
+ * and a whole row of tiles: each position's run is read once.  The runs
+ * never overlap (restrict lets the compiler vectorise). */
+static void at_rows_run(const float *restrict m0, const float *restrict m1,
+                        const float *restrict m2, const float *restrict m3,
+                        const float *restrict m4, const float *restrict m5, float *restrict s0,
+                        float *restrict s1, float *restrict s2, float *restrict s3, int tiles)
+{
+    for (int tx = 0; tx < tiles; tx++) {
+        const float p12 = m1[tx] + m2[tx], d12 = m1[tx] - m2[tx];
+        const float p34 = m3[tx] + m4[tx], d34 = m3[tx] - m4[tx];
+        s0[tx] = m0[tx] + p12 + p34;
+        s1[tx] = d12 + 2 * d34;
+        s2[tx] = p12 + 4 * p34;
+        s3[tx] = d12 + 8 * d34 + m5[tx];
     }
 }
 
@@ -254,43 +335,30 @@ static void transform_output(void *ctx, int first, int last, int thread)
     const int tw = p->tiles_w;
     const int full_tiles = g->out_w / OUT_TILE; /* tiles whose 4 columns are all inside */
     const int accumulate = j->accumulate;
-    float *sv[IN_TILE];
+    /* sv[k][c]: row k of Aᵀ M, column c, for a row of tiles (24 runs of tw
+     * floats fit in the thread's 12 padded rows of 4·tw + 2) */
+    float *sv[OUT_TILE][IN_TILE];
     float *buf = j->row_buffers + (size_t)thread * 2 * IN_TILE * p->padded_w;
-    for (int c = 0; c < IN_TILE; c++)
-        sv[c] = buf + (size_t)c * tw;
+    for (int k = 0; k < OUT_TILE; k++)
+        for (int c = 0; c < IN_TILE; c++)
+            sv[k][c] = buf + (size_t)(k * IN_TILE + c) * tw;
     for (int co = first; co < last; co++) {
         const float b = j->bias ? j->bias[co] : 0.0f;
         for (int r = 0; r < j->rows; r++) {
             const int y = OUT_TILE * (j->ty0 + r);
             const float *src = j->m + (size_t)co * tiles + (size_t)r * tw;
+            for (int c = 0; c < IN_TILE; c++) {
+                const float *col[IN_TILE]; /* column c of M, by row */
+                for (int i = 0; i < IN_TILE; i++)
+                    col[i] = src + (size_t)(i * IN_TILE + c) * pos_stride;
+                at_rows_run(col[0], col[1], col[2], col[3], col[4], col[5], sv[0][c], sv[1][c],
+                            sv[2][c], sv[3][c], tw);
+            }
             for (int k = 0; k < OUT_TILE && y + k < g->out_h; k++) {
-                for (int c = 0; c < IN_TILE; c++) { /* row k of Aᵀ M, column c */
-                    const float *col[IN_TILE];
-                    for (int i = 0; i < IN_TILE; i++)
-                        col[i] = src + (size_t)(i * IN_TILE + c) * pos_stride;
-                    at_combine(k, col, tw, sv[c]);
-                }
                 float *row = j->out + co * plane + (size_t)(y + k) * g->out_w;
-                const float *s0 = sv[0], *s1 = sv[1], *s2 = sv[2], *s3 = sv[3],
-                            *s4 = sv[4], *s5 = sv[5];
-                /* out = (Aᵀ M) A + b, or out += when a residual is added in place;
-                 * never read an output that is not being accumulated into */
-                if (accumulate)
-                    for (int tx = 0; tx < full_tiles; tx++) {
-                        float *o = row + OUT_TILE * tx;
-                        o[0] += s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
-                        o[1] += s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
-                        o[2] += s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
-                        o[3] += s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
-                    }
-                else
-                    for (int tx = 0; tx < full_tiles; tx++) {
-                        float *o = row + OUT_TILE * tx;
-                        o[0] = s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b;
-                        o[1] = s1[tx] - s2[tx] + 2 * (s3[tx] - s4[tx]) + b;
-                        o[2] = s1[tx] + s2[tx] + 4 * (s3[tx] + s4[tx]) + b;
-                        o[3] = s1[tx] - s2[tx] + 8 * (s3[tx] - s4[tx]) + s5[tx] + b;
-                    }
+                const float *s0 = sv[k][0], *s1 = sv[k][1], *s2 = sv[k][2], *s3 = sv[k][3],
+                            *s4 = sv[k][4], *s5 = sv[k][5];
+                j->wino_out_row((const float *const *)sv[k], full_tiles, b, row, accumulate);
                 for (int tx = full_tiles; tx < tw; tx++) { /* a partial last tile */
                     const float yv[OUT_TILE] = {
                         s0[tx] + s1[tx] + s2[tx] + s3[tx] + s4[tx] + b,
@@ -309,9 +377,11 @@ static void transform_output(void *ctx, int first, int last, int thread)
 
 typedef struct {
     const ld_conv_geom *g;
+    const ld_gemm_kernel *kernel;
     const float *u, *v;
     float *m;
     int tiles;
+    size_t padded_tiles;
 } product_job;
 
 /* M_p = U_p · V_p for positions [first, last) */
@@ -320,11 +390,17 @@ static void multiply_positions(void *ctx, int first, int last, int thread)
     (void)thread;
     const product_job *j = ctx;
     const ld_conv_geom *g = j->g;
-    for (int pos = first; pos < last; pos++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, j->tiles, g->in_ch,
-                    1.0f, j->u + (size_t)pos * g->out_ch * g->in_ch, g->in_ch,
-                    j->v + (size_t)pos * g->in_ch * j->tiles, j->tiles, 0.0f,
-                    j->m + (size_t)pos * g->out_ch * j->tiles, j->tiles);
+    for (int pos = first; pos < last; pos++) {
+        const float *u = j->u + (size_t)pos * g->out_ch * g->in_ch;
+        const float *v = j->v + (size_t)pos * g->in_ch * j->padded_tiles;
+        float *m = j->m + (size_t)pos * g->out_ch * j->tiles;
+        if (j->kernel->tile)
+            ld_gemm_packed(j->kernel, g->out_ch, j->tiles, g->in_ch, u, (size_t)g->in_ch, v, m,
+                           (size_t)j->tiles);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->out_ch, j->tiles,
+                        g->in_ch, 1.0f, u, g->in_ch, v, j->tiles, 0.0f, m, j->tiles);
+    }
 }
 
 /* scratch: ld_winograd_scratch_floats(g, budget, ld_pool_threads(pool)) floats */
@@ -333,23 +409,28 @@ void ld_conv2d_winograd(ld_pool *pool, const ld_conv_geom *g, const float *in,
                         float *out, int accumulate, float *scratch, size_t scratch_floats)
 {
     const wino_plan p = plan(g, ld_pool_threads(pool));
-    assert(scratch_floats >= p.weights + p.row_buffers + p.per_tile_row);
+    const ld_gemm_kernel *kernel = ld_pool_gemm(pool);
+    const size_t fixed = p.weights + p.row_buffers + p.panel_slack;
+    assert(scratch_floats >= fixed + p.per_tile_row);
     float *u = scratch;
     float *row_buffers = scratch + p.weights;
     float *band = row_buffers + p.row_buffers;
-    const int rows_per_band = (int)((scratch_floats - p.weights - p.row_buffers) / p.per_tile_row);
+    const int rows_per_band = (int)((scratch_floats - fixed) / p.per_tile_row);
     const weights_job wj = {g, weight, u};
     ld_pool_for(pool, g->out_ch, transform_weights, (void *)&wj);
     for (int ty0 = 0; ty0 < p.tiles_h; ty0 += rows_per_band) {
         const int rows = p.tiles_h - ty0 < rows_per_band ? p.tiles_h - ty0 : rows_per_band;
         const int tiles = rows * p.tiles_w;
+        const int panel_cols = kernel->tile ? kernel->nr : tiles;
+        const size_t padded_tiles = (size_t)(tiles + panel_cols - 1) / panel_cols * panel_cols;
         float *v = band;
-        float *m = band + (size_t)POSITIONS * g->in_ch * tiles;
-        const band_job bj = {g, &p, in, map, v, m, bias, out, accumulate, ty0, rows,
-                             row_buffers};
+        float *m = band + (size_t)POSITIONS * g->in_ch * padded_tiles;
+        const band_job bj = {g, &p, in, map, kernel->map_row, kernel->wino_cols,
+                             kernel->wino_out_row, v, m, bias, out, accumulate, ty0, rows,
+                             panel_cols, padded_tiles, row_buffers};
         ld_pool_for(pool, g->in_ch, transform_input, (void *)&bj);
         /* the 36 products are independent: one thread each, in turn */
-        const product_job pj = {g, u, v, m, tiles};
+        const product_job pj = {g, kernel, u, v, m, tiles, padded_tiles};
         ld_pool_for_dynamic(pool, POSITIONS, 1, multiply_positions, (void *)&pj);
         ld_pool_for(pool, g->out_ch, transform_output, (void *)&bj);
     }

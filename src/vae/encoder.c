@@ -427,6 +427,10 @@ int ld_encode(const ld_model *m, const float *images, int n, int h, int w,
     ld_pool *own_pool = NULL;
     if (!opts->pool && (rc = ld_pool_new(opts->threads, &own_pool, err)) != LD_OK)
         return rc;
+    if (own_pool && (rc = ld_pool_set_kernel(own_pool, opts->kernel, err)) != LD_OK) {
+        ld_pool_free(own_pool);
+        return rc;
+    }
     ld_pool *pool = opts->pool ? opts->pool : own_pool;
     workspace ws = {0};
     plan_workspace(m, h, w, ld_pool_threads(pool), &ws.plan);

@@ -1,0 +1,105 @@
+/* latentd's own matrix product: register-tiled micro-kernels, one per
+ * instruction set, chosen at run time.  Shared by the files of src/nn only.
+ *
+ * C[m×n] (+)= A[m×k] · B[k×n], row-major.  The product is cut into tiles of
+ * mr rows × nr columns.  A is read in place, through one pointer per tile
+ * row; B is read from a packed panel, [k][nr] contiguous, so the inner loop
+ * streams one array.  The Winograd convolution writes its transformed input
+ * straight into that panel layout (no packing pass); other callers go
+ * through ld_gemm, which packs B a slice of k at a time. */
+#ifndef LATENTD_NN_GEMM_H
+#define LATENTD_NN_GEMM_H
+
+#include "latentd/nn.h"
+
+#include <stddef.h>
+
+#define LD_GEMM_MAX_MR 8
+#define LD_GEMM_MAX_NR 48
+
+/* c[i][j] (+)= sum_p a[i][p] · b[p][j] for a full mr×nr tile: a[i] points at
+ * row i of A (k floats), b at a packed panel [k][nr]. */
+typedef void (*ld_tile_fn)(int k, const float *const *a, const float *b, float *c, size_t ldc,
+                           int accumulate);
+
+/* dst[x] = scale·src[x] + shift, then SiLU when silu is set, for x < n: a
+ * row of a convolution's input through its GroupNorm (ld_input_map).
+ * src and dst may be the same. */
+typedef void (*ld_map_fn)(const float *src, float *dst, int n, float scale, float shift,
+                          int silu);
+
+/* Winograd's input transform across one row (see winograd.c): for each of
+ * `tiles` tiles, the row's 6 values starting at row[4·tile], times B, into
+ * out[0..5][tile]. */
+typedef void (*ld_wino_cols_fn)(const float *row, int tiles, float *const out[6]);
+
+/* Winograd's output transform for one output row of `tiles` whole tiles,
+ * from the six runs of (Aᵀ M): see ld_wino_out_row_generic in winograd.c. */
+typedef void (*ld_wino_out_fn)(const float *const s[6], int tiles, float bias, float *row,
+                               int accumulate);
+
+/* row[x] = exp(row[x] - shift) for x < n; returns their sum, added in
+ * double (softmax's denominator) */
+typedef double (*ld_exp_sum_fn)(float *row, int n, float shift);
+
+/* dst[x] = src[2x] for x < n (src holds 2n floats): a stride-2
+ * convolution's input columns, gathered for im2col */
+typedef void (*ld_even_fn)(const float *src, float *dst, int n);
+
+/* *sum = Σ x[i], *sum_sq = Σ x[i]² over n floats, added in double
+ * (GroupNorm's statistics: a group holds millions of values) */
+typedef void (*ld_sums_fn)(const float *x, size_t n, double *sum, double *sum_sq);
+
+/* What one instruction set brings: the product's micro-kernel and the
+ * elementwise map whose expf would otherwise cost a third of a convolution. */
+typedef struct {
+    ld_kernel kind;
+    int mr, nr;
+    ld_tile_fn tile;   /* NULL for LD_KERNEL_BLAS: products go to cblas_sgemm */
+    /* tiles 1 and 2 vectors wide (B's rows still nr apart), for a panel's
+     * last columns; NULL where the kernel has none */
+    ld_tile_fn narrow_tile[2];
+    int vector;        /* floats per vector: the narrow tiles' step */
+    ld_map_fn map_row;
+    ld_wino_cols_fn wino_cols;
+    ld_wino_out_fn wino_out_row;
+    ld_exp_sum_fn exp_sum;
+    ld_even_fn even;
+    ld_sums_fn sums;
+} ld_gemm_kernel;
+
+/* The portable map (gemm.c) and column transform (winograd.c), for the
+ * portable kernel and the tails of vector ones. */
+void ld_map_row_generic(const float *src, float *dst, int n, float scale, float shift, int silu);
+double ld_exp_sum_generic(float *row, int n, float shift);
+void ld_even_generic(const float *src, float *dst, int n);
+void ld_sums_generic(const float *x, size_t n, double *sum, double *sum_sq);
+void ld_wino_cols_generic(const float *row, int tiles, float *const out[6]);
+void ld_wino_out_row_generic(const float *const s[6], int tiles, float bias, float *row,
+                             int accumulate);
+
+/* The kernel of `kind` (not LD_KERNEL_AUTO); NULL when this build or CPU lacks it. */
+const ld_gemm_kernel *ld_gemm_kernel_get(ld_kernel kind);
+/* The micro-kernels of gemm_x86.c; NULL off x86-64 or when the CPU lacks
+ * the instructions. */
+const ld_gemm_kernel *ld_gemm_kernel_avx512(void);
+const ld_gemm_kernel *ld_gemm_kernel_avx2(void);
+/* The map of the best kernel this CPU runs, for LD_KERNEL_BLAS. */
+ld_map_fn ld_best_map_row(void);
+
+/* The pool's kernel (the best one for a NULL pool). */
+const ld_gemm_kernel *ld_pool_gemm(const ld_pool *pool);
+
+/* One tile of C at rows [0, mr) and columns [0, nr) of the kernel's tile
+ * (mr <= kernel->mr, nr <= kernel->nr): a points at row 0 of A, rows lda
+ * apart; b at a packed panel whose columns past nr are zero or ignored. */
+void ld_gemm_tile(const ld_gemm_kernel *kernel, int k, const float *a, size_t lda, int mr,
+                  const float *b, float *c, size_t ldc, int nr, int accumulate);
+
+/* One product on the calling thread, B already packed in panels of
+ * kernel->nr columns ([n_panels][k][nr], panel stride k·nr): every tile of
+ * C[m×n] = A·B. */
+void ld_gemm_packed(const ld_gemm_kernel *kernel, int m, int n, int k, const float *a,
+                    size_t lda, const float *b_panels, float *c, size_t ldc);
+
+#endif
