@@ -4,6 +4,7 @@
 #include "latentd/base64.h"
 #include "latentd/nn.h"
 #include "latentd/safetensors.h"
+#include "progjpeg.h"
 #include "samplefix.h"
 #include "testutil.h"
 
@@ -426,6 +427,54 @@ START_TEST(concurrent_clients_batch_without_mixups)
 }
 END_TEST
 
+typedef struct {
+    const daemon_t *d;
+    const void *jpeg;
+    size_t len;
+    long status;
+} jpeg_poster;
+
+static void *post_jpeg(void *arg)
+{
+    jpeg_poster *p = arg;
+    reply r = http_try(p->d, "/v1/encode?format=npy", "image/jpeg", p->jpeg, p->len, NULL, NULL);
+    p->status = r.status;
+    free(r.body);
+    return NULL;
+}
+
+/* Requests that arrive together reach the queue one decode apart: a batch
+ * that is not full waits for images of its size that are still being decoded
+ * (here with no batch delay at all, so only they can hold it). */
+START_TEST(a_batch_waits_for_images_being_decoded)
+{
+    static const char *const flags[] = {"--vae-split", "2", "--max-batch-delay-ms", "0",
+                                        "--set", "max_jpeg_scans=100000",
+                                        "--set", "decode_timeout_ms=600000", NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    /* a 256x256 JPEG of 90,000 scans takes about a second to decode (a pass
+     * over the image per scan), long enough for the PNG to be admitted behind it */
+    jpeg_poster slow = {&d, NULL, 0, 0};
+    slow.jpeg = progjpeg_repeated(256, 256, 90000, &slow.len);
+    size_t png_len;
+    uint8_t *png = read_all(fixture("images/astronaut_256.png"), &png_len);
+    pthread_t t;
+    pthread_create(&t, NULL, post_jpeg, &slow);
+    ck_assert(wait_for_metric(&d, "latentd_queue_depth", 1, 30)); /* admitted, decoding */
+    reply r = http(&d, "/v1/encode?format=npy", "image/png", png, png_len, NULL, NULL);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    pthread_join(t, NULL);
+    ck_assert_int_eq(slow.status, 200);
+    /* one pass of both, not the JPEG alone and then the PNG */
+    ck_assert_double_eq(metric_value(&d, "latentd_batch_size_count"), 1);
+    ck_assert_double_eq(metric_value(&d, "latentd_batch_size_sum"), 2);
+    free((void *)slow.jpeg);
+    free(png);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
 static json_t *sample_request(const daemon_t *d, const char *const *names, int n, const char *opts)
 {
     reply r = post_json(d, "/v1/encode", names, n, opts);
@@ -623,6 +672,7 @@ static Suite *service_suite(void)
     tcase_add_test(tc, bad_requests_get_clear_errors);
     tcase_add_test(tc, queue_limit_timeout_and_auth);
     tcase_add_test(tc, concurrent_clients_batch_without_mixups);
+    tcase_add_test(tc, a_batch_waits_for_images_being_decoded);
     tcase_add_test(tc, sampling_depends_on_the_seed_only);
     tcase_add_test(tc, sampled_requests_match_diffusers);
     tcase_add_test(tc, sigterm_drains_accepted_requests);

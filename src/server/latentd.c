@@ -467,7 +467,9 @@ static int serve(srv_config *cfg, const srv_args *args)
     if (rc == LD_OK) {
         const srv_queue_params qp = {cfg->vae_split,          cfg->workers,   cfg->threads,
                                      cfg->max_batch_delay_ms, cfg->max_queue, cfg->decode_threads,
-                                     st.worker_memory,        cfg->kernel};
+                                     st.worker_memory,
+                                     /* images being decoded come within this */
+                                     cfg->decode_timeout_ms,  cfg->kernel};
         rc = srv_queue_new(&qp, &st.metrics, &st.queue, err);
     }
     if (rc == LD_OK)

@@ -25,6 +25,12 @@ typedef struct decode_item {
 typedef struct {
     srv_queue *q;
     pthread_t thread;
+    srv_job *job; /* under q->lock: the job it decodes now (its images are coming), or NULL */
+} decoder;
+
+typedef struct {
+    srv_queue *q;
+    pthread_t thread;
     bool started;
     ld_pool *pool;               /* its compute threads (OpenBLAS buffers mapped at start) */
     _Atomic bool cancel;         /* stop the running encode */
@@ -49,7 +55,7 @@ struct srv_queue {
     _Atomic size_t worker_memory; /* params.worker_memory, raised by a reload */
     srv_metrics *metrics;
     worker *workers;
-    pthread_t *decoders;
+    decoder *decoders;
     int n_decoders;
 };
 
@@ -111,8 +117,9 @@ void srv_queue_submit(srv_queue *q, srv_job *job)
 
 /* ---------------- decoders ---------------- */
 
-static decode_item *next_to_decode(srv_queue *q)
+static decode_item *next_to_decode(decoder *dec)
 {
+    srv_queue *q = dec->q;
     pthread_mutex_lock(&q->lock);
     while (!q->dhead && !q->stopping)
         pthread_cond_wait(&q->to_decode, &q->lock);
@@ -121,9 +128,21 @@ static decode_item *next_to_decode(srv_queue *q)
         q->dhead = d->next;
         if (!q->dhead)
             q->dtail = NULL;
+        dec->job = d->job; /* still coming, for a worker that waits for it */
     }
     pthread_mutex_unlock(&q->lock);
     return d;
+}
+
+/* The decoder's job has joined the queue or failed: a worker waiting for its
+ * images looks again. */
+static void decode_finished(decoder *dec)
+{
+    srv_queue *q = dec->q;
+    pthread_mutex_lock(&q->lock);
+    dec->job = NULL;
+    pthread_cond_broadcast(&q->changed);
+    pthread_mutex_unlock(&q->lock);
 }
 
 /* Decode every image; false (and the job failed) when one cannot be. */
@@ -176,13 +195,15 @@ static void enqueue_images(srv_queue *q, srv_job *job)
 
 static void *decoder_main(void *arg)
 {
-    srv_queue *q = arg;
+    decoder *dec = arg;
+    srv_queue *q = dec->q;
     decode_item *d;
-    while ((d = next_to_decode(q))) {
+    while ((d = next_to_decode(dec))) {
         if (decode_job(d->job))
             enqueue_images(q, d->job);
         else
             srv_queue_unadmit(q, srv_job_images(d->job));
+        decode_finished(dec);
         srv_job_unref(d->job);
         free(d);
     }
@@ -221,6 +242,49 @@ static int count_matching(const srv_queue *q, int limit)
     for (const entry *e = q->head; e && n < limit; e = e->next)
         n += same_batch(e, q->head);
     return n;
+}
+
+/* Up to limit images of job that may join head's batch. */
+static int job_matching(const srv_job *job, const entry *head, int limit)
+{
+    int n = 0;
+    for (int i = 0; i < srv_job_images(job) && n < limit && !srv_job_finished(job); i++)
+        n += srv_job_same_batch(job, i, head->job, head->index);
+    return n;
+}
+
+/* Up to limit images that may join the head's batch and that the decoders
+ * hold, decoding or waiting to be: they join the queue within a decode. */
+static int count_coming_locked(const srv_queue *q, int limit)
+{
+    int n = 0;
+    for (const decode_item *d = q->dhead; d && n < limit; d = d->next)
+        n += job_matching(d->job, q->head, limit - n);
+    for (int i = 0; i < q->params.decode_threads && n < limit; i++)
+        if (q->decoders[i].job)
+            n += job_matching(q->decoders[i].job, q->head, limit - n);
+    return n;
+}
+
+/* Whether the head's batch goes now; else *wake is when to look again (the
+ * queue changing, or a decoder finishing, wakes the worker sooner).  A batch
+ * goes when it is full, when draining, or once the head has waited
+ * max_batch_delay_ms and no image that could join it is being decoded, or
+ * decode_wait_ms on top of that at most. */
+static bool batch_ready_locked(const srv_queue *q, int limit, double *wake)
+{
+    const int ready = count_matching(q, limit);
+    const double delay_ends = q->head->enqueued + q->params.max_batch_delay_ms / 1000.0;
+    const double decode_ends = delay_ends + q->params.decode_wait_ms / 1000.0;
+    const double now = now_seconds();
+    if (ready >= limit || q->draining || now >= decode_ends)
+        return true;
+    if (now < delay_ends) {
+        *wake = delay_ends;
+        return false;
+    }
+    *wake = decode_ends;
+    return count_coming_locked(q, limit - ready) == 0;
 }
 
 /* Unlink up to limit images matching the head, oldest first. */
@@ -265,8 +329,8 @@ static int next_batch(worker *w, entry **dropped)
             pthread_cond_wait(&q->changed, &q->lock);
             continue;
         }
-        const double deadline = q->head->enqueued + q->params.max_batch_delay_ms / 1000.0;
-        if (count_matching(q, limit) >= limit || q->draining || now_seconds() >= deadline) {
+        double wake = 0;
+        if (batch_ready_locked(q, limit, &wake)) {
             w->batch_n = take_batch_locked(q, w->batch, limit);
             atomic_store(&w->cancel, false);
             w->seen_beat = atomic_load(&w->heartbeat);
@@ -274,7 +338,7 @@ static int next_batch(worker *w, entry **dropped)
             break;
         }
         struct timespec ts;
-        timespec_at(deadline, &ts);
+        timespec_at(wake, &ts);
         pthread_cond_timedwait(&q->changed, &q->lock, &ts);
     }
     const int n = w->batch_n;
@@ -472,7 +536,8 @@ static int start_threads(srv_queue *q, char *err)
         w->started = true;
     }
     for (int i = 0; i < q->params.decode_threads; i++) {
-        if (pthread_create(&q->decoders[i], NULL, decoder_main, q) != 0)
+        q->decoders[i].q = q;
+        if (pthread_create(&q->decoders[i].thread, NULL, decoder_main, &q->decoders[i]) != 0)
             return ld_fail(err, LD_ENOMEM, "cannot start decoder thread %d", i);
         q->n_decoders++;
     }
@@ -545,7 +610,7 @@ bool srv_queue_stop(srv_queue *q, const struct timespec *deadline)
         if (q->workers[k].started)
             all = join_by(q->workers[k].thread, deadline) && all;
     for (int i = 0; i < q->n_decoders; i++)
-        all = join_by(q->decoders[i], deadline) && all;
+        all = join_by(q->decoders[i].thread, deadline) && all;
     return all;
 }
 

@@ -5,7 +5,10 @@
  * or none), then submitted: a decoder turns its images into pixels and queues
  * them; a worker takes the oldest waiting image and coalesces others of the
  * same model, size and options (from any job; each job names its model) into a batch of at most vae_split,
- * waiting up to max_batch_delay_ms for it to fill.  Images of finished
+ * waiting up to max_batch_delay_ms for it to fill, and past that for images of
+ * its kind that are being decoded (up to decode_wait_ms more): requests that
+ * arrive together reach the queue one decode apart, and without this the first
+ * batch of a burst would leave with one image.  Images of finished
  * (cancelled, failed) jobs are dropped wherever they are, and a batch that
  * holds only such images is stopped mid-encode.
  *
@@ -27,6 +30,10 @@ typedef struct srv_queue srv_queue;
 typedef struct {
     int vae_split, workers, threads, max_batch_delay_ms, max_queue, decode_threads;
     size_t worker_memory; /* an encode's working memory, at most (0: no limit) */
+    /* Past max_batch_delay_ms a short batch still waits this much longer for
+     * images of its kind that the decoders hold (0: not at all); a decode is
+     * bounded by decode_timeout_ms, so they come. */
+    int decode_wait_ms;
     ld_kernel kernel;     /* the workers' pools' matrix kernel */
 } srv_queue_params;
 
