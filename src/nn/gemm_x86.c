@@ -11,6 +11,7 @@
  *   AVX2:    4 rows × 24 columns = 12 ymm accumulators, 3 loads + 4
  *            broadcasts per 12 FMAs (16 ymm registers in all). */
 #include "gemm.h"
+#include "winograd_weights.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -311,6 +312,11 @@ TARGET_AVX512 static void sums_avx512(const float *x, size_t n, double *sum, dou
     *sum_sq = _mm512_reduce_add_pd(_mm512_add_pd(q0, q1)) + tail_sq;
 }
 
+TARGET_AVX512 static void wino_weights_avx512(const float *w, int count, float *const u[36])
+{
+    ld_wino_weights_body(w, count, u);
+}
+
 static const ld_gemm_kernel avx512_kernel = {
     .kind = LD_KERNEL_AVX512,
     .mr = Z_MR,
@@ -319,6 +325,7 @@ static const ld_gemm_kernel avx512_kernel = {
     .narrow_tile = {tile_avx512_16, tile_avx512_32},
     .vector = 16,
     .map_row = map_row_avx512,
+    .wino_weights = wino_weights_avx512,
     .wino_rows = wino_rows_avx512,
     .wino_cols = wino_cols_avx512,
     .wino_out_row = wino_out_row_avx512,
@@ -536,6 +543,11 @@ TARGET_AVX2 static void wino_out_row_avx2(const float *const s[6], int tiles, fl
     }
 }
 
+TARGET_AVX2 static void wino_weights_avx2(const float *w, int count, float *const u[36])
+{
+    ld_wino_weights_body(w, count, u);
+}
+
 static const ld_gemm_kernel avx2_kernel = {
     .kind = LD_KERNEL_AVX2,
     .mr = Y_MR,
@@ -544,6 +556,7 @@ static const ld_gemm_kernel avx2_kernel = {
     .narrow_tile = {tile_avx2_8, tile_avx2_16},
     .vector = 8,
     .map_row = map_row_avx2,
+    .wino_weights = wino_weights_avx2,
     .wino_rows = ld_wino_rows_generic,
     .wino_cols = wino_cols_avx2,
     .wino_out_row = wino_out_row_avx2,
