@@ -18,6 +18,11 @@ if "$python" -c 'import torch' 2>/dev/null; then
     a=$(echo "$ours" | awk '/^images\/s/ {print $2}')
     b=$(echo "$theirs" | awk '/^images\/s/ {print $2}')
     echo "ratio        latentd / torch = $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}') x images/s"
+    # per CPU-second: what a busy machine disturbs least (with one thread, torch's
+    # OpenMP threads spin, which counts against it with more)
+    a=$(echo "$ours" | awk '/^cpu time/ {gsub(/\)/, "", $NF); print $NF}')
+    b=$(echo "$theirs" | awk '/^cpu time/ {gsub(/\)/, "", $NF); print $NF}')
+    echo "ratio        latentd / torch = $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}') x images per CPU-second"
 else
     echo "python3-torch is not installed: no baseline"
 fi

@@ -90,15 +90,21 @@ def main():
     with torch.no_grad():
         model(x)  # warm-up
         best, total = float("inf"), 0.0
+        cpu0 = time.process_time()
         for _ in range(args.reps):
             t0 = time.perf_counter()
             model(x)
             t = time.perf_counter() - t0
             best, total = min(best, t), total + t
+        cpu = time.process_time() - cpu0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"torch        {torch.__version__}, {args.threads} threads")
     print(f"input        {args.batch} x {args.size}x{args.size}, {args.reps} reps")
     print(f"images/s     {args.batch / best:.4f} (best pass {best:.3f} s, mean {total / args.reps:.3f} s)")
+    # CPU seconds per pass over all threads (as bench-encode prints them): with
+    # one thread, what a pass takes on an idle machine, however busy this one is
+    print(f"cpu time     {cpu / args.reps:.3f} s per pass, all threads "
+          f"(images per CPU-second {args.batch * args.reps / cpu:.4f})")
     print(f"peak RSS     {rss:.1f} MiB")
 
 

@@ -343,14 +343,14 @@ END_TEST
 /* The workers' memory is reserved for the largest model: a reload that adds
  * a model whose encoder needs more than the budget has keeps the running set.
  * At --threads 1 and the default max_image_pixels tiny-sd's workers need
- * 417 MiB, tiny-flux16's 432 MiB (the log's "MiB kept" at start); with a
- * request of 1 MiB (3 MiB priced), 426 MiB admits the first, not the second. */
+ * 332 MiB, tiny-flux16's 347 MiB (the log's "MiB kept" at start); with a
+ * request of 1 MiB (3 MiB priced), 341 MiB admits the first, not the second. */
 START_TEST(reload_that_would_not_fit_keeps_the_models)
 {
     char *dir = make_temp_dir();
     char conf[4200];
     snprintf(conf, sizeof conf, "%s/latentd.conf", dir);
-    const char *text = "max_body_bytes = 1M\nmemory_budget_bytes = 426M\n";
+    const char *text = "max_body_bytes = 1M\nmemory_budget_bytes = 341M\n";
     write_all(conf, text, strlen(text));
     const char *const flags[] = {"-c", conf, NULL};
     daemon_t d = start_daemon("models/tiny-sd", flags);
@@ -360,7 +360,7 @@ START_TEST(reload_that_would_not_fit_keeps_the_models)
     ck_assert_int_eq(kill(d.pid, SIGHUP), 0);
     ck_assert(daemon_wait_notify(&d, "RELOADING=1") == 0);
     ck_assert(daemon_wait_notify(&d, "READY=1") == 0);
-    ck_assert(log_contains(&d, "reload: kept the running models: memory_budget_bytes (426 MiB) "
+    ck_assert(log_contains(&d, "reload: kept the running models: memory_budget_bytes (341 MiB) "
                                "is too small"));
     ck_assert(log_contains(&d, "tiny-flux16) unloaded")); /* loaded, refused, freed at once */
     static const char *const one[] = {"coffee_64"};

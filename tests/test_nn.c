@@ -195,9 +195,10 @@ START_TEST(conv_3x3_same_padding_in_bands)
         return;
     /* odd sizes leave partial Winograd tiles on the right and bottom */
     /* and rows of 18 and 33 tiles: the vector transforms' 16 tiles and tails */
-    const ld_conv_geom shapes[] = {{5, 11, 9, 7, 11, 9, 3, 1, 1, 1}, {4, 8, 6, 3, 8, 6, 3, 1, 1, 1},
-                                   {2, 1, 1, 3, 1, 1, 3, 1, 1, 1},   {3, 9, 70, 2, 9, 70, 3, 1, 1, 1},
-                                   {2, 5, 131, 3, 5, 131, 3, 1, 1, 1}};
+    const ld_conv_geom shapes[] = {
+        {5, 11, 9, 7, 11, 9, 3, 1, 1, 1}, {4, 8, 6, 3, 8, 6, 3, 1, 1, 1},
+        {2, 1, 1, 3, 1, 1, 3, 1, 1, 1},   {3, 9, 70, 2, 9, 70, 3, 1, 1, 1},
+        {2, 5, 131, 3, 5, 131, 3, 1, 1, 1}};
     for (int s = 0; s < 5; s++) {
         ck_assert(ld_winograd_applies(&shapes[s]));
         for (conv_algo a = ALGO_IM2COL; a <= ALGO_WINOGRAD; a++) {
@@ -587,7 +588,8 @@ static Suite *nn_suite(void)
     tcase_add_loop_test(tc, gemm_matches_definition, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, input_map_matches_silu, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, conv_3x3_same_padding_in_bands, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
-    tcase_add_loop_test(tc, conv_downsample_pads_right_and_bottom, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
+    tcase_add_loop_test(tc, conv_downsample_pads_right_and_bottom, LD_KERNEL_AVX512,
+                        LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, conv_pointwise, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, conv_with_input_map_and_accumulate, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, group_norm_matches_definition, LD_KERNEL_AVX512, LD_KERNEL_COUNT);

@@ -2,6 +2,7 @@
  * fixture model, driven over HTTP with libcurl.  Answers are checked against
  * the fixtures' expected values. */
 #include "latentd/base64.h"
+#include "latentd/nn.h"
 #include "latentd/safetensors.h"
 #include "progjpeg.h"
 #include "samplefix.h"
@@ -62,6 +63,41 @@ START_TEST(json_in_json_out)
     free(r.body);
     free(body);
     free(b64);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
+/* kernel = NAME: every matrix kernel this CPU runs (_i, an ld_kernel) serves
+ * the fixtures' answers; the start-up line names it */
+START_TEST(every_kernel_serves_the_fixtures)
+{
+    const char *name = ld_kernel_name((ld_kernel)_i);
+    char setting[64];
+    if (!ld_kernel_available((ld_kernel)_i)) { /* refused at start, with a reason */
+        char cmd[8192];
+        snprintf(cmd, sizeof cmd, "'%s/latentd' --model '%s' --listen 127.0.0.1:0 "
+                 "--kernel %s 2>&1 | grep -q 'no %s kernel'",
+                 getenv("LATENTD_BUILDDIR"), fixture("models/tiny-sd"), name, name);
+        ck_assert_msg(system(cmd) == 0, "latentd --kernel %s did not refuse on a CPU without it",
+                      name);
+        return;
+    }
+    snprintf(setting, sizeof setting, "kernel=%s", name);
+    const char *const extra[] = {"--set", setting, NULL};
+    daemon_t d = start_daemon("models/tiny-sd", extra);
+    static const char *const names[] = {"chelsea_60x44"};
+    reply r = post_json(&d, "/v1/encode", names, 1, NULL);
+    ck_assert_msg(r.status == 200, "%s", r.body);
+    json_t *root = parse(&r);
+    size_t n;
+    float *v = tensor_from_json(json_object_get(root, "latents"), &n);
+    assert_slice(v, n, 1, 0, "tiny-sd", names[0], "latents");
+    free(v);
+    json_decref(root);
+    free(r.body);
+    char said[64];
+    snprintf(said, sizeof said, "%s kernel,", name);
+    ck_assert_msg(log_contains(&d, said), "the start-up line does not name the %s kernel", name);
     ck_assert_int_eq(stop_daemon(&d), 0);
 }
 END_TEST
@@ -630,6 +666,7 @@ static Suite *service_suite(void)
     TCase *tc = tcase_create("http");
     tcase_set_timeout(tc, 900);
     tcase_add_test(tc, json_in_json_out);
+    tcase_add_loop_test(tc, every_kernel_serves_the_fixtures, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_test(tc, multipart_and_raw_bodies);
     tcase_add_test(tc, mixed_sizes_answer_per_image);
     tcase_add_test(tc, bad_requests_get_clear_errors);

@@ -82,13 +82,31 @@ const char *ld_model_scaling(const ld_model *model);
  * (LD_EINVAL) when the image is too small for the encoder's downsamples. */
 int ld_model_latent_size(const ld_model *model, int h, int w, int *lh, int *lw, char *err);
 
-/* Per-stage wall time in seconds, accumulated over a call (for benchmarks). */
+/* Per-stage wall time in seconds, accumulated over a call (for benchmarks),
+ * and how many layers of how many images ran in bands of rows (see
+ * ld_banding). */
 typedef struct {
     double conv, norm, attention, other;
+    long banded_layers;
 } ld_encode_stats;
 
 /* Called after each chunk; a non-zero return cancels the call (LD_ECANCELLED). */
 typedef int (*ld_progress_fn)(void *ctx, int images_done, int images_total);
+
+/* How a pass trades time for memory on large images.  Banded, the resnets
+ * whose input and hidden activation would not fit beside each other keep
+ * only the input: conv1 runs over bands of rows twice, once for its
+ * GroupNorm statistics and once to feed conv2, and a downsample overwrites
+ * its own input.  The result is the same (to float rounding); the banded
+ * layers take about 1.7 times as long. */
+typedef enum {
+    LD_BANDING_AUTO, /* band when one image's unbanded pass needs more than
+                        LD_BANDING_AUTO_BYTES, or when max_memory requires it */
+    LD_BANDING_OFF,  /* never: LD_ENOMEM when the unbanded pass does not fit */
+    LD_BANDING_ON,   /* band every layer that can be banded (tests, benchmarks) */
+} ld_banding;
+
+#define LD_BANDING_AUTO_BYTES ((size_t)2 << 30)
 
 typedef struct {
     int vae_split;          /* at most this many images per forward pass; <= 0: all */
@@ -101,11 +119,13 @@ typedef struct {
     bool deterministic;     /* latents from the mode (mean); else a sample */
     const uint64_t *seeds;  /* sampling: one seed per image (the noise depends on it alone) */
     size_t max_memory;      /* bytes of working memory a pass may take; 0: no limit */
+    ld_banding banding;     /* default LD_BANDING_AUTO */
     ld_progress_fn progress;
     void *progress_ctx;
     ld_encode_stats *stats; /* optional; times are added to it */
     /* optional: once *cancel is true (from any thread) the call returns
-     * LD_ECANCELLED after the layer it is in, its memory freed */
+     * LD_ECANCELLED after the layer it is in (its working memory stays
+     * with the pool, as after any call) */
     const _Atomic bool *cancel;
     /* optional: incremented after every layer of every image, so a watchdog
      * can tell a working call from a stuck one */
@@ -128,16 +148,22 @@ typedef struct {
 
 /* Encode n images of h×w, given as RGB in [0, 1], [n, 3, h, w].
  * Works in chunks of at most vae_split images; when a chunk's working memory
- * cannot be had it halves the chunk and retries, down to one image, before it
- * reports LD_ENOMEM.  The result does not depend on the chunking.  That
- * working memory is the only memory the call takes (besides a pool it makes
- * itself, see ld_pool_new): nothing is mapped later, in the middle of the
- * work, so memory pressure gives LD_ENOMEM up front, never a stall. */
+ * cannot be had it halves the chunk and retries, down to one image, then
+ * (banding auto) the same banded, before it reports LD_ENOMEM.  The result
+ * does not depend on the chunking or the banding (beyond float rounding).
+ * That working memory is the only memory the call takes (besides a pool it
+ * makes itself, see ld_pool_new): nothing is mapped later, in the middle of
+ * the work, so memory pressure gives LD_ENOMEM up front, never a stall.  It
+ * is the pool's arena (ld_pool_arena): a caller's pool keeps it for the next
+ * call, so repeated calls do not map it afresh (at most max_memory, when
+ * that is set: a kept block over it is given back first). */
 int ld_encode(const ld_model *model, const float *images, int n, int h, int w,
               const ld_encode_opts *opts, ld_encode_out *out, char *err);
 
 /* Bytes of working memory one pass over `chunk` images of h×w takes on
- * `threads` compute threads (<= 0: one per core, ld_encode's default). */
+ * `threads` compute threads (<= 0: one per core, ld_encode's default), with
+ * the default options (LD_BANDING_AUTO, no max_memory): exactly what
+ * ld_encode then allocates, and so enough as max_memory for such a pass. */
 size_t ld_encode_workspace_bytes(const ld_model *model, int chunk, int h, int w, int threads);
 
 #endif

@@ -50,6 +50,16 @@ void ld_pool_free(ld_pool *pool); /* accepts NULL; the pool must be idle */
 int ld_pool_threads(const ld_pool *pool); /* 1 for NULL */
 /* The cores this process may run on: the default number of threads. */
 int ld_cores(void);
+/* A block of at least `floats` floats (64-byte aligned) that the pool keeps
+ * until a larger one is asked for, ld_pool_arena_release or ld_pool_free:
+ * a caller that computes on the pool again and again (a daemon's worker,
+ * a dataset run) reuses its working memory instead of mapping it afresh,
+ * and taking it from the kernel page by page, at every call.  A smaller
+ * block is given back before a larger one is mapped.  NULL when it cannot
+ * be had.  Only the thread that owns the pool calls these. */
+float *ld_pool_arena(ld_pool *pool, size_t floats);
+void ld_pool_arena_release(ld_pool *pool);
+size_t ld_pool_arena_floats(const ld_pool *pool); /* 0 for NULL or none held */
 /* Static schedule: thread t gets the t-th of `threads` contiguous, near-equal
  * ranges (one call at most; none when its range is empty).  Returns when
  * every index has been handled. */

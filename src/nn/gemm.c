@@ -5,6 +5,7 @@
 #include "config.h"
 #endif
 #include "gemm.h"
+#include "winograd_weights.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -76,11 +77,26 @@ void ld_sums_generic(const float *x, size_t n, double *sum, double *sum_sq)
     *sum_sq = sq;
 }
 
-static const ld_gemm_kernel generic_kernel = {LD_KERNEL_GENERIC, GENERIC_MR, GENERIC_NR,
-                                              tile_generic, {NULL, NULL}, GENERIC_NR,
-                                              ld_map_row_generic, ld_wino_cols_generic,
-                                              ld_wino_out_row_generic, ld_exp_sum_generic,
-                                              ld_even_generic, ld_sums_generic};
+void ld_wino_weights_generic(const float *w, int count, float *const u[36])
+{
+    ld_wino_weights_body(w, count, u);
+}
+
+static const ld_gemm_kernel generic_kernel = {
+    .kind = LD_KERNEL_GENERIC,
+    .mr = GENERIC_MR,
+    .nr = GENERIC_NR,
+    .tile = tile_generic,
+    .vector = GENERIC_NR,
+    .map_row = ld_map_row_generic,
+    .wino_weights = ld_wino_weights_generic,
+    .wino_rows = ld_wino_rows_generic,
+    .wino_cols = ld_wino_cols_generic,
+    .wino_out_row = ld_wino_out_row_generic,
+    .exp_sum = ld_exp_sum_generic,
+    .even = ld_even_generic,
+    .sums = ld_sums_generic,
+};
 
 ld_map_fn ld_best_map_row(void)
 {
@@ -93,6 +109,22 @@ ld_map_fn ld_best_map_row(void)
 static void blas_map_row(const float *src, float *dst, int n, float scale, float shift, int silu)
 {
     ld_best_map_row()(src, dst, n, scale, shift, silu);
+}
+
+static void blas_wino_weights(const float *w, int count, float *const u[36])
+{
+    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
+    if (!k)
+        k = ld_gemm_kernel_avx2();
+    (k ? k->wino_weights : ld_wino_weights_generic)(w, count, u);
+}
+
+static void blas_wino_rows(const float *const d[6], float *const t[6], int n)
+{
+    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
+    if (!k)
+        k = ld_gemm_kernel_avx2();
+    (k ? k->wino_rows : ld_wino_rows_generic)(d, t, n);
 }
 
 static void blas_wino_cols(const float *row, int tiles, float *const out[6])
@@ -140,8 +172,17 @@ static void blas_sums(const float *x, size_t n, double *sum, double *sum_sq)
 }
 
 static const ld_gemm_kernel blas_kernel = {
-    LD_KERNEL_BLAS, 0,           0, NULL, {NULL, NULL}, 0, blas_map_row, blas_wino_cols,
-    blas_wino_out_row, blas_exp_sum, blas_even, blas_sums};
+    .kind = LD_KERNEL_BLAS,
+    .tile = NULL, /* products go to cblas_sgemm */
+    .map_row = blas_map_row,
+    .wino_weights = blas_wino_weights,
+    .wino_rows = blas_wino_rows,
+    .wino_cols = blas_wino_cols,
+    .wino_out_row = blas_wino_out_row,
+    .exp_sum = blas_exp_sum,
+    .even = blas_even,
+    .sums = blas_sums,
+};
 
 /* ---------------- choosing a kernel ---------------- */
 

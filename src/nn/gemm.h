@@ -28,6 +28,10 @@ typedef void (*ld_tile_fn)(int k, const float *const *a, const float *b, float *
 typedef void (*ld_map_fn)(const float *src, float *dst, int n, float scale, float shift,
                           int silu);
 
+/* Winograd's input transform down six rows: t[i][x] = (Bᵀ d)[i][x] for
+ * x < n (see winograd.c); the rows never overlap. */
+typedef void (*ld_wino_rows_fn)(const float *const d[6], float *const t[6], int n);
+
 /* Winograd's input transform across one row (see winograd.c): for each of
  * `tiles` tiles, the row's 6 values starting at row[4·tile], times B, into
  * out[0..5][tile]. */
@@ -50,6 +54,10 @@ typedef void (*ld_even_fn)(const float *src, float *dst, int n);
  * (GroupNorm's statistics: a group holds millions of values) */
 typedef void (*ld_sums_fn)(const float *x, size_t n, double *sum, double *sum_sq);
 
+/* Winograd's weights: u[pos][n] = (G g_n Gᵀ)[pos] for n < count (at most
+ * LD_WINO_WEIGHTS_RUN), g_n the 3x3 kernel at w + 9n (winograd_weights.h) */
+typedef void (*ld_wino_weights_fn)(const float *w, int count, float *const u[36]);
+
 /* What one instruction set brings: the product's micro-kernel and the
  * elementwise map whose expf would otherwise cost a third of a convolution. */
 typedef struct {
@@ -61,6 +69,8 @@ typedef struct {
     ld_tile_fn narrow_tile[2];
     int vector;        /* floats per vector: the narrow tiles' step */
     ld_map_fn map_row;
+    ld_wino_weights_fn wino_weights;
+    ld_wino_rows_fn wino_rows;
     ld_wino_cols_fn wino_cols;
     ld_wino_out_fn wino_out_row;
     ld_exp_sum_fn exp_sum;
@@ -74,6 +84,8 @@ void ld_map_row_generic(const float *src, float *dst, int n, float scale, float 
 double ld_exp_sum_generic(float *row, int n, float shift);
 void ld_even_generic(const float *src, float *dst, int n);
 void ld_sums_generic(const float *x, size_t n, double *sum, double *sum_sq);
+void ld_wino_weights_generic(const float *w, int count, float *const u[36]);
+void ld_wino_rows_generic(const float *const d[6], float *const t[6], int n);
 void ld_wino_cols_generic(const float *row, int tiles, float *const out[6]);
 void ld_wino_out_row_generic(const float *const s[6], int tiles, float bias, float *row,
                              int accumulate);

@@ -11,6 +11,7 @@
  *   AVX2:    4 rows × 24 columns = 12 ymm accumulators, 3 loads + 4
  *            broadcasts per 12 FMAs (16 ymm registers in all). */
 #include "gemm.h"
+#include "winograd_weights.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -128,6 +129,36 @@ TARGET_AVX512 static void map_row_avx512(const float *src, float *dst, int n, fl
         const __mmask16 m = (__mmask16)((1u << (n - x)) - 1);
         _mm512_mask_storeu_ps(dst + x, m, z_map(_mm512_maskz_loadu_ps(m, src + x), vs, vb, silu));
     }
+}
+
+/* Winograd's Bᵀ down six rows, 16 columns at a time (formulas as in
+ * winograd.c); the tail under a mask */
+TARGET_AVX512 static inline void z_bt_rows(const float *const d[6], float *const t[6], int x,
+                                           __mmask16 m)
+{
+    const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f),
+                 five = _mm512_set1_ps(5.0f);
+    const __m512 d0 = _mm512_maskz_loadu_ps(m, d[0] + x), d1 = _mm512_maskz_loadu_ps(m, d[1] + x),
+                 d2 = _mm512_maskz_loadu_ps(m, d[2] + x), d3 = _mm512_maskz_loadu_ps(m, d[3] + x),
+                 d4 = _mm512_maskz_loadu_ps(m, d[4] + x), d5 = _mm512_maskz_loadu_ps(m, d[5] + x);
+    const __m512 d4_d2 = _mm512_sub_ps(d4, d2);
+    _mm512_mask_storeu_ps(t[0] + x, m, _mm512_fmadd_ps(four, d0, _mm512_fnmadd_ps(five, d2, d4)));
+    _mm512_mask_storeu_ps(t[1] + x, m,
+                          _mm512_fnmadd_ps(four, _mm512_add_ps(d1, d2), _mm512_add_ps(d3, d4)));
+    _mm512_mask_storeu_ps(t[2] + x, m,
+                          _mm512_fmadd_ps(four, _mm512_sub_ps(d1, d2), _mm512_sub_ps(d4, d3)));
+    _mm512_mask_storeu_ps(t[3] + x, m, _mm512_fmadd_ps(two, _mm512_sub_ps(d3, d1), d4_d2));
+    _mm512_mask_storeu_ps(t[4] + x, m, _mm512_fmadd_ps(two, _mm512_sub_ps(d1, d3), d4_d2));
+    _mm512_mask_storeu_ps(t[5] + x, m, _mm512_fmadd_ps(four, d1, _mm512_fnmadd_ps(five, d3, d5)));
+}
+
+TARGET_AVX512 static void wino_rows_avx512(const float *const d[6], float *const t[6], int n)
+{
+    int x = 0;
+    for (; x + 16 <= n; x += 16)
+        z_bt_rows(d, t, x, (__mmask16)0xFFFF);
+    if (x < n)
+        z_bt_rows(d, t, x, (__mmask16)((1u << (n - x)) - 1));
 }
 
 /* Winograd's Bᵀ on 16 tiles at a time.  Tile l's six columns start at
@@ -281,10 +312,27 @@ TARGET_AVX512 static void sums_avx512(const float *x, size_t n, double *sum, dou
     *sum_sq = _mm512_reduce_add_pd(_mm512_add_pd(q0, q1)) + tail_sq;
 }
 
+TARGET_AVX512 static void wino_weights_avx512(const float *w, int count, float *const u[36])
+{
+    ld_wino_weights_body(w, count, u);
+}
+
 static const ld_gemm_kernel avx512_kernel = {
-    LD_KERNEL_AVX512, Z_MR, Z_NR, tile_avx512, {tile_avx512_16, tile_avx512_32}, 16,
-    map_row_avx512,   wino_cols_avx512, wino_out_row_avx512, exp_sum_avx512, even_avx512,
-    sums_avx512};
+    .kind = LD_KERNEL_AVX512,
+    .mr = Z_MR,
+    .nr = Z_NR,
+    .tile = tile_avx512,
+    .narrow_tile = {tile_avx512_16, tile_avx512_32},
+    .vector = 16,
+    .map_row = map_row_avx512,
+    .wino_weights = wino_weights_avx512,
+    .wino_rows = wino_rows_avx512,
+    .wino_cols = wino_cols_avx512,
+    .wino_out_row = wino_out_row_avx512,
+    .exp_sum = exp_sum_avx512,
+    .even = even_avx512,
+    .sums = sums_avx512,
+};
 
 const ld_gemm_kernel *ld_gemm_kernel_avx512(void)
 {
@@ -454,9 +502,68 @@ TARGET_AVX2 static void sums_avx2(const float *x, size_t n, double *sum, double 
     *sum_sq = part_q[0] + part_q[1] + part_q[2] + part_q[3] + tail_sq;
 }
 
+/* As wino_out_row_avx512, 8 tiles at a time: a 4x4 transpose within each
+ * 128-bit half, then the halves put in order */
+TARGET_AVX2 static void wino_out_row_avx2(const float *const s[6], int tiles, float bias,
+                                          float *row, int accumulate)
+{
+    const __m256 b = _mm256_set1_ps(bias), two = _mm256_set1_ps(2.0f),
+                 four = _mm256_set1_ps(4.0f), eight = _mm256_set1_ps(8.0f);
+    int tx = 0;
+    for (; tx + 8 <= tiles; tx += 8) {
+        const __m256 s0 = _mm256_loadu_ps(s[0] + tx), s1 = _mm256_loadu_ps(s[1] + tx),
+                     s2 = _mm256_loadu_ps(s[2] + tx), s3 = _mm256_loadu_ps(s[3] + tx),
+                     s4 = _mm256_loadu_ps(s[4] + tx), s5 = _mm256_loadu_ps(s[5] + tx);
+        const __m256 p12 = _mm256_add_ps(s1, s2), d12 = _mm256_sub_ps(s1, s2);
+        const __m256 p34 = _mm256_add_ps(s3, s4), d34 = _mm256_sub_ps(s3, s4);
+        const __m256 y0 = _mm256_add_ps(_mm256_add_ps(s0, p12), _mm256_add_ps(p34, b));
+        const __m256 y1 = _mm256_fmadd_ps(two, d34, _mm256_add_ps(d12, b));
+        const __m256 y2 = _mm256_fmadd_ps(four, p34, _mm256_add_ps(p12, b));
+        const __m256 y3 = _mm256_fmadd_ps(eight, d34, _mm256_add_ps(_mm256_add_ps(d12, s5), b));
+        const __m256 t0 = _mm256_unpacklo_ps(y0, y1), t1 = _mm256_unpackhi_ps(y0, y1),
+                     t2 = _mm256_unpacklo_ps(y2, y3), t3 = _mm256_unpackhi_ps(y2, y3);
+        /* u_j, half l: tile 4l + j's four outputs */
+        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+                     u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 out[4] = {
+            _mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u2, u3, 0x20),
+            _mm256_permute2f128_ps(u0, u1, 0x31), _mm256_permute2f128_ps(u2, u3, 0x31)};
+        float *o = row + 4 * tx;
+        for (int q = 0; q < 4; q++) {
+            if (accumulate)
+                out[q] = _mm256_add_ps(out[q], _mm256_loadu_ps(o + 8 * q));
+            _mm256_storeu_ps(o + 8 * q, out[q]);
+        }
+    }
+    if (tx < tiles) {
+        const float *rest[6];
+        for (int k = 0; k < 6; k++)
+            rest[k] = s[k] + tx;
+        ld_wino_out_row_generic(rest, tiles - tx, bias, row + 4 * tx, accumulate);
+    }
+}
+
+TARGET_AVX2 static void wino_weights_avx2(const float *w, int count, float *const u[36])
+{
+    ld_wino_weights_body(w, count, u);
+}
+
 static const ld_gemm_kernel avx2_kernel = {
-    LD_KERNEL_AVX2, Y_MR, Y_NR, tile_avx2, {tile_avx2_8, tile_avx2_16}, 8, map_row_avx2,
-    wino_cols_avx2, ld_wino_out_row_generic, exp_sum_avx2, ld_even_generic, sums_avx2};
+    .kind = LD_KERNEL_AVX2,
+    .mr = Y_MR,
+    .nr = Y_NR,
+    .tile = tile_avx2,
+    .narrow_tile = {tile_avx2_8, tile_avx2_16},
+    .vector = 8,
+    .map_row = map_row_avx2,
+    .wino_weights = wino_weights_avx2,
+    .wino_rows = ld_wino_rows_generic,
+    .wino_cols = wino_cols_avx2,
+    .wino_out_row = wino_out_row_avx2,
+    .exp_sum = exp_sum_avx2,
+    .even = ld_even_generic,
+    .sums = sums_avx2,
+};
 
 const ld_gemm_kernel *ld_gemm_kernel_avx2(void)
 {

@@ -40,6 +40,8 @@ struct ld_pool {
     worker_arg *args;
     bool blas_reserved;
     const ld_gemm_kernel *gemm; /* the matrix kernel every loop's products use */
+    float *arena;               /* ld_pool_arena's block, kept between calls */
+    size_t arena_floats;
     pthread_mutex_t turn; /* held by the thread whose loop is running */
     pthread_mutex_t lock; /* guards generation, pending, stopping */
     pthread_cond_t wake;  /* workers: a new loop, or stop */
@@ -255,7 +257,30 @@ void ld_pool_free(ld_pool *p)
     pthread_mutex_destroy(&p->lock);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
+    ld_free_aligned(p->arena);
     free(p->workers);
     free(p->args);
     free(p);
+}
+
+float *ld_pool_arena(ld_pool *p, size_t floats)
+{
+    if (p->arena && p->arena_floats >= floats)
+        return p->arena;
+    ld_free_aligned(p->arena); /* never hold the old block and a larger one at once */
+    p->arena = ld_alloc_aligned(floats, sizeof(float));
+    p->arena_floats = p->arena ? floats : 0;
+    return p->arena;
+}
+
+void ld_pool_arena_release(ld_pool *p)
+{
+    ld_free_aligned(p->arena);
+    p->arena = NULL;
+    p->arena_floats = 0;
+}
+
+size_t ld_pool_arena_floats(const ld_pool *p)
+{
+    return p ? p->arena_floats : 0;
 }

@@ -23,6 +23,7 @@
  * panel is the whole band (nr = tiles), i.e. plain row-major [Ci][tiles]. */
 #include "latentd/nn.h"
 #include "gemm.h"
+#include "winograd_weights.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -32,16 +33,7 @@
 #define OUT_TILE 4
 #define IN_TILE 6
 #define POSITIONS (IN_TILE * IN_TILE)
-#define CI_BLOCK 64
 
-static const float G[IN_TILE][3] = {
-    {1.0f / 4, 0, 0},
-    {-1.0f / 6, -1.0f / 6, -1.0f / 6},
-    {-1.0f / 6, 1.0f / 6, -1.0f / 6},
-    {1.0f / 24, 1.0f / 12, 1.0f / 6},
-    {1.0f / 24, -1.0f / 12, 1.0f / 6},
-    {0, 0, 1},
-};
 
 typedef struct {
     int tiles_w, tiles_h;
@@ -86,11 +78,12 @@ typedef struct {
     const ld_conv_geom *g;
     const float *w;
     float *u;
+    ld_wino_weights_fn transform; /* the kernel's */
 } weights_job;
 
-/* U[p][co][ci] = (G g Gᵀ)[p] for output channels [first, last), a block of
- * input channels at a time so the writes run along ci instead of leaping
- * between positions. */
+/* U[p][co][ci] = (G g Gᵀ)[p] for output channels [first, last), a run of
+ * input channels at a time (contiguous in U, so the kernel's transform
+ * vectorises along them). */
 static void transform_weights(void *ctx, int first, int last, int thread)
 {
     (void)thread;
@@ -98,23 +91,13 @@ static void transform_weights(void *ctx, int first, int last, int thread)
     const ld_conv_geom *g = j->g;
     const size_t pair_stride = (size_t)g->out_ch * g->in_ch;
     for (int co = first; co < last; co++) {
-        for (int ci0 = 0; ci0 < g->in_ch; ci0 += CI_BLOCK) {
-            const int count = g->in_ch - ci0 < CI_BLOCK ? g->in_ch - ci0 : CI_BLOCK;
-            float block[POSITIONS][CI_BLOCK];
-            for (int n = 0; n < count; n++) {
-                const float *k = j->w + ((size_t)co * g->in_ch + ci0 + n) * 9;
-                float gg[IN_TILE][3]; /* G g */
-                for (int i = 0; i < IN_TILE; i++)
-                    for (int c = 0; c < 3; c++)
-                        gg[i][c] = G[i][0] * k[c] + G[i][1] * k[3 + c] + G[i][2] * k[6 + c];
-                for (int i = 0; i < IN_TILE; i++) /* (G g) Gᵀ */
-                    for (int jj = 0; jj < IN_TILE; jj++)
-                        block[i * IN_TILE + jj][n] =
-                            gg[i][0] * G[jj][0] + gg[i][1] * G[jj][1] + gg[i][2] * G[jj][2];
-            }
+        for (int ci0 = 0; ci0 < g->in_ch; ci0 += LD_WINO_WEIGHTS_RUN) {
+            const int count = g->in_ch - ci0 < LD_WINO_WEIGHTS_RUN ? g->in_ch - ci0
+                                                                    : LD_WINO_WEIGHTS_RUN;
+            float *u[POSITIONS];
             for (int pos = 0; pos < POSITIONS; pos++)
-                memcpy(j->u + pos * pair_stride + (size_t)co * g->in_ch + ci0, block[pos],
-                       (size_t)count * sizeof(float));
+                u[pos] = j->u + pos * pair_stride + (size_t)co * g->in_ch + ci0;
+            j->transform(j->w + ((size_t)co * g->in_ch + ci0) * 9, count, u);
         }
     }
 }
@@ -156,7 +139,7 @@ static void bt_rows_run(const float *restrict d0, const float *restrict d1,
     }
 }
 
-static void bt_rows(float *const d[IN_TILE], float *const t[IN_TILE], int n)
+void ld_wino_rows_generic(const float *const d[IN_TILE], float *const t[IN_TILE], int n)
 {
     bt_rows_run(d[0], d[1], d[2], d[3], d[4], d[5], t[0], t[1], t[2], t[3], t[4], t[5], n);
 }
@@ -185,6 +168,7 @@ typedef struct {
     const float *in;        /* transform_input */
     const ld_input_map *map;
     ld_map_fn map_row;      /* the kernel's, for map */
+    ld_wino_rows_fn wino_rows;
     ld_wino_cols_fn wino_cols;
     ld_wino_out_fn wino_out_row;
     float *v;
@@ -264,7 +248,7 @@ static void transform_input(void *ctx, int first, int last, int thread)
             }
             for (int k = reused; k < IN_TILE; k++)
                 pad_row(src, g->in_h, g->in_w, y + k, pw, j->map, j->map_row, ci, d[k]);
-            bt_rows(d, t, pw);
+            j->wino_rows((const float *const *)d, t, pw);
             float *dst = j->v + (size_t)ci * j->panel_cols;
             for (int i = 0; i < IN_TILE; i++) {
                 float *o[IN_TILE];
@@ -416,7 +400,7 @@ void ld_conv2d_winograd(ld_pool *pool, const ld_conv_geom *g, const float *in,
     float *row_buffers = scratch + p.weights;
     float *band = row_buffers + p.row_buffers;
     const int rows_per_band = (int)((scratch_floats - fixed) / p.per_tile_row);
-    const weights_job wj = {g, weight, u};
+    const weights_job wj = {g, weight, u, kernel->wino_weights};
     ld_pool_for(pool, g->out_ch, transform_weights, (void *)&wj);
     for (int ty0 = 0; ty0 < p.tiles_h; ty0 += rows_per_band) {
         const int rows = p.tiles_h - ty0 < rows_per_band ? p.tiles_h - ty0 : rows_per_band;
@@ -425,7 +409,7 @@ void ld_conv2d_winograd(ld_pool *pool, const ld_conv_geom *g, const float *in,
         const size_t padded_tiles = (size_t)(tiles + panel_cols - 1) / panel_cols * panel_cols;
         float *v = band;
         float *m = band + (size_t)POSITIONS * g->in_ch * padded_tiles;
-        const band_job bj = {g, &p, in, map, kernel->map_row, kernel->wino_cols,
+        const band_job bj = {g, &p, in, map, kernel->map_row, kernel->wino_rows, kernel->wino_cols,
                              kernel->wino_out_row, v, m, bias, out, accumulate, ty0, rows,
                              panel_cols, padded_tiles, row_buffers};
         ld_pool_for(pool, g->in_ch, transform_input, (void *)&bj);

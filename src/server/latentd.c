@@ -469,7 +469,7 @@ static int serve(srv_config *cfg, const srv_args *args)
                                      cfg->max_batch_delay_ms, cfg->max_queue, cfg->decode_threads,
                                      st.worker_memory,
                                      /* images being decoded come within this */
-                                     cfg->decode_timeout_ms};
+                                     cfg->decode_timeout_ms,  cfg->kernel};
         rc = srv_queue_new(&qp, &st.metrics, &st.queue, err);
     }
     if (rc == LD_OK)
@@ -482,9 +482,11 @@ static int serve(srv_config *cfg, const srv_args *args)
         else
             snprintf(where, sizeof where, "%s:%d", cfg->listen_host, st.port);
         srv_log(LOG_INFO, "listening on %s%s (vae_split %d, %d workers x %d threads, "
-                "queue %d, batch delay %d ms)", where,
+                "%s kernel, queue %d, batch delay %d ms)", where,
                 st.passed_fd ? ", a socket passed by systemd" : "", cfg->vae_split,
-                cfg->workers, cfg->threads, cfg->max_queue, cfg->max_batch_delay_ms);
+                cfg->workers, cfg->threads,
+                ld_kernel_name(cfg->kernel == LD_KERNEL_AUTO ? ld_kernel_best() : cfg->kernel),
+                cfg->max_queue, cfg->max_batch_delay_ms);
         const uint64_t watchdog_usec = srv_sd_watchdog_usec();
         if (watchdog_usec)
             srv_log(LOG_INFO, "systemd watchdog: %.3f s, pinged every %.3f s while workers "

@@ -529,6 +529,8 @@ static int start_threads(srv_queue *q, char *err)
         char inner[LD_ERR_LEN];
         if (ld_pool_new(q->params.threads, &w->pool, inner) != LD_OK)
             return ld_fail(err, LD_ENOMEM, "worker %d: %s", i, inner);
+        if (ld_pool_set_kernel(w->pool, q->params.kernel, inner) != LD_OK)
+            return ld_fail(err, LD_EUNSUPPORTED, "worker %d: %s", i, inner);
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
             return ld_fail(err, LD_ENOMEM, "cannot start worker thread %d", i);
         w->started = true;

@@ -34,6 +34,7 @@ typedef struct {
      * images of its kind that the decoders hold (0: not at all); a decode is
      * bounded by decode_timeout_ms, so they come. */
     int decode_wait_ms;
+    ld_kernel kernel;     /* the workers' pools' matrix kernel */
 } srv_queue_params;
 
 int srv_queue_new(const srv_queue_params *params, srv_metrics *metrics, srv_queue **out,

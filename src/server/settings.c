@@ -247,6 +247,15 @@ static int set_option(srv_config *cfg, const char *key, const char *value, char 
         return parse_level(value, &cfg->log_level) == 0
                    ? LD_OK
                    : ld_fail(err, LD_EINVAL, "log_level: want error, warn, info or debug");
+    if (strcmp(key, "kernel") == 0) {
+        char why[LD_ERR_LEN];
+        if (ld_kernel_parse(value, &cfg->kernel, why) != LD_OK)
+            return ld_fail(err, LD_EINVAL, "kernel: %s", why);
+        if (!ld_kernel_available(cfg->kernel))
+            return ld_fail(err, LD_EINVAL, "kernel: this CPU or build has no %s kernel "
+                           "(auto picks the best it has)", value);
+        return LD_OK;
+    }
     return ld_fail(err, LD_EINVAL, "unknown setting '%s'", key);
 }
 
@@ -293,7 +302,7 @@ void srv_config_usage(FILE *fp)
     fprintf(fp,
             "usage: latentd [-c FILE] [--model [NAME=]PATH]... [--listen HOST:PORT]\n"
             "               [--vae-split N]\n"
-            "               [--workers N] [--threads N] [--max-batch-delay-ms N]\n"
+            "               [--workers N] [--threads N] [--kernel NAME] [--max-batch-delay-ms N]\n"
             "               [--max-queue N] [--log-level LEVEL] [--log-file PATH]\n"
             "               [--api-key-file PATH] [--set key=value]...\n"
             "Flags override the file; --set takes any setting of latentd.conf.\n"
@@ -309,6 +318,7 @@ static const struct option flags[] = {
     {"vae-split", required_argument, 0, 0},
     {"workers", required_argument, 0, 0},
     {"threads", required_argument, 0, 0},
+    {"kernel", required_argument, 0, 0},
     {"max-batch-delay-ms", required_argument, 0, 0},
     {"max-queue", required_argument, 0, 0},
     {"log-level", required_argument, 0, 0},
@@ -454,6 +464,7 @@ int srv_config_changes(const srv_config *a, const srv_config *b, char *out, size
                              strcmp(a->api_key, b->api_key) != 0},
         {"log_file", strcmp(a->log_file, b->log_file) != 0},
         {"log_level", a->log_level != b->log_level},
+        {"kernel", a->kernel != b->kernel},
     };
     for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
         if (others[i].changed)

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "latentd/common.h"
+#include "latentd/nn.h" /* ld_kernel */
 
 typedef enum { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG } srv_log_level;
 
@@ -31,6 +32,7 @@ typedef struct {
     int vae_split;          /* images per forward pass */
     int workers;            /* encoder threads */
     int threads;            /* compute threads per worker */
+    ld_kernel kernel;       /* the workers' matrix kernel (LD_KERNEL_AUTO: the CPU's best) */
     int max_batch_delay_ms; /* how long a batch waits to fill */
     int max_queue;          /* images waiting, at most */
     size_t max_body_bytes;

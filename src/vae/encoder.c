@@ -1,351 +1,279 @@
 /* The encoder graph: conv_in → down blocks → mid block → norm/SiLU → conv_out
- * → quant_conv, over one chunk of images at a time, in three ping-pong
- * activation buffers planned up front. */
-#include "vae_internal.h"
-#include "latentd/nn.h"
+ * → quant_conv, over one chunk of images at a time, step by step in one
+ * arena planned up front (plan.c); the steps that do not fit beside their
+ * hidden activations run in bands of rows (banded.c). */
+#include "encoder_plan.h"
 
+#include <assert.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-/* Column buffer budget for one convolution band (floats): 16 MiB. */
-#define CONV_SCRATCH_BUDGET ((size_t)4 << 20)
+/* ---------------- the pass ---------------- */
 
-typedef struct {
-    size_t act;          /* floats of the largest activation of one image (buffers a, c) */
-    size_t act_b;        /* floats of buffer b: shortcut outputs and the mid block */
-    size_t max_channels; /* for the norm coefficients */
-    size_t conv_scratch; /* floats */
-    size_t attn_scratch; /* floats */
-} ws_plan;
-
-/* A chunk's activations: per-image slices of one buffer. */
-typedef struct {
-    float *p;
-    size_t stride; /* floats per image */
-} fbuf;
-
-typedef struct {
-    const ld_model *m;
-    ld_pool *pool;
-    int n;               /* images in this pass */
-    fbuf a, b, c;        /* a holds the running activation */
-    int ch, h, w;        /* a's shape per image */
-    float *scale, *shift; /* GroupNorm folded into per-channel coefficients */
-    float *conv_scratch;
-    size_t conv_scratch_floats;
-    float *attn_scratch;
-    ld_encode_stats *stats;
-    const _Atomic bool *cancel;  /* may be NULL */
-    _Atomic uint64_t *heartbeat; /* may be NULL */
-} fwd;
-
-static double now_seconds(void)
+double pass_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void stat_add(fwd *f, double *slot, double since)
+void pass_time(const pass *ps, stat_kind kind, double t0)
 {
-    if (f->stats)
-        *slot += now_seconds() - since;
-}
-
-static ld_conv_geom geom_for(const ld_conv *conv, int h, int w, int stride)
-{
-    /* stride 2 is diffusers' downsample: pad (0,1,0,1), then no padding */
-    ld_conv_geom g = {.in_ch = conv->in_ch, .in_h = h, .in_w = w, .out_ch = conv->out_ch,
-                      .kernel = conv->kernel, .stride = stride};
-    if (stride == 1) {
-        g.pad_top = g.pad_left = conv->kernel / 2;
-        g.out_h = h;
-        g.out_w = w;
-    } else {
-        g.out_h = h / 2;
-        g.out_w = w / 2;
-    }
-    return g;
-}
-
-/* ---------------- planning ---------------- */
-
-static void grow(size_t *slot, size_t value)
-{
-    if (value > *slot)
-        *slot = value;
-}
-
-static void plan_conv(ws_plan *p, const ld_conv *conv, int h, int w, int stride, int threads)
-{
-    ld_conv_geom g = geom_for(conv, h, w, stride);
-    grow(&p->conv_scratch, ld_conv2d_scratch_floats(&g, CONV_SCRATCH_BUDGET, threads));
-    grow(&p->act, (size_t)g.in_ch * h * w);
-    grow(&p->act, (size_t)g.out_ch * g.out_h * g.out_w);
-    grow(&p->max_channels, (size_t)g.in_ch);
-}
-
-static void plan_resnet(ws_plan *p, const ld_resnet *r, int h, int w, int threads)
-{
-    plan_conv(p, &r->conv1, h, w, 1, threads);
-    plan_conv(p, &r->conv2, h, w, 1, threads);
-    if (r->has_shortcut) {
-        plan_conv(p, &r->shortcut, h, w, 1, threads);
-        grow(&p->act_b, (size_t)r->shortcut.out_ch * h * w);
+    if (!ps->stats)
+        return;
+    const double spent = pass_now() - t0;
+    switch (kind) {
+    case STAT_CONV:
+        ps->stats->conv += spent;
+        break;
+    case STAT_NORM:
+        ps->stats->norm += spent;
+        break;
+    case STAT_ATTENTION:
+        ps->stats->attention += spent;
+        break;
+    case STAT_OTHER:
+        ps->stats->other += spent;
+        break;
     }
 }
 
-/* Every buffer a pass takes, for an h×w image on `threads` threads. */
-static void plan_workspace(const ld_model *m, int h, int w, int threads, ws_plan *p)
+int pass_layer_done(const pass *ps)
 {
-    const ld_vae_config *cfg = &m->cfg;
-    memset(p, 0, sizeof *p);
-    p->act = (size_t)cfg->in_channels * h * w;
-    plan_conv(p, &m->conv_in, h, w, 1, threads);
-    for (int i = 0; i < cfg->n_levels; i++) {
-        for (int j = 0; j < cfg->layers_per_block; j++)
-            plan_resnet(p, &m->down[i].resnets[j], h, w, threads);
-        if (m->down[i].has_downsample) {
-            plan_conv(p, &m->down[i].downsample, h, w, 2, threads);
-            h /= 2;
-            w /= 2;
-        }
-    }
-    plan_resnet(p, &m->mid_resnet1, h, w, threads);
-    plan_resnet(p, &m->mid_resnet2, h, w, threads);
-    if (cfg->mid_attention) {
-        const int c = m->mid_attn.q.in_ch;
-        p->attn_scratch = ld_attention_scratch_floats(c, (size_t)h * w, threads);
-        grow(&p->act_b, (size_t)c * h * w); /* the normalised input */
-    }
-    plan_conv(p, &m->conv_out, h, w, 1, threads);
-    if (cfg->use_quant_conv)
-        plan_conv(p, &m->quant_conv, h, w, 1, threads);
-}
-
-static size_t plan_floats(const ws_plan *p, int chunk)
-{
-    return (size_t)chunk * (2 * p->act + p->act_b) + 2 * p->max_channels + p->conv_scratch +
-           p->attn_scratch;
-}
-
-size_t ld_encode_workspace_bytes(const ld_model *m, int chunk, int h, int w, int threads)
-{
-    ws_plan p;
-    plan_workspace(m, h, w, threads > 0 ? threads : ld_cores(), &p);
-    return plan_floats(&p, chunk) * sizeof(float);
-}
-
-/* ---------------- layers over the whole chunk ---------------- */
-
-static void swap(fbuf *x, fbuf *y)
-{
-    fbuf t = *x;
-    *x = *y;
-    *y = t;
-}
-
-static float *slice(fbuf b, int i)
-{
-    return b.p + (size_t)i * b.stride;
-}
-
-/* One layer done for one image: a heartbeat, and LD_ECANCELLED once the
- * caller has asked to stop. */
-static int layer_done(fwd *f)
-{
-    if (f->heartbeat)
-        atomic_fetch_add_explicit(f->heartbeat, 1, memory_order_relaxed);
-    if (f->cancel && atomic_load_explicit(f->cancel, memory_order_relaxed))
+    if (ps->heartbeat)
+        atomic_fetch_add_explicit(ps->heartbeat, 1, memory_order_relaxed);
+    if (ps->cancel && atomic_load_explicit(ps->cancel, memory_order_relaxed))
         return LD_ECANCELLED;
     return LD_OK;
 }
 
-/* dst = conv(src), or dst += conv(src) when accumulating; with `norm`, the
- * input passes through that GroupNorm and SiLU as it is read. */
-static int conv_all(fwd *f, const ld_conv *conv, fbuf src, fbuf dst, int stride,
-                    const ld_norm *norm, int accumulate)
+int pass_image(const pass *ps, const step *s, int k)
 {
-    ld_conv_geom g = geom_for(conv, f->h, f->w, stride);
-    const ld_input_map map = {f->scale, f->shift, 1};
-    for (int i = 0; i < f->n; i++) {
-        double t0 = now_seconds();
-        if (norm)
-            ld_group_norm_coeffs(f->pool, slice(src, i), norm->channels, (size_t)f->h * f->w,
-                                 f->m->cfg.norm_num_groups, norm->gamma, norm->beta, LD_GN_EPS,
-                                 f->scale, f->shift);
-        double t1 = now_seconds();
-        ld_conv2d_ex(f->pool, &g, slice(src, i), norm ? &map : NULL, conv->weight, conv->bias,
-                     slice(dst, i), accumulate, f->conv_scratch, f->conv_scratch_floats);
-        if (f->stats) {
-            f->stats->norm += t1 - t0;
-            f->stats->conv += now_seconds() - t1;
-        }
-        int rc = layer_done(f);
+    return step_out_floats(s) > step_in_floats(s) ? ps->n - 1 - k : k;
+}
+
+void pass_conv(const pass *ps, const ld_conv_geom *g, const ld_conv *conv, const float *in,
+               const ld_input_map *map, float *out, int accumulate, const step_bufs *b)
+{
+    const double t0 = pass_now();
+    /* the plan sized the scratch for the step's largest geometry */
+    assert(ld_conv2d_scratch_floats(g, CONV_SCRATCH_BUDGET, ld_pool_threads(ps->pool)) <=
+           b->scratch_floats);
+    ld_conv2d_ex(ps->pool, g, in, map, conv->weight, conv->bias, out, accumulate, b->scratch,
+                 b->scratch_floats);
+    pass_time(ps, STAT_CONV, t0);
+}
+
+/* the same over a whole h×w image */
+static void conv_whole(const pass *ps, const ld_conv *conv, int h, int w, int stride,
+                       const float *in, const ld_input_map *map, float *out, int accumulate,
+                       const step_bufs *b)
+{
+    const ld_conv_geom g = conv_geom(conv, h, w, stride);
+    pass_conv(ps, &g, conv, in, map, out, accumulate, b);
+}
+
+ld_input_map pass_norm_map(const pass *ps, const ld_norm *norm, const float *x, size_t plane,
+                           float *scale, float *shift)
+{
+    const double t0 = pass_now();
+    ld_group_norm_coeffs(ps->pool, x, norm->channels, plane, ps->m->cfg.norm_num_groups,
+                         norm->gamma, norm->beta, LD_GN_EPS, scale, shift);
+    pass_time(ps, STAT_NORM, t0);
+    return (ld_input_map){scale, shift, 1};
+}
+
+static void move_output(const pass *ps, float *dst, const float *src, size_t floats)
+{
+    const double t0 = pass_now();
+    memmove(dst, src, floats * sizeof(float));
+    pass_time(ps, STAT_OTHER, t0);
+}
+
+/* ---------------- the steps over whole images ---------------- */
+
+/* conv_in reads the caller's images; centring (x·2 - 1) is its input map,
+ * which keeps the zero padding zero as torch pads the centred tensor */
+static int run_conv_in(const pass *ps, const step *s, const step_bufs *b, const float *images,
+                       bool center)
+{
+    for (int c = 0; c < s->in_ch; c++) {
+        b->scale1[c] = 2.0f;
+        b->shift1[c] = -1.0f;
+    }
+    const ld_input_map centring = {b->scale1, b->shift1, 0};
+    for (int i = 0; i < ps->n; i++) {
+        conv_whole(ps, s->conv, s->h, s->w, 1, images + (size_t)i * step_in_floats(s),
+                   center ? &centring : NULL, b->x + (size_t)i * step_out_floats(s), 0, b);
+        int rc = pass_layer_done(ps);
         if (rc != LD_OK)
             return rc;
     }
     return LD_OK;
 }
 
-static void copy_all(fwd *f, fbuf src, fbuf dst, size_t count)
+/* x ← shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))))) for image i,
+ * the norms fused into the convolutions as input maps */
+static int resnet_image(const pass *ps, const step *s, const step_bufs *b, int i)
 {
-    double t0 = now_seconds();
-    for (int i = 0; i < f->n; i++)
-        memcpy(slice(dst, i), slice(src, i), count * sizeof(float));
-    stat_add(f, f->stats ? &f->stats->other : NULL, t0);
-}
-
-/* a ← shortcut(a) + conv2(silu(norm2(conv1(silu(norm1(a)))))), the norms
- * fused into the convolutions and the residual added in place */
-static int resnet_forward(fwd *f, const ld_resnet *r)
-{
-    int rc = conv_all(f, &r->conv1, f->a, f->c, 1, &r->norm1, 0);
+    const ld_resnet *r = s->resnet;
+    const size_t plane = (size_t)s->h * s->w;
+    float *x = b->x + (size_t)i * step_in_floats(s);
+    const ld_input_map map1 = pass_norm_map(ps, &r->norm1, x, plane, b->scale1, b->shift1);
+    conv_whole(ps, &r->conv1, s->h, s->w, 1, x, &map1, b->hidden, 0, b);
+    int rc = pass_layer_done(ps);
+    float *sum = x; /* the residual, conv2 is added to it in place */
     if (rc == LD_OK && r->has_shortcut) {
-        rc = conv_all(f, &r->shortcut, f->a, f->b, 1, NULL, 0);
-        if (rc == LD_OK)
-            rc = conv_all(f, &r->conv2, f->c, f->b, 1, &r->norm2, 1);
-        if (rc == LD_OK)
-            copy_all(f, f->b, f->a, (size_t)r->conv2.out_ch * f->h * f->w);
-    } else if (rc == LD_OK) {
-        rc = conv_all(f, &r->conv2, f->c, f->a, 1, &r->norm2, 1);
+        sum = b->out;
+        conv_whole(ps, &r->shortcut, s->h, s->w, 1, x, NULL, sum, 0, b);
+        rc = pass_layer_done(ps);
     }
-    f->ch = r->conv2.out_ch;
-    return rc;
+    if (rc != LD_OK)
+        return rc;
+    const ld_input_map map2 =
+        pass_norm_map(ps, &r->norm2, b->hidden, plane, b->scale2, b->shift2);
+    conv_whole(ps, &r->conv2, s->h, s->w, 1, b->hidden, &map2, sum, 1, b);
+    if (sum != x)
+        move_output(ps, b->x + (size_t)i * step_out_floats(s), sum, step_out_floats(s));
+    return pass_layer_done(ps);
 }
 
-/* a ← a + attention(group_norm(a)) */
-static int attention_forward(fwd *f, const ld_attn *at)
+/* x ← x + attention(group_norm(x)) for image i */
+static int attention_image(const pass *ps, const step *s, const step_bufs *b, int i)
 {
-    const size_t tokens = (size_t)f->h * f->w;
+    const ld_attn *at = s->attn;
+    const size_t tokens = (size_t)s->h * s->w;
     const ld_attn_weights w = {at->q.weight, at->q.bias, at->k.weight, at->k.bias,
                                at->v.weight, at->v.bias, at->out.weight, at->out.bias};
-    for (int i = 0; i < f->n; i++) {
-        double t0 = now_seconds();
-        ld_group_norm(f->pool, slice(f->a, i), slice(f->b, i), at->norm.channels, tokens,
-                      f->m->cfg.norm_num_groups, at->norm.gamma, at->norm.beta, LD_GN_EPS, 0);
-        stat_add(f, f->stats ? &f->stats->norm : NULL, t0);
-        t0 = now_seconds();
-        ld_attention(f->pool, slice(f->b, i), f->ch, tokens, &w, slice(f->c, i),
-                     f->attn_scratch);
-        ld_add_inplace(slice(f->a, i), slice(f->c, i), (size_t)f->ch * tokens);
-        stat_add(f, f->stats ? &f->stats->attention : NULL, t0);
-        int rc = layer_done(f);
-        if (rc != LD_OK)
-            return rc;
-    }
-    return LD_OK;
+    float *x = b->x + (size_t)i * step_in_floats(s);
+    double t0 = pass_now();
+    ld_group_norm(ps->pool, x, b->attn_in, at->norm.channels, tokens, ps->m->cfg.norm_num_groups,
+                  at->norm.gamma, at->norm.beta, LD_GN_EPS, 0);
+    pass_time(ps, STAT_NORM, t0);
+    t0 = pass_now();
+    ld_attention(ps->pool, b->attn_in, s->in_ch, tokens, &w, b->out, b->scratch);
+    ld_add_inplace(x, b->out, (size_t)s->in_ch * tokens);
+    pass_time(ps, STAT_ATTENTION, t0);
+    return pass_layer_done(ps);
 }
 
-static int conv_step(fwd *f, const ld_conv *conv, int stride, const ld_norm *norm)
+/* A convolution that changes the activation's shape (downsample, conv_out,
+ * quant_conv) for image i: into b->out, then into place */
+static int conv_image(const pass *ps, const step *s, const step_bufs *b, int i)
 {
-    int rc = conv_all(f, conv, f->a, f->c, stride, norm, 0);
-    swap(&f->a, &f->c);
-    f->ch = conv->out_ch;
-    if (stride == 2) {
-        f->h /= 2;
-        f->w /= 2;
+    const float *x = b->x + (size_t)i * step_in_floats(s);
+    ld_input_map map;
+    if (s->norm)
+        map = pass_norm_map(ps, s->norm, x, (size_t)s->h * s->w, b->scale1, b->shift1);
+    conv_whole(ps, s->conv, s->h, s->w, s->kind == STEP_DOWNSAMPLE ? 2 : 1, x,
+               s->norm ? &map : NULL, b->out, 0, b);
+    move_output(ps, b->x + (size_t)i * step_out_floats(s), b->out, step_out_floats(s));
+    return pass_layer_done(ps);
+}
+
+/* One step over the chunk's images, whole or in bands as the plan says. */
+static int run_step(const pass *ps, const step *s, const float *images, bool center)
+{
+    const bool banded = plan_bands_step(ps->plan, s);
+    step_bufs b;
+    const size_t used = step_layout(ps->plan, s, banded, ps->arena, &b);
+    assert(used <= ps->plan->floats);
+    (void)used;
+    if (s->kind == STEP_CONV_IN)
+        return run_conv_in(ps, s, &b, images, center);
+    if (banded && ps->stats)
+        ps->stats->banded_layers += ps->n;
+    if (banded && s->kind == STEP_RESNET)
+        return banded_resnet(ps, s, &b);
+    if (banded)
+        return banded_downsample(ps, s, &b);
+    int rc = LD_OK;
+    for (int k = 0; k < ps->n && rc == LD_OK; k++) {
+        const int i = pass_image(ps, s, k);
+        if (s->kind == STEP_RESNET)
+            rc = resnet_image(ps, s, &b, i);
+        else if (s->kind == STEP_ATTENTION)
+            rc = attention_image(ps, s, &b, i);
+        else
+            rc = conv_image(ps, s, &b, i);
     }
     return rc;
 }
 
-static void center_input(fwd *f, const float *images, bool center)
+/* Runs the graph; the moments end up packed at the start of the arena,
+ * [n, 2·latent, lh, lw].  Stops at the first step that fails (only a
+ * cancellation can). */
+static int encoder_forward(const pass *ps, const float *images, bool center)
 {
-    double t0 = now_seconds();
-    size_t count = (size_t)3 * f->h * f->w;
-    for (int i = 0; i < f->n; i++) {
-        const float *src = images + i * count;
-        float *dst = slice(f->a, i);
-        for (size_t k = 0; k < count; k++)
-            dst[k] = center ? src[k] * 2.0f - 1.0f : src[k];
-    }
-    f->ch = 3;
-    stat_add(f, f->stats ? &f->stats->other : NULL, t0);
-}
-
-/* Runs the graph; the moments end up in f->a, [n, 2·latent, lh, lw] with
- * per-image stride f->a.stride.  Stops at the first layer that fails (only
- * a cancellation can). */
-static int encoder_forward(fwd *f, const float *images, bool center)
-{
-    const ld_model *m = f->m;
-    center_input(f, images, center);
-    int rc = conv_step(f, &m->conv_in, 1, NULL);
-    for (int i = 0; i < m->cfg.n_levels && rc == LD_OK; i++) {
-        for (int j = 0; j < m->cfg.layers_per_block && rc == LD_OK; j++)
-            rc = resnet_forward(f, &m->down[i].resnets[j]);
-        if (rc == LD_OK && m->down[i].has_downsample)
-            rc = conv_step(f, &m->down[i].downsample, 2, NULL);
-    }
-    if (rc == LD_OK)
-        rc = resnet_forward(f, &m->mid_resnet1);
-    if (rc == LD_OK && m->cfg.mid_attention)
-        rc = attention_forward(f, &m->mid_attn);
-    if (rc == LD_OK)
-        rc = resnet_forward(f, &m->mid_resnet2);
-    if (rc == LD_OK)
-        rc = conv_step(f, &m->conv_out, 1, &m->norm_out);
-    if (rc == LD_OK && m->cfg.use_quant_conv)
-        rc = conv_step(f, &m->quant_conv, 1, NULL);
+    step_iter it;
+    step s;
+    steps_begin(&it, ps->m, ps->plan->h, ps->plan->w);
+    int rc = LD_OK;
+    while (rc == LD_OK && steps_next(&it, &s))
+        rc = run_step(ps, &s, images, center);
     return rc;
 }
 
 /* ---------------- chunking ---------------- */
 
 typedef struct {
-    float *block;
-    ws_plan plan;
-    int chunk;
+    float *arena; /* the pool's (ld_pool_arena): kept there for the next call */
+    plan plan;
 } workspace;
 
-static bool workspace_alloc(workspace *ws, int chunk, size_t max_memory)
+static bool workspace_alloc(workspace *ws, ld_pool *pool, size_t max_memory)
 {
-    size_t floats = plan_floats(&ws->plan, chunk);
-    if (max_memory && floats > max_memory / sizeof(float))
+    if (max_memory && ws->plan.floats > max_memory / sizeof(float))
         return false;
-    ws->block = ld_alloc_aligned(floats, sizeof(float));
-    ws->chunk = chunk;
-    return ws->block != NULL;
+    ws->arena = ld_pool_arena(pool, ws->plan.floats);
+    return ws->arena != NULL;
 }
 
-/* The largest chunk ≤ want whose workspace can be had, halving on failure. */
-static int workspace_acquire(workspace *ws, int want, size_t max_memory, char *err)
+/* The plan modes to try, in order, for the caller's banding option. */
+static int modes_to_try(const ld_model *m, int h, int w, int threads, ld_banding banding,
+                        plan_mode modes[2])
 {
-    for (int chunk = want; chunk >= 1; chunk /= 2)
-        if (workspace_alloc(ws, chunk, max_memory))
-            return LD_OK;
-    size_t need = plan_floats(&ws->plan, 1) * sizeof(float);
-    if (max_memory && need > max_memory)
+    switch (banding) {
+    case LD_BANDING_ON:
+        modes[0] = PLAN_BAND_ALL;
+        return 1;
+    case LD_BANDING_OFF:
+        modes[0] = PLAN_WHOLE;
+        return 1;
+    default:
+        modes[0] = plan_auto_mode(m, h, w, threads);
+        modes[1] = PLAN_BAND_AS_NEEDED; /* when memory requires it */
+        return modes[0] == PLAN_WHOLE ? 2 : 1;
+    }
+}
+
+/* The first plan that can be had: the largest chunk <= want, halving on
+ * failure, in each mode in turn. */
+static int workspace_acquire(workspace *ws, const ld_model *m, int h, int w, ld_pool *pool,
+                             int want, const ld_encode_opts *opts, char *err)
+{
+    const int threads = ld_pool_threads(pool);
+    plan_mode modes[2];
+    const int n_modes = modes_to_try(m, h, w, threads, opts->banding, modes);
+    /* a block the pool kept that is over the limit now is given back */
+    if (opts->max_memory && ld_pool_arena_floats(pool) > opts->max_memory / sizeof(float))
+        ld_pool_arena_release(pool);
+    for (int k = 0; k < n_modes; k++) {
+        for (int chunk = want; chunk >= 1; chunk /= 2) {
+            plan_make(&ws->plan, m, h, w, chunk, threads, modes[k]);
+            if (workspace_alloc(ws, pool, opts->max_memory))
+                return LD_OK;
+        }
+    }
+    /* the last plan tried is the least: one image in the last mode */
+    const size_t need = ws->plan.floats * sizeof(float);
+    if (opts->max_memory && need > opts->max_memory)
         return ld_fail(err, LD_ENOMEM, "encoding one image needs %zu MiB of working memory, "
-                       "over the %zu MiB limit", need >> 20, max_memory >> 20);
+                       "over the %zu MiB limit", need >> 20, opts->max_memory >> 20);
     return ld_fail(err, LD_ENOMEM, "out of memory: encoding one image needs %zu MiB",
                    need >> 20);
-}
-
-static void fwd_init(fwd *f, const ld_model *m, const workspace *ws, int n, int h, int w,
-                     ld_pool *pool, const ld_encode_opts *opts)
-{
-    const ws_plan *p = &ws->plan;
-    const size_t chunk = (size_t)ws->chunk;
-    memset(f, 0, sizeof *f);
-    f->m = m;
-    f->pool = pool;
-    f->n = n;
-    f->a = (fbuf){ws->block, p->act};
-    f->c = (fbuf){f->a.p + chunk * p->act, p->act};
-    f->b = (fbuf){f->c.p + chunk * p->act, p->act_b};
-    f->scale = f->b.p + chunk * p->act_b;
-    f->shift = f->scale + p->max_channels;
-    f->conv_scratch = f->shift + p->max_channels;
-    f->conv_scratch_floats = p->conv_scratch;
-    f->attn_scratch = f->conv_scratch + p->conv_scratch;
-    f->h = h;
-    f->w = w;
-    f->stats = opts->stats;
-    f->cancel = opts->cancel;
-    f->heartbeat = opts->heartbeat;
 }
 
 void ld_encoder_init(void)
@@ -387,23 +315,20 @@ static int encode_chunks(const ld_model *m, const float *images, int n, int h, i
 {
     const ld_posterior_ctx post = {&m->cfg, lh, lw, opts->deterministic};
     const size_t image_floats = (size_t)3 * h * w;
-    const size_t mom = (size_t)2 * m->cfg.latent_channels * lh * lw;
-    for (int done = 0; done < n; done += ws->chunk) {
-        const int count = n - done < ws->chunk ? n - done : ws->chunk;
-        fwd f;
-        fwd_init(&f, m, ws, count, h, w, pool, opts);
-        if (encoder_forward(&f, images + (size_t)done * image_floats, opts->center_input) !=
+    const int chunk = ws->plan.chunk;
+    for (int done = 0; done < n; done += chunk) {
+        const pass ps = {m,          pool,          n - done < chunk ? n - done : chunk,
+                         &ws->plan,  ws->arena,     opts->stats,
+                         opts->cancel, opts->heartbeat};
+        if (encoder_forward(&ps, images + (size_t)done * image_floats, opts->center_input) !=
             LD_OK)
             return ld_fail(err, LD_ECANCELLED, "encoding cancelled after %d of %d images",
                            done, n);
-        /* the moments are in f.a with per-image stride f.a.stride: compact them */
-        for (int i = 1; i < count; i++)
-            memmove(f.a.p + i * mom, slice(f.a, i), mom * sizeof(float));
-        ld_posterior(&post, f.a.p, count, opts->seeds ? opts->seeds + done : NULL, out,
+        ld_posterior(&post, ws->arena, ps.n, opts->seeds ? opts->seeds + done : NULL, out,
                      (size_t)done);
-        if (opts->progress && opts->progress(opts->progress_ctx, done + count, n) != 0)
+        if (opts->progress && opts->progress(opts->progress_ctx, done + ps.n, n) != 0)
             return ld_fail(err, LD_ECANCELLED, "encoding cancelled after %d of %d images",
-                           done + count, n);
+                           done + ps.n, n);
     }
     return LD_OK;
 }
@@ -433,14 +358,12 @@ int ld_encode(const ld_model *m, const float *images, int n, int h, int w,
     }
     ld_pool *pool = opts->pool ? opts->pool : own_pool;
     workspace ws = {0};
-    plan_workspace(m, h, w, ld_pool_threads(pool), &ws.plan);
-    int want = opts->vae_split > 0 && opts->vae_split < n ? opts->vae_split : n;
-    rc = workspace_acquire(&ws, want, opts->max_memory, err);
+    const int want = opts->vae_split > 0 && opts->vae_split < n ? opts->vae_split : n;
+    rc = workspace_acquire(&ws, m, h, w, pool, want, opts, err);
     if (rc == LD_OK) {
-        out->chunk_used = ws.chunk;
+        out->chunk_used = ws.plan.chunk;
         rc = encode_chunks(m, images, n, h, w, lh, lw, pool, &ws, opts, out, err);
     }
-    ld_free_aligned(ws.block);
-    ld_pool_free(own_pool);
+    ld_pool_free(own_pool); /* and its arena; a caller's pool keeps it */
     return rc;
 }
