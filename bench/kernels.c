@@ -146,6 +146,7 @@ static const stage stages[] = {
     {"conv 1x1 256->512 @128 (shortcut)", STAGE_CONV, 0, 0, 0, CONV(256, 512, 128, 1, 1, 0, 128),
      0, 0, 0},
     {"attention 512ch x 4096 tokens", STAGE_ATTENTION, 0, 0, 0, {0}, 0, 512, 4096},
+    {"attention 512ch x 16384 tokens (1024x1024)", STAGE_ATTENTION, 0, 0, 0, {0}, 0, 512, 16384},
 };
 
 /* Multiplies and adds a stage really performs (2 per multiply-add). */

@@ -1,19 +1,30 @@
-/* Single-head self-attention, as in the VAE's mid block.  Scores are computed
- * for a block of queries at a time (block × tokens), so memory grows with
- * tokens·C rather than tokens². */
+/* Single-head self-attention, as in the VAE's mid block.  A block of queries
+ * meets the keys a block at a time with the softmax kept online (Milakov &
+ * Gimelshein, 2018; FlashAttention): each row carries its running maximum and
+ * sum, and its weighted values are rescaled when the maximum grows.  So a
+ * thread's scores are QUERY_BLOCK × KEY_BLOCK, held in L2 whatever the
+ * image's size, where a block × tokens matrix (38 MB per thread at 65536
+ * tokens) went through memory twice. */
 #include "latentd/nn.h"
 #include "gemm.h"
 
 #include <math.h>
+#include <stdbool.h>
 
 #define QUERY_BLOCK 144 /* three 48-column panels of the AVX-512 kernel */
+#define KEY_BLOCK 480   /* ten */
+
+/* Per thread: the block's queries transposed, their weighted values and the
+ * scores (each row's running maximum and sum live on its stack) */
+static size_t per_thread_floats(int channels)
+{
+    return (size_t)QUERY_BLOCK * (2 * (size_t)channels + KEY_BLOCK);
+}
 
 size_t ld_attention_scratch_floats(int channels, size_t tokens, int threads)
 {
-    /* q, k, v as [C, tokens] plus, per thread, one block of scores and one
-     * block of queries transposed */
-    return 3 * (size_t)channels * tokens +
-           (size_t)threads * QUERY_BLOCK * (tokens + (size_t)channels);
+    /* q, k, v as [C, tokens] plus each thread's blocks */
+    return 3 * (size_t)channels * tokens + (size_t)threads * per_thread_floats(channels);
 }
 
 /* dst[C, T] = W[C, C] · src[C, T] + b */
@@ -26,30 +37,33 @@ static void project(ld_pool *pool, const float *w, const float *b, const float *
     ld_gemm(pool, c, (int)tokens, c, w, c, src, (int)tokens, dst, (int)tokens, 1);
 }
 
-/* exp through the pool's kernel (its vector exp) */
-static void softmax_rows(ld_pool *pool, float *s, int rows, size_t cols)
-{
-    for (int r = 0; r < rows; r++) {
-        float *row = s + (size_t)r * cols;
-        float max = row[0];
-        for (size_t j = 1; j < cols; j++)
-            max = row[j] > max ? row[j] : max;
-        const double sum = ld_pool_gemm(pool)->exp_sum(row, (int)cols, max);
-        const float inv = (float)(1.0 / sum);
-        for (size_t j = 0; j < cols; j++)
-            row[j] *= inv;
-    }
-}
-
 typedef struct {
     ld_pool *pool;        /* its kernel; the products run on the calling thread */
     float *q;             /* [C, T]; a block's columns take its result */
     const float *k, *v;   /* [C, T] */
-    float *scores;        /* QUERY_BLOCK x T per thread */
-    float *queries;       /* QUERY_BLOCK x C per thread */
+    float *per_thread;    /* per_thread_floats(c) each */
     int c, tokens;
     float scale;
 } attn_job;
+
+/* One thread's blocks, carved from its share of the scratch. */
+typedef struct {
+    float *queries;  /* [QUERY_BLOCK, C]: scale · q block, transposed */
+    float *weighted; /* [C, QUERY_BLOCK]: Σ exp(s - max) · v, a column per query */
+    float *scores;   /* [QUERY_BLOCK, KEY_BLOCK] */
+    float max[QUERY_BLOCK];  /* running maximum of each row's scores */
+    double sum[QUERY_BLOCK]; /* running Σ exp(s - max) */
+} thread_blocks;
+
+static thread_blocks carve(const attn_job *j, int thread)
+{
+    float *base = j->per_thread + (size_t)thread * per_thread_floats(j->c);
+    thread_blocks b;
+    b.queries = base;
+    b.weighted = b.queries + (size_t)QUERY_BLOCK * j->c;
+    b.scores = b.weighted + (size_t)QUERY_BLOCK * j->c;
+    return b;
+}
 
 /* dst[i][c] = scale · q[c][t0 + i]: a block of queries as rows, so the
  * product reads each along the channels it sums over */
@@ -63,25 +77,76 @@ static void transpose_block(const float *q, int c, int tokens, int t0, int nq, f
     }
 }
 
-/* Query blocks [first, last): each is independent, with the calling thread's
- * own rows of scores. */
+/* Each row i of a block of nq scores against nk keys joins the row's running
+ * softmax: the maximum grows to cover it, what was summed and weighted so far
+ * is rescaled by exp(old max - new max), and the row becomes exp(s - max). */
+static void online_softmax(const ld_gemm_kernel *kernel, thread_blocks *b, int nq, int nk,
+                           int c, bool first)
+{
+    float rescale[QUERY_BLOCK];
+    bool grew = false;
+    for (int i = 0; i < nq; i++) {
+        float *row = b->scores + (size_t)i * KEY_BLOCK;
+        float max = b->max[i];
+        for (int x = 0; x < nk; x++)
+            max = row[x] > max ? row[x] : max;
+        rescale[i] = 1.0f;
+        if (max > b->max[i]) {
+            /* nothing summed yet while the maximum is -inf: the factor is 0 */
+            rescale[i] = isinf(b->max[i]) ? 0.0f : expf(b->max[i] - max);
+            b->sum[i] *= rescale[i];
+            b->max[i] = max;
+            grew = true;
+        }
+        b->sum[i] += kernel->exp_sum(row, nk, max);
+    }
+    if (!grew || first) /* the first block's weighted values are yet to be written */
+        return;
+    for (int ch = 0; ch < c; ch++) { /* weighted's columns, a row of them at a time */
+        float *w = b->weighted + (size_t)ch * QUERY_BLOCK;
+        for (int i = 0; i < nq; i++)
+            w[i] *= rescale[i];
+    }
+}
+
+/* Query block [t0, t0 + nq): against every block of keys, then its columns of
+ * q (consumed: only this block read them) take the weighted values / sums. */
+static void attend_block(const attn_job *j, thread_blocks *b, int t0, int nq)
+{
+    const int T = j->tokens, c = j->c;
+    const ld_gemm_kernel *kernel = ld_pool_gemm(j->pool);
+    transpose_block(j->q, c, T, t0, nq, j->scale, b->queries);
+    for (int i = 0; i < nq; i++) {
+        b->max[i] = -INFINITY;
+        b->sum[i] = 0.0;
+    }
+    for (int k0 = 0; k0 < T; k0 += KEY_BLOCK) {
+        const int nk = T - k0 < KEY_BLOCK ? T - k0 : KEY_BLOCK;
+        /* scores[nq, nk] = queries · k[:, k0:k0+nk] (inside the pool's loop,
+         * so on this thread alone) */
+        ld_gemm(j->pool, nq, nk, c, b->queries, c, j->k + k0, T, b->scores, KEY_BLOCK, 0);
+        online_softmax(kernel, b, nq, nk, c, k0 == 0);
+        /* weighted[C, nq] (+)= v[:, k0:k0+nk] · scoresᵀ (the scores packed
+         * from their transpose: a third of the keys' size) */
+        ld_gemm_ex(j->pool, c, nq, nk, j->v + k0, T, b->scores, KEY_BLOCK, 1, b->weighted,
+                   QUERY_BLOCK, k0 > 0);
+    }
+    for (int ch = 0; ch < c; ch++) {
+        const float *w = b->weighted + (size_t)ch * QUERY_BLOCK;
+        float *dst = j->q + (size_t)ch * T + t0;
+        for (int i = 0; i < nq; i++)
+            dst[i] = (float)(w[i] / b->sum[i]);
+    }
+}
+
+/* Query blocks [first, last), each on the calling thread's own blocks. */
 static void attend_blocks(void *ctx, int first, int last, int thread)
 {
     const attn_job *j = ctx;
-    const int T = j->tokens;
-    float *scores = j->scores + (size_t)thread * QUERY_BLOCK * (size_t)T;
-    float *queries = j->queries + (size_t)thread * QUERY_BLOCK * (size_t)j->c;
+    thread_blocks b = carve(j, thread);
     for (int blk = first; blk < last; blk++) {
         const int t0 = blk * QUERY_BLOCK;
-        const int nq = T - t0 < QUERY_BLOCK ? T - t0 : QUERY_BLOCK;
-        /* scores[nq, T] = scale · q[:, t0:t0+nq]ᵀ · k (inside the pool's
-         * loop, so on this thread alone) */
-        transpose_block(j->q, j->c, T, t0, nq, j->scale, queries);
-        ld_gemm(j->pool, nq, T, j->c, queries, j->c, j->k, T, scores, T, 0);
-        softmax_rows(j->pool, scores, nq, (size_t)T);
-        /* this block's queries are consumed: its columns of q take the result
-         * v · scoresᵀ, [C, nq] */
-        ld_gemm_ex(j->pool, j->c, nq, T, j->v, T, scores, T, 1, j->q + t0, T, 0);
+        attend_block(j, &b, t0, j->tokens - t0 < QUERY_BLOCK ? j->tokens - t0 : QUERY_BLOCK);
     }
 }
 
@@ -96,9 +161,7 @@ void ld_attention(ld_pool *pool, const float *xn, int c, size_t tokens,
     project(pool, w->wq, w->bq, xn, c, tokens, q);
     project(pool, w->wk, w->bk, xn, c, tokens, k);
     project(pool, w->wv, w->bv, xn, c, tokens, v);
-    float *scores = v + (size_t)c * tokens;
-    float *queries = scores + (size_t)ld_pool_threads(pool) * QUERY_BLOCK * tokens;
-    const attn_job job = {pool, q, k, v, scores, queries, c, T, 1.0f / sqrtf((float)c)};
+    const attn_job job = {pool, q, k, v, v + (size_t)c * tokens, c, T, 1.0f / sqrtf((float)c)};
     ld_pool_for_dynamic(pool, (T + QUERY_BLOCK - 1) / QUERY_BLOCK, 1, attend_blocks,
                         (void *)&job);
     project(pool, w->wo, w->bo, q, c, tokens, out);
