@@ -333,7 +333,8 @@ START_TEST(attention_matches_definition)
     if (!use_kernel(_i))
         return;
     const int C = 8;
-    const size_t T = 300; /* more than one block of queries */
+    /* three blocks of queries and of keys (144 and 480), the last ones partial */
+    const size_t T = 1000;
     float *x = malloc(C * T * 4), *out = malloc(C * T * 4), *w[4], *b[4];
     fill_random(x, C * T, 11);
     for (int k = 0; k < 4; k++) {
@@ -344,7 +345,9 @@ START_TEST(attention_matches_definition)
     }
     ld_attn_weights aw = {w[0], b[0], w[1], b[1], w[2], b[2], w[3], b[3]};
     float *scratch = malloc(ld_attention_scratch_floats(C, T, ld_pool_threads(pool)) * 4);
-    ld_attention(pool, x, C, T, &aw, out, scratch);
+    _Atomic uint64_t blocks = 0;
+    ld_attention(pool, x, C, T, &aw, out, scratch, &blocks);
+    ck_assert_uint_eq(atomic_load(&blocks), (T + 143) / 144); /* one per block of queries */
     double *q = malloc(C * T * 8), *k = malloc(C * T * 8), *v = malloc(C * T * 8);
     double *proj[3] = {q, k, v};
     for (int p = 0; p < 3; p++)

@@ -127,8 +127,9 @@ typedef struct {
      * LD_ECANCELLED after the layer it is in (its working memory stays
      * with the pool, as after any call) */
     const _Atomic bool *cancel;
-    /* optional: incremented after every layer of every image, so a watchdog
-     * can tell a working call from a stuck one */
+    /* optional: incremented after every layer of every image (the mid-block
+     * attention: after every block of 144 queries, once for a small image),
+     * so a watchdog can tell a working call from a stuck one */
     _Atomic uint64_t *heartbeat;
 } ld_encode_opts;
 

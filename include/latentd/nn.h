@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "latentd/common.h"
 
@@ -174,7 +175,11 @@ typedef struct {
 } ld_attn_weights;
 
 size_t ld_attention_scratch_floats(int channels, size_t tokens, int threads);
+/* progress, when not NULL, is incremented after each block of queries (from
+ * the pool's threads), so a watchdog sees a long attention (minutes over the
+ * 65536 tokens of a 2048x2048 image) advance. */
 void ld_attention(ld_pool *pool, const float *xn, int channels, size_t tokens,
-                  const ld_attn_weights *w, float *out, float *scratch);
+                  const ld_attn_weights *w, float *out, float *scratch,
+                  _Atomic uint64_t *progress);
 
 #endif

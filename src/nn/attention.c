@@ -9,6 +9,7 @@
 #include "gemm.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #define QUERY_BLOCK 144 /* three 48-column panels of the AVX-512 kernel */
@@ -44,6 +45,7 @@ typedef struct {
     float *per_thread;    /* per_thread_floats(c) each */
     int c, tokens;
     float scale;
+    _Atomic uint64_t *progress; /* may be NULL */
 } attn_job;
 
 /* One thread's blocks, carved from its share of the scratch. */
@@ -147,12 +149,15 @@ static void attend_blocks(void *ctx, int first, int last, int thread)
     for (int blk = first; blk < last; blk++) {
         const int t0 = blk * QUERY_BLOCK;
         attend_block(j, &b, t0, j->tokens - t0 < QUERY_BLOCK ? j->tokens - t0 : QUERY_BLOCK);
+        if (j->progress)
+            atomic_fetch_add_explicit(j->progress, 1, memory_order_relaxed);
     }
 }
 
 /* scratch: ld_attention_scratch_floats(c, tokens, ld_pool_threads(pool)) floats */
 void ld_attention(ld_pool *pool, const float *xn, int c, size_t tokens,
-                  const ld_attn_weights *w, float *out, float *scratch)
+                  const ld_attn_weights *w, float *out, float *scratch,
+                  _Atomic uint64_t *progress)
 {
     const int T = (int)tokens;
     float *q = scratch;
@@ -161,7 +166,8 @@ void ld_attention(ld_pool *pool, const float *xn, int c, size_t tokens,
     project(pool, w->wq, w->bq, xn, c, tokens, q);
     project(pool, w->wk, w->bk, xn, c, tokens, k);
     project(pool, w->wv, w->bv, xn, c, tokens, v);
-    const attn_job job = {pool, q, k, v, v + (size_t)c * tokens, c, T, 1.0f / sqrtf((float)c)};
+    const attn_job job = {pool, q, k, v, v + (size_t)c * tokens, c, T, 1.0f / sqrtf((float)c),
+                          progress};
     ld_pool_for_dynamic(pool, (T + QUERY_BLOCK - 1) / QUERY_BLOCK, 1, attend_blocks,
                         (void *)&job);
     project(pool, w->wo, w->bo, q, c, tokens, out);

@@ -40,13 +40,19 @@ void pass_time(const pass *ps, stat_kind kind, double t0)
     }
 }
 
+/* LD_ECANCELLED once the caller has asked to stop */
+static int pass_cancelled(const pass *ps)
+{
+    if (ps->cancel && atomic_load_explicit(ps->cancel, memory_order_relaxed))
+        return LD_ECANCELLED;
+    return LD_OK;
+}
+
 int pass_layer_done(const pass *ps)
 {
     if (ps->heartbeat)
         atomic_fetch_add_explicit(ps->heartbeat, 1, memory_order_relaxed);
-    if (ps->cancel && atomic_load_explicit(ps->cancel, memory_order_relaxed))
-        return LD_ECANCELLED;
-    return LD_OK;
+    return pass_cancelled(ps);
 }
 
 int pass_image(const pass *ps, const step *s, int k)
@@ -153,10 +159,12 @@ static int attention_image(const pass *ps, const step *s, const step_bufs *b, in
                   at->norm.gamma, at->norm.beta, LD_GN_EPS, 0);
     pass_time(ps, STAT_NORM, t0);
     t0 = pass_now();
-    ld_attention(ps->pool, b->attn_in, s->in_ch, tokens, &w, b->out, b->scratch);
+    /* the heartbeat moves once per block of queries (once for a small image,
+     * as for any layer), so a watchdog sees minutes of attention advance */
+    ld_attention(ps->pool, b->attn_in, s->in_ch, tokens, &w, b->out, b->scratch, ps->heartbeat);
     ld_add_inplace(x, b->out, (size_t)s->in_ch * tokens);
     pass_time(ps, STAT_ATTENTION, t0);
-    return pass_layer_done(ps);
+    return pass_cancelled(ps);
 }
 
 /* A convolution that changes the activation's shape (downsample, conv_out,
