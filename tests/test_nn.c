@@ -32,7 +32,9 @@ static void pool_teardown(void)
 static bool use_kernel(int kind)
 {
     char err[LD_ERR_LEN];
-    if (!ld_kernel_available((ld_kernel)kind)) {
+    if (!ld_kernel_available((ld_kernel)kind)) { /* refused, with a reason */
+        ck_assert_int_eq(ld_pool_set_kernel(pool, (ld_kernel)kind, err), LD_EUNSUPPORTED);
+        ck_assert_ptr_nonnull(strstr(err, ld_kernel_name((ld_kernel)kind)));
         fprintf(stderr, "test_nn: no %s kernel on this CPU: not tested here\n",
                 ld_kernel_name((ld_kernel)kind));
         return false;

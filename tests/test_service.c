@@ -73,13 +73,11 @@ START_TEST(every_kernel_serves_the_fixtures)
 {
     const char *name = ld_kernel_name((ld_kernel)_i);
     char setting[64];
-    if (!ld_kernel_available((ld_kernel)_i)) { /* refused at start, with a reason */
-        char cmd[8192];
-        snprintf(cmd, sizeof cmd, "'%s/latentd' --model '%s' --listen 127.0.0.1:0 "
-                 "--kernel %s 2>&1 | grep -q 'no %s kernel'",
-                 getenv("LATENTD_BUILDDIR"), fixture("models/tiny-sd"), name, name);
-        ck_assert_msg(system(cmd) == 0, "latentd --kernel %s did not refuse on a CPU without it",
-                      name);
+    if (!ld_kernel_available((ld_kernel)_i)) {
+        /* no daemon for it: under valgrind this process lacks AVX-512 while
+         * a daemon it starts (run natively by the shell) has it; test_nn
+         * checks the refusal in-process */
+        fprintf(stderr, "test_service: no %s kernel on this CPU: not tested here\n", name);
         return;
     }
     snprintf(setting, sizeof setting, "kernel=%s", name);
