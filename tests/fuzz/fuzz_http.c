@@ -169,7 +169,7 @@ static void start_daemon(void)
     fz.st.budget_fixed = fixed;
     const srv_queue_params qp = {cfg->vae_split,          cfg->workers,   cfg->threads,
                                  cfg->max_batch_delay_ms, cfg->max_queue, cfg->decode_threads,
-                                 worker_memory};
+                                 worker_memory,           cfg->decode_timeout_ms, cfg->kernel};
     rc = srv_queue_new(&qp, &fz.st.metrics, &fz.st.queue, err);
     if (rc == LD_OK)
         rc = srv_http_start(&fz.st, err);
