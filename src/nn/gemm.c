@@ -98,77 +98,55 @@ static const ld_gemm_kernel generic_kernel = {
     .sums = ld_sums_generic,
 };
 
-ld_map_fn ld_best_map_row(void)
+/* The kernel whose elementwise work the CBLAS kernel borrows: the best one
+ * this CPU runs (ld_kernel_best's, without a pool). */
+static const ld_gemm_kernel *vector_kernel(void)
 {
-    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
-    if (!k)
-        k = ld_gemm_kernel_avx2();
-    return k ? k->map_row : ld_map_row_generic;
-}
-
-static void blas_map_row(const float *src, float *dst, int n, float scale, float shift, int silu)
-{
-    ld_best_map_row()(src, dst, n, scale, shift, silu);
-}
-
-static void blas_wino_weights(const float *w, int count, float *const u[36])
-{
-    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
-    if (!k)
-        k = ld_gemm_kernel_avx2();
-    (k ? k->wino_weights : ld_wino_weights_generic)(w, count, u);
-}
-
-static void blas_wino_rows(const float *const d[6], float *const t[6], int n)
-{
-    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
-    if (!k)
-        k = ld_gemm_kernel_avx2();
-    (k ? k->wino_rows : ld_wino_rows_generic)(d, t, n);
-}
-
-static void blas_wino_cols(const float *row, int tiles, float *const out[6])
-{
-    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
-    if (!k)
-        k = ld_gemm_kernel_avx2();
-    (k ? k->wino_cols : ld_wino_cols_generic)(row, tiles, out);
+    return ld_gemm_kernel_get(ld_kernel_best());
 }
 
 /* OpenBLAS (or whatever CBLAS the build links): for comparison, and the
  * path the benchmark measures its own kernels against.  Its elementwise
  * work is the best kernel's. */
+static void blas_map_row(const float *src, float *dst, int n, float scale, float shift, int silu)
+{
+    vector_kernel()->map_row(src, dst, n, scale, shift, silu);
+}
+
+static void blas_wino_weights(const float *w, int count, float *const u[36])
+{
+    vector_kernel()->wino_weights(w, count, u);
+}
+
+static void blas_wino_rows(const float *const d[6], float *const t[6], int n)
+{
+    vector_kernel()->wino_rows(d, t, n);
+}
+
+static void blas_wino_cols(const float *row, int tiles, float *const out[6])
+{
+    vector_kernel()->wino_cols(row, tiles, out);
+}
+
 static void blas_wino_out_row(const float *const sv[6], int tiles, float bias, float *row,
                               int accumulate)
 {
-    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
-    if (!k)
-        k = ld_gemm_kernel_avx2();
-    (k ? k->wino_out_row : ld_wino_out_row_generic)(sv, tiles, bias, row, accumulate);
+    vector_kernel()->wino_out_row(sv, tiles, bias, row, accumulate);
 }
 
 static double blas_exp_sum(float *row, int n, float shift)
 {
-    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
-    if (!k)
-        k = ld_gemm_kernel_avx2();
-    return (k ? k->exp_sum : ld_exp_sum_generic)(row, n, shift);
+    return vector_kernel()->exp_sum(row, n, shift);
 }
 
 static void blas_even(const float *src, float *dst, int n)
 {
-    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
-    if (!k)
-        k = ld_gemm_kernel_avx2();
-    (k ? k->even : ld_even_generic)(src, dst, n);
+    vector_kernel()->even(src, dst, n);
 }
 
 static void blas_sums(const float *x, size_t n, double *sum, double *sum_sq)
 {
-    const ld_gemm_kernel *k = ld_gemm_kernel_avx512();
-    if (!k)
-        k = ld_gemm_kernel_avx2();
-    (k ? k->sums : ld_sums_generic)(x, n, sum, sum_sq);
+    vector_kernel()->sums(x, n, sum, sum_sq);
 }
 
 static const ld_gemm_kernel blas_kernel = {

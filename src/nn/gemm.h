@@ -96,8 +96,6 @@ const ld_gemm_kernel *ld_gemm_kernel_get(ld_kernel kind);
  * the instructions. */
 const ld_gemm_kernel *ld_gemm_kernel_avx512(void);
 const ld_gemm_kernel *ld_gemm_kernel_avx2(void);
-/* The map of the best kernel this CPU runs, for LD_KERNEL_BLAS. */
-ld_map_fn ld_best_map_row(void);
 
 /* The pool's kernel (the best one for a NULL pool). */
 const ld_gemm_kernel *ld_pool_gemm(const ld_pool *pool);
