@@ -119,7 +119,8 @@ daemon_t start_daemon(const char *model, const char *const *extra)
     const char *build = getenv("LATENTD_BUILDDIR");
     char bin[4200];
     snprintf(bin, sizeof bin, "%s/latentd", build ? build : ".");
-    const char *argv[64] = {bin, "--model", fixture("%s", model), "--listen", "127.0.0.1:0",
+    const char *model_path = model[0] == '/' ? model : fixture("%s", model);
+    const char *argv[64] = {bin, "--model", model_path, "--listen", "127.0.0.1:0",
                             "--log-file", d.log, "--threads", "1"};
     int argc = 9;
     char scaled[N_SCALED_LIMITS][64];

@@ -23,7 +23,8 @@ typedef struct {
     char dir[4200];
 } daemon_t;
 
-/* Start latentd with extra flags (NULL-terminated); returns once it is READY. */
+/* Start latentd on a model (a folder under the fixtures, or an absolute path)
+ * with extra flags (NULL-terminated); returns once it is READY. */
 daemon_t start_daemon(const char *model, const char *const *extra);
 /* Block until the daemon sends a notify message containing state ("STOPPING=1"). */
 int daemon_wait_notify(daemon_t *d, const char *state);

@@ -37,10 +37,7 @@ static char *dir;
 static void setup(void) { dir = make_temp_dir(); }
 static void teardown(void)
 {
-    char cmd[4300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
-    free(dir);
+    remove_temp_dir(dir);
 }
 
 /* dir/rel in a static buffer per call slot */

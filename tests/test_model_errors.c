@@ -22,10 +22,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    char cmd[4300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
-    free(dir);
+    remove_temp_dir(dir);
 }
 
 static void copy_file(const char *from, const char *to)

@@ -13,10 +13,7 @@ static char *tmp_dir;
 static void setup(void) { tmp_dir = make_temp_dir(); }
 static void teardown(void)
 {
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
-    ck_assert_int_eq(system(cmd), 0);
-    free(tmp_dir);
+    remove_temp_dir(tmp_dir);
 }
 
 static const char *tmp_path(const char *name)

@@ -6,8 +6,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 const char *fixture(const char *fmt, ...)
 {
@@ -61,6 +62,16 @@ char *make_temp_dir(void)
     return dir;
 }
 
+void remove_temp_dir(char *dir)
+{
+    if (!getenv("LATENTD_TEST_KEEP")) { /* to look at what a failed test left */
+        char cmd[4300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        ck_assert_int_eq(system(cmd), 0);
+    }
+    free(dir);
+}
+
 uint8_t *read_all(const char *path, size_t *len)
 {
     FILE *fp = fopen(path, "rb");
@@ -82,6 +93,96 @@ void write_all(const char *path, const void *data, size_t len)
     ck_assert_msg(fp != NULL, "cannot create %s", path);
     ck_assert_int_eq(fwrite(data, 1, len, fp), len);
     ck_assert_int_eq(fclose(fp), 0);
+}
+
+/* One tensor of the wide model: its name and shape (unused dims 0). */
+typedef struct {
+    char name[64];
+    int64_t shape[4];
+} wide_tensor;
+
+static size_t wide_resnet(wide_tensor *t, const char *prefix, int64_t c)
+{
+    static const char *const norms[] = {"norm1", "norm2"}, *const convs[] = {"conv1", "conv2"};
+    size_t n = 0;
+    for (int i = 0; i < 2; i++) {
+        t[n] = (wide_tensor){"", {c}};
+        snprintf(t[n++].name, sizeof t->name, "%s%s.weight", prefix, norms[i]);
+        t[n] = (wide_tensor){"", {c}};
+        snprintf(t[n++].name, sizeof t->name, "%s%s.bias", prefix, norms[i]);
+        t[n] = (wide_tensor){"", {c, c, 3, 3}};
+        snprintf(t[n++].name, sizeof t->name, "%s%s.weight", prefix, convs[i]);
+        t[n] = (wide_tensor){"", {c}};
+        snprintf(t[n++].name, sizeof t->name, "%s%s.bias", prefix, convs[i]);
+    }
+    return n;
+}
+
+/* The encoder's tensors for one block of c channels without attention. */
+static size_t wide_tensors(wide_tensor *t, int64_t c)
+{
+    size_t n = 0;
+    t[n++] = (wide_tensor){"encoder.conv_in.weight", {c, 3, 3, 3}};
+    t[n++] = (wide_tensor){"encoder.conv_in.bias", {c}};
+    n += wide_resnet(t + n, "encoder.down_blocks.0.resnets.0.", c);
+    n += wide_resnet(t + n, "encoder.mid_block.resnets.0.", c);
+    n += wide_resnet(t + n, "encoder.mid_block.resnets.1.", c);
+    t[n++] = (wide_tensor){"encoder.conv_norm_out.weight", {c}};
+    t[n++] = (wide_tensor){"encoder.conv_norm_out.bias", {c}};
+    t[n++] = (wide_tensor){"encoder.conv_out.weight", {8, c, 3, 3}};
+    t[n++] = (wide_tensor){"encoder.conv_out.bias", {8}};
+    t[n++] = (wide_tensor){"quant_conv.weight", {8, 8, 1, 1}};
+    t[n++] = (wide_tensor){"quant_conv.bias", {8}};
+    return n;
+}
+
+void write_wide_model(const char *dir, int channels)
+{
+    wide_tensor t[40];
+    const size_t count = wide_tensors(t, channels);
+    char header[8192] = "{";
+    size_t used = 1, offset = 0;
+    for (size_t i = 0; i < count; i++) {
+        size_t bytes = 4;
+        char shape[96] = "";
+        for (int d = 0; d < 4 && t[i].shape[d]; d++) {
+            bytes *= (size_t)t[i].shape[d];
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%lld",
+                     d ? "," : "", (long long)t[i].shape[d]);
+        }
+        used += (size_t)snprintf(header + used, sizeof header - used,
+                                 "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[%s],"
+                                 "\"data_offsets\":[%zu,%zu]}",
+                                 i ? "," : "", t[i].name, shape, offset, offset + bytes);
+        ck_assert_uint_lt(used, sizeof header - 16);
+        offset += bytes;
+    }
+    header[used++] = '}';
+    while (used % 8) /* the data starts 8-aligned */
+        header[used++] = ' ';
+    char path[4200];
+    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
+    FILE *fp = fopen(path, "wb");
+    ck_assert_msg(fp != NULL, "cannot create %s", path);
+    const uint64_t header_len = used; /* little-endian on every target we build */
+    ck_assert_int_eq(fwrite(&header_len, 8, 1, fp), 1);
+    ck_assert_int_eq(fwrite(header, 1, used, fp), used);
+    ck_assert_int_eq(fflush(fp), 0);
+    /* zeros without writing them: the weights' values do not change the time */
+    ck_assert_int_eq(ftruncate(fileno(fp), (off_t)(8 + used + offset)), 0);
+    ck_assert_int_eq(fclose(fp), 0);
+    char config[1024];
+    const int len = snprintf(config, sizeof config,
+                             "{\"_class_name\": \"AutoencoderKL\", \"act_fn\": \"silu\", "
+                             "\"block_out_channels\": [%d], "
+                             "\"down_block_types\": [\"DownEncoderBlock2D\"], "
+                             "\"in_channels\": 3, \"latent_channels\": 4, "
+                             "\"layers_per_block\": 1, \"mid_block_add_attention\": false, "
+                             "\"norm_num_groups\": 32, \"scaling_factor\": 0.18215, "
+                             "\"use_quant_conv\": true}\n",
+                             channels);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    write_all(path, config, (size_t)len);
 }
 
 static int by_name(const void *a, const void *b)

@@ -20,14 +20,23 @@ float *read_tensor(const char *path, const char *name, size_t *numel, int64_t sh
 /* max |a-b| / (1 + |b|): the fixtures README's metric, b the expected values. */
 double rel_error(const float *a, const float *b, size_t n);
 
-/* A fresh temporary directory, and a file's whole contents. */
+/* A fresh temporary directory; remove_temp_dir deletes it with all it holds
+ * (unless LATENTD_TEST_KEEP is set) and frees the name. */
 char *make_temp_dir(void);
+void remove_temp_dir(char *dir);
+/* A file's whole contents. */
 uint8_t *read_all(const char *path, size_t *len);
 void write_all(const char *path, const void *data, size_t len);
 
 /* The names in a folder (no dot files), sorted; fails the test if it cannot be read. */
 char **dir_entries(const char *path, int *count);
 void dir_entries_free(char **names, int count);
+
+/* A model of one block of `channels` channels, no attention, all weights
+ * zero, written into `dir` (config.json and a sparse safetensors file).  Each
+ * of its 3x3 convolutions is one layer whose time grows with channels²: the
+ * tests' way to hold a worker in one layer longer than stall_timeout_ms. */
+void write_wide_model(const char *dir, int channels);
 
 /* Deterministic pseudo-random floats in [-1, 1). */
 void fill_random(float *x, size_t n, uint32_t seed);
