@@ -225,7 +225,7 @@ static void run_stage(ld_pool *pool, const stage *s, const buffers *bf)
         const float *w = bf->a, *bias = bf->a + 4 * cc;
         const ld_attn_weights aw = {w, bias, w + cc, bias, w + 2 * cc, bias, w + 3 * cc, bias};
         ld_attention(pool, bf->b, s->channels, (size_t)s->tokens, &aw, bf->c, bf->scratch,
-                     NULL);
+                     NULL, NULL);
     }
     }
 }

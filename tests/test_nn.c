@@ -347,8 +347,18 @@ START_TEST(attention_matches_definition)
     }
     ld_attn_weights aw = {w[0], b[0], w[1], b[1], w[2], b[2], w[3], b[3]};
     float *scratch = malloc(ld_attention_scratch_floats(C, T, ld_pool_threads(pool)) * 4);
+    /* cancelled before it starts: no block runs and out is left alone */
+    _Atomic bool cancel = true;
     _Atomic uint64_t blocks = 0;
-    ld_attention(pool, x, C, T, &aw, out, scratch, &blocks);
+    for (size_t i = 0; i < C * T; i++)
+        out[i] = 42.0f;
+    ck_assert_int_eq(ld_attention(pool, x, C, T, &aw, out, scratch, &blocks, &cancel),
+                     LD_ECANCELLED);
+    ck_assert_uint_eq(atomic_load(&blocks), 0);
+    for (size_t i = 0; i < C * T; i++)
+        ck_assert_float_eq(out[i], 42.0f);
+    atomic_store(&cancel, false);
+    ck_assert_int_eq(ld_attention(pool, x, C, T, &aw, out, scratch, &blocks, &cancel), LD_OK);
     ck_assert_uint_eq(atomic_load(&blocks), (T + 143) / 144); /* one per block of queries */
     double *q = malloc(C * T * 8), *k = malloc(C * T * 8), *v = malloc(C * T * 8);
     double *proj[3] = {q, k, v};

@@ -177,9 +177,11 @@ typedef struct {
 size_t ld_attention_scratch_floats(int channels, size_t tokens, int threads);
 /* progress, when not NULL, is incremented after each block of queries (from
  * the pool's threads), so a watchdog sees a long attention (minutes over the
- * 65536 tokens of a 2048x2048 image) advance. */
-void ld_attention(ld_pool *pool, const float *xn, int channels, size_t tokens,
-                  const ld_attn_weights *w, float *out, float *scratch,
-                  _Atomic uint64_t *progress);
+ * 65536 tokens of a 2048x2048 image) advance.  Once *cancel (may be NULL) is
+ * set, the blocks not yet started are skipped and LD_ECANCELLED returned
+ * (out is then unwritten); LD_OK otherwise. */
+int ld_attention(ld_pool *pool, const float *xn, int channels, size_t tokens,
+                 const ld_attn_weights *w, float *out, float *scratch,
+                 _Atomic uint64_t *progress, const _Atomic bool *cancel);
 
 #endif

@@ -46,6 +46,7 @@ typedef struct {
     int c, tokens;
     float scale;
     _Atomic uint64_t *progress; /* may be NULL */
+    const _Atomic bool *cancel; /* may be NULL */
 } attn_job;
 
 /* One thread's blocks, carved from its share of the scratch. */
@@ -147,6 +148,8 @@ static void attend_blocks(void *ctx, int first, int last, int thread)
     const attn_job *j = ctx;
     thread_blocks b = carve(j, thread);
     for (int blk = first; blk < last; blk++) {
+        if (j->cancel && atomic_load_explicit(j->cancel, memory_order_relaxed))
+            return; /* the caller stopped waiting: what is left is wasted work */
         const int t0 = blk * QUERY_BLOCK;
         attend_block(j, &b, t0, j->tokens - t0 < QUERY_BLOCK ? j->tokens - t0 : QUERY_BLOCK);
         if (j->progress)
@@ -155,9 +158,9 @@ static void attend_blocks(void *ctx, int first, int last, int thread)
 }
 
 /* scratch: ld_attention_scratch_floats(c, tokens, ld_pool_threads(pool)) floats */
-void ld_attention(ld_pool *pool, const float *xn, int c, size_t tokens,
-                  const ld_attn_weights *w, float *out, float *scratch,
-                  _Atomic uint64_t *progress)
+int ld_attention(ld_pool *pool, const float *xn, int c, size_t tokens,
+                 const ld_attn_weights *w, float *out, float *scratch,
+                 _Atomic uint64_t *progress, const _Atomic bool *cancel)
 {
     const int T = (int)tokens;
     float *q = scratch;
@@ -167,8 +170,11 @@ void ld_attention(ld_pool *pool, const float *xn, int c, size_t tokens,
     project(pool, w->wk, w->bk, xn, c, tokens, k);
     project(pool, w->wv, w->bv, xn, c, tokens, v);
     const attn_job job = {pool, q, k, v, v + (size_t)c * tokens, c, T, 1.0f / sqrtf((float)c),
-                          progress};
+                          progress, cancel};
     ld_pool_for_dynamic(pool, (T + QUERY_BLOCK - 1) / QUERY_BLOCK, 1, attend_blocks,
                         (void *)&job);
+    if (cancel && atomic_load(cancel))
+        return LD_ECANCELLED;
     project(pool, w->wo, w->bo, q, c, tokens, out);
+    return LD_OK;
 }

@@ -160,11 +160,14 @@ static int attention_image(const pass *ps, const step *s, const step_bufs *b, in
     pass_time(ps, STAT_NORM, t0);
     t0 = pass_now();
     /* the heartbeat moves once per block of queries (once for a small image,
-     * as for any layer), so a watchdog sees minutes of attention advance */
-    ld_attention(ps->pool, b->attn_in, s->in_ch, tokens, &w, b->out, b->scratch, ps->heartbeat);
-    ld_add_inplace(x, b->out, (size_t)s->in_ch * tokens);
+     * as for any layer), so a watchdog sees minutes of attention advance; a
+     * cancel stops it between blocks */
+    const int rc = ld_attention(ps->pool, b->attn_in, s->in_ch, tokens, &w, b->out, b->scratch,
+                                ps->heartbeat, ps->cancel);
+    if (rc == LD_OK)
+        ld_add_inplace(x, b->out, (size_t)s->in_ch * tokens);
     pass_time(ps, STAT_ATTENTION, t0);
-    return pass_cancelled(ps);
+    return rc != LD_OK ? rc : pass_cancelled(ps);
 }
 
 /* A convolution that changes the activation's shape (downsample, conv_out,
