@@ -223,6 +223,38 @@ static void *tiny_png(int w, int h, size_t *len)
     return buf;
 }
 
+/* A client that sends an oversized body whole, without waiting for an
+ * answer (as Python's requests does), still reads its 413: the daemon reads
+ * the body and drops it rather than close on unread data, whose reset would
+ * destroy the answer.  The body is larger than the loopback's buffers, so
+ * the send itself fails if the daemon stops reading. */
+START_TEST(an_oversized_body_sent_whole_gets_its_413)
+{
+    static const char *const flags[] = {"--set", "max_body_bytes=4M", NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    const size_t body_len = 6u << 20; /* past the limit, within twice it */
+    char *body = calloc(1, body_len);
+    ck_assert_ptr_nonnull(body);
+    char head[256];
+    const int hl = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\n"
+                            "Content-Type: image/png\r\nContent-Length: %zu\r\n\r\n", body_len);
+    const int fd = raw_connect(&d);
+    raw_send(fd, head, (size_t)hl);
+    raw_send(fd, body, body_len);
+    char *answer = raw_read_all(fd, NULL);
+    ck_assert_int_eq(raw_status(answer), 413);
+    ck_assert_ptr_nonnull(strstr(answer, "\"body-too-large\""));
+    free(answer);
+    close(fd);
+    free(body);
+    /* the daemon serves on */
+    reply r = http(&d, "/healthz", NULL, NULL, 0, NULL, NULL);
+    ck_assert_int_eq(r.status, 200);
+    free(r.body);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
 START_TEST(bad_requests_get_clear_errors)
 {
     static const char *const flags[] = {"--set", "max_body_bytes=60000", "--set",
@@ -668,6 +700,7 @@ static Suite *service_suite(void)
     tcase_add_test(tc, multipart_and_raw_bodies);
     tcase_add_test(tc, mixed_sizes_answer_per_image);
     tcase_add_test(tc, bad_requests_get_clear_errors);
+    tcase_add_test(tc, an_oversized_body_sent_whole_gets_its_413);
     tcase_add_test(tc, queue_limit_timeout_and_auth);
     tcase_add_test(tc, concurrent_clients_batch_without_mixups);
     tcase_add_test(tc, a_batch_waits_for_images_being_decoded);

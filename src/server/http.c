@@ -127,6 +127,7 @@ typedef struct {
     size_t reserved;          /* budget held by the request until its job takes it */
     bool chunked;             /* no Content-Length: reserve as the body arrives */
     bool body_pending;        /* a body was announced and is not all in yet */
+    bool drain;               /* refused at its headers; its body is read and dropped */
     size_t declared;          /* its Content-Length */
     struct MHD_PostProcessor *pp;
     srv_blobs blobs;
@@ -558,6 +559,22 @@ static answer_error check_framing(request *rq, struct MHD_Connection *c, framing
     return E_NONE;
 }
 
+/* Whether a body refused for its size is read (and dropped) before the 413
+ * goes out.  Closing a socket with unread data makes the kernel send a
+ * reset, which can destroy the answer at the client before it is read: a
+ * client that sends its body without waiting (no "Expect: 100-continue",
+ * as Python's requests) would see "connection reset" instead of the 413.
+ * Reading costs bandwidth, never memory, and body_timeout_ms bounds it; a
+ * body more than twice max_body_bytes is not worth it and is answered at
+ * once. */
+static bool worth_draining(const srv_state *st, struct MHD_Connection *c, uint64_t length)
+{
+    const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    if (expect && strcasestr(expect, "100-continue"))
+        return false; /* the client waits for our word before it sends the body */
+    return length - st->cfg->max_body_bytes <= st->cfg->max_body_bytes;
+}
+
 /* Headers are in: decide what can be decided before the body. */
 static void start_encode(request *rq, struct MHD_Connection *c, const framing *f)
 {
@@ -578,6 +595,7 @@ static void start_encode(request *rq, struct MHD_Connection *c, const framing *f
     }
     if (f->lengths && f->length > st->cfg->max_body_bytes) {
         fail(rq, E_BODY_TOO_LARGE, "the body is larger than %zu bytes", st->cfg->max_body_bytes);
+        rq->drain = worth_draining(st, c, f->length);
         return;
     }
     const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -642,6 +660,8 @@ static bool receive(request *rq, const char *data, size_t size)
 {
     srv_state *st = rq->st;
     rq->received += size;
+    if (rq->drain)
+        return true; /* dropped: the 413 goes out once it is all read */
     if (rq->received > st->cfg->max_body_bytes)
         return false;
     if (rq->failed)
@@ -1085,8 +1105,9 @@ static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const
         start_encode(rq, c, &f);
     else if ((rq->route == ROUTE_MODEL || rq->route == ROUTE_MODELS) && !authorised(st, c))
         fail(rq, E_UNAUTHORIZED, "missing or wrong API key");
-    /* refused from its headers alone: answer now, before any body is sent */
-    if (rq->failed)
+    /* refused from its headers alone: answer now, before any body is sent
+     * (unless its body is drained first: see worth_draining) */
+    if (rq->failed && !rq->drain)
         return send_failure(rq, method, url);
     return MHD_YES;
 }
