@@ -357,6 +357,8 @@ typedef struct {
 
 static int batch_alloc(batch_buffers *b, int n)
 {
+    if (n < 1) /* never: a batch holds an image (and the compiler learns n's range) */
+        return LD_EINVAL;
     b->images = calloc((size_t)n, sizeof *b->images);
     b->seeds = calloc((size_t)n, sizeof *b->seeds);
     b->results = calloc((size_t)n, sizeof *b->results);
