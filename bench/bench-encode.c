@@ -2,6 +2,7 @@
  *
  *   bench-encode [--model PATH | --random-sd] [--size N] [--batch N] [--reps N]
  *                [--threads N] [--save-model DIR] [--pipeline N] [--kernel NAME]
+ *                [--banding auto|off|on]
  *   bench-encode --kernels [--threads N] [--reps N] [--kernel NAME]
  *
  * --random-sd writes a full-size SD VAE encoder (block_out_channels
@@ -17,7 +18,9 @@
  * alternating, the best counting.
  *
  * --kernel NAME encodes with that matrix kernel (auto, avx512, avx2, generic,
- * blas) instead of the CPU's best.  --kernels prints the machine's measured
+ * blas) instead of the CPU's best.  --banding chooses how a pass trades
+ * time for memory (ld_banding: auto by default; on bands every layer that
+ * can be, as a huge image would, to measure what banding costs).  --kernels prints the machine's measured
  * FMA peak and the GFLOP/s of each of the encoder's stages under every
  * kernel this CPU has (bench/kernels.c). */
 #include "latentd/dataset.h"
@@ -308,11 +311,25 @@ static int bench_pipeline(const ld_model *model, ld_pool *pool, int n, int size,
     return LD_OK;
 }
 
+/* --banding's word as an ld_banding; non-zero when it is none of them */
+static int parse_banding(const char *word, ld_banding *out)
+{
+    static const struct { const char *name; ld_banding value; } names[] = {
+        {"auto", LD_BANDING_AUTO}, {"off", LD_BANDING_OFF}, {"on", LD_BANDING_ON}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(word, names[i].name)) {
+            *out = names[i].value;
+            return 0;
+        }
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
     const char *model_path = NULL, *save_dir = NULL;
     int size = 512, batch = 1, reps = 3, threads = 0, random_sd = 0, pipeline = 0, kernels = 0;
     ld_kernel kernel = LD_KERNEL_AUTO;
+    ld_banding banding = LD_BANDING_AUTO;
     char err[LD_ERR_LEN];
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"random-sd", no_argument, 0, 'r'},
@@ -320,7 +337,7 @@ int main(int argc, char **argv)
         {"reps", required_argument, 0, 'n'},  {"threads", required_argument, 0, 't'},
         {"save-model", required_argument, 0, 'S'}, {"pipeline", required_argument, 0, 'p'},
         {"kernel", required_argument, 0, 'k'},     {"kernels", no_argument, 0, 'K'},
-        {0, 0, 0, 0}};
+        {"banding", required_argument, 0, 'B'},    {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:rs:b:n:t:", opts, NULL)) != -1) {
         switch (c) {
@@ -339,10 +356,17 @@ int main(int argc, char **argv)
             }
             break;
         case 'K': kernels = 1; break;
+        case 'B':
+            if (parse_banding(optarg, &banding) != 0) {
+                fprintf(stderr, "bench-encode: --banding takes auto, off or on\n");
+                return 2;
+            }
+            break;
         default:
             fprintf(stderr, "usage: bench-encode [--model PATH | --random-sd] [--size N] "
                             "[--batch N] [--reps N] [--threads N] [--save-model DIR] "
-                            "[--pipeline N] [--kernel NAME] [--kernels]\n");
+                            "[--pipeline N] [--kernel NAME] [--banding auto|off|on] "
+                            "[--kernels]\n");
             return 2;
         }
     }
@@ -396,6 +420,7 @@ int main(int argc, char **argv)
     ld_encode_opts_init(&eo);
     eo.vae_split = batch;
     eo.pool = pool; /* made once, as a daemon's worker does */
+    eo.banding = banding;
     if (pipeline > 0) {
         /* warm up like the plain mode, then time both paths */
         ld_encode_out warm = {latents, NULL, NULL, NULL, 0};
@@ -446,7 +471,9 @@ int main(int argc, char **argv)
            cpu / reps, batch * reps / cpu);
     printf("per stage    conv %.3f s, norm %.3f s, attention %.3f s, other %.3f s (per pass)\n",
            stats.conv / reps, stats.norm / reps, stats.attention / reps, stats.other / reps);
-    printf("workspace    %.1f MiB for a pass of %d\n",
+    printf("banded       %ld layers per pass (--banding %s)\n", stats.banded_layers / reps,
+           banding == LD_BANDING_ON ? "on" : banding == LD_BANDING_OFF ? "off" : "auto");
+    printf("workspace    %.1f MiB for a pass of %d (banding auto)\n",
            ld_encode_workspace_bytes(model, batch, size, size, ld_pool_threads(pool)) / 1048576.0,
            batch);
     printf("peak RSS     %.1f MiB\n", ru.ru_maxrss / 1024.0);
