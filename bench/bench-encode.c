@@ -20,8 +20,9 @@
  * --kernel NAME encodes with that matrix kernel (auto, avx512, avx2, generic,
  * blas) instead of the CPU's best.  --banding chooses how a pass trades
  * time for memory (ld_banding: auto by default; on bands every layer that
- * can be, as a huge image would, to measure what banding costs).  --kernels prints the machine's measured
- * FMA peak and the GFLOP/s of each of the encoder's stages under every
+ * can be, as a huge image would, to measure what banding costs; not with
+ * --pipeline, which measures the default).  --kernels prints the machine's
+ * measured FMA peak and the GFLOP/s of each of the encoder's stages under every
  * kernel this CPU has (bench/kernels.c). */
 #include "latentd/dataset.h"
 #include "latentd/encoder.h"
@@ -370,6 +371,10 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (pipeline > 0 && banding != LD_BANDING_AUTO) {
+        fprintf(stderr, "bench-encode: --pipeline measures the default banding only\n");
+        return 2;
+    }
     ld_encoder_init();
     if (kernels)
         return bench_kernels(threads, reps, kernel);
@@ -471,7 +476,8 @@ int main(int argc, char **argv)
            cpu / reps, batch * reps / cpu);
     printf("per stage    conv %.3f s, norm %.3f s, attention %.3f s, other %.3f s (per pass)\n",
            stats.conv / reps, stats.norm / reps, stats.attention / reps, stats.other / reps);
-    printf("banded       %ld layers per pass (--banding %s)\n", stats.banded_layers / reps,
+    printf("banded       %ld layers of each image per pass (--banding %s)\n",
+           stats.banded_layers / reps / batch,
            banding == LD_BANDING_ON ? "on" : banding == LD_BANDING_OFF ? "off" : "auto");
     printf("workspace    %.1f MiB for a pass of %d (banding auto)\n",
            ld_encode_workspace_bytes(model, batch, size, size, ld_pool_threads(pool)) / 1048576.0,

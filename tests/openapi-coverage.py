@@ -190,8 +190,8 @@ def recipes(fx):
     def post(path, headers, body=b"", send_body=True):
         return lambda d: request(d.port, "POST", path, headers, body, send_body)
 
-    def get(path, headers=()):
-        return lambda d: request(d.port, "GET", path, headers)
+    def get(path, headers=(), body=b""):
+        return lambda d: request(d.port, "GET", path, headers, body)
 
     # no body follows: a Transfer-Encoding other than chunked is refused at the headers
     gzip = [("Content-Type", "image/png"), ("Transfer-Encoding", "gzip")]
@@ -269,7 +269,10 @@ def recipes(fx):
         ("/v1/models", "GET", 200, "keyed", "with the key", None,
          get("/v1/models", key_header())),
         ("/v1/models", "GET", 401, "keyed", "no API key", "unauthorized", get("/v1/models")),
-    ]
+    ] + [(path, "GET", 400, "keyed", "a body: nothing reads it", "bad-request",
+          get(path, key_header(), b"x" * 100))
+         for path in ("/healthz", "/v2/health/live", "/readyz", "/v2/health/ready", "/metrics",
+                      "/v1/model", "/v1/models")]
 
 
 # ---- what openapi.yaml says ----

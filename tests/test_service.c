@@ -227,10 +227,12 @@ static void *tiny_png(int w, int h, size_t *len)
  * answer (as Python's requests does), still reads its 413: the daemon reads
  * the body and drops it rather than close on unread data, whose reset would
  * destroy the answer.  The body is larger than the loopback's buffers, so
- * the send itself fails if the daemon stops reading. */
+ * the send itself fails if the daemon stops reading.  Bodies not worth
+ * reading are still refused at their headers. */
 START_TEST(an_oversized_body_sent_whole_gets_its_413)
 {
-    static const char *const flags[] = {"--set", "max_body_bytes=4M", NULL};
+    static const char *const flags[] = {"--set", "max_body_bytes=4M", "--set",
+                                        "body_timeout_ms=600000", NULL};
     daemon_t d = start_daemon("models/tiny-sd", flags);
     const size_t body_len = 6u << 20; /* past the limit, within twice it */
     char *body = calloc(1, body_len);
@@ -247,6 +249,28 @@ START_TEST(an_oversized_body_sent_whole_gets_its_413)
     free(answer);
     close(fd);
     free(body);
+    /* past twice the limit, or from a client that waits for "100 Continue":
+     * answered at the headers, the body never awaited (were it awaited, the
+     * answer would take body_timeout_ms) */
+    static const char *const heads[] = {
+        "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        "Content-Length: 8388609\r\n\r\n",
+        "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        "Expect: 100-continue\r\nContent-Length: 6291456\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof heads / sizeof heads[0]; i++) {
+        const int at_once = raw_connect(&d);
+        const double t0 = now_seconds();
+        raw_send(at_once, heads[i], strlen(heads[i]));
+        answer = raw_read_all(at_once, NULL);
+        ck_assert_msg(now_seconds() - t0 < 30 * test_time_scale(), "request %zu waited %.1f s",
+                      i, now_seconds() - t0);
+        ck_assert_int_eq(raw_status(answer), 413);
+        ck_assert_ptr_nonnull(strstr(answer, "\"body-too-large\""));
+        ck_assert_ptr_null(strstr(answer, "100 Continue"));
+        free(answer);
+        close(at_once);
+    }
     /* the daemon serves on */
     reply r = http(&d, "/healthz", NULL, NULL, 0, NULL, NULL);
     ck_assert_int_eq(r.status, 200);

@@ -1,6 +1,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
@@ -127,7 +128,7 @@ typedef struct {
     size_t reserved;          /* budget held by the request until its job takes it */
     bool chunked;             /* no Content-Length: reserve as the body arrives */
     bool body_pending;        /* a body was announced and is not all in yet */
-    bool drain;               /* refused at its headers; its body is read and dropped */
+    bool discard_body;        /* refused at its headers; its body is read and dropped */
     size_t declared;          /* its Content-Length */
     struct MHD_PostProcessor *pp;
     srv_blobs blobs;
@@ -559,24 +560,42 @@ static answer_error check_framing(request *rq, struct MHD_Connection *c, framing
     return E_NONE;
 }
 
-/* Whether a body refused for its size is read (and dropped) before the 413
- * goes out.  Closing a socket with unread data makes the kernel send a
- * reset, which can destroy the answer at the client before it is read: a
- * client that sends its body without waiting (no "Expect: 100-continue",
- * as Python's requests) would see "connection reset" instead of the 413.
- * Reading costs bandwidth, never memory, and body_timeout_ms bounds it; a
- * body more than twice max_body_bytes is not worth it and is answered at
- * once. */
-static bool worth_draining(const srv_state *st, struct MHD_Connection *c, uint64_t length)
+/* Bodies refused for their size that are read and dropped at once, at
+ * most: reading costs no memory, but each such client takes bandwidth. */
+enum { MAX_BODIES_DISCARDED = 8 };
+
+/* Whether a body refused for its size (length > max_body_bytes) is read and
+ * dropped before the 413 goes out.  Closing a socket with unread data makes
+ * the kernel send a reset, which can destroy the answer at the client before
+ * it is read: a client that sends its body without waiting (no "Expect:
+ * 100-continue", as Python's requests) would see "connection reset" instead
+ * of the 413.  Reading costs bandwidth, never memory, and body_timeout_ms
+ * bounds it (a client too slow for it is cut without an answer, as is one
+ * still sending when the daemon shuts down).  A body past twice
+ * max_body_bytes is not worth it, nor is one past MAX_BODIES_DISCARDED at
+ * once: those are answered at once.  True takes a slot of st->discarding. */
+static bool body_worth_discarding(srv_state *st, struct MHD_Connection *c, const char *version,
+                                  uint64_t length)
 {
+    const size_t limit = st->cfg->max_body_bytes;
+    assert(length > limit);
+    if (length - limit > limit)
+        return false;
+    /* libmicrohttpd's own test for when it sends "100 Continue" */
     const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
-    if (expect && strcasestr(expect, "100-continue"))
+    if (!strcmp(version, MHD_HTTP_VERSION_1_1) && expect && !strcasecmp(expect, "100-continue"))
         return false; /* the client waits for our word before it sends the body */
-    return length - st->cfg->max_body_bytes <= st->cfg->max_body_bytes;
+    int now = atomic_load(&st->discarding);
+    do {
+        if (now >= MAX_BODIES_DISCARDED)
+            return false;
+    } while (!atomic_compare_exchange_weak(&st->discarding, &now, now + 1));
+    return true;
 }
 
 /* Headers are in: decide what can be decided before the body. */
-static void start_encode(request *rq, struct MHD_Connection *c, const framing *f)
+static void start_encode(request *rq, struct MHD_Connection *c, const char *version,
+                         const framing *f)
 {
     srv_state *st = rq->st;
     srv_options_clear(&rq->from_body);
@@ -595,7 +614,7 @@ static void start_encode(request *rq, struct MHD_Connection *c, const framing *f
     }
     if (f->lengths && f->length > st->cfg->max_body_bytes) {
         fail(rq, E_BODY_TOO_LARGE, "the body is larger than %zu bytes", st->cfg->max_body_bytes);
-        rq->drain = worth_draining(st, c, f->length);
+        rq->discard_body = body_worth_discarding(st, c, version, f->length);
         return;
     }
     const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -660,7 +679,7 @@ static bool receive(request *rq, const char *data, size_t size)
 {
     srv_state *st = rq->st;
     rq->received += size;
-    if (rq->drain)
+    if (rq->discard_body)
         return true; /* dropped: the 413 goes out once it is all read */
     if (rq->received > st->cfg->max_body_bytes)
         return false;
@@ -1076,7 +1095,7 @@ static srv_conn *conn_of(struct MHD_Connection *c)
 
 /* The first call for a request: its headers are in. */
 static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const char *url,
-                                  const char *method, void **con_cls)
+                                  const char *method, const char *version, void **con_cls)
 {
     request *rq = calloc(1, sizeof *rq);
     if (!rq)
@@ -1102,12 +1121,14 @@ static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const
     else if (!method_ok)
         fail(rq, E_METHOD, "this method is not allowed here");
     else if (is_encode(rq))
-        start_encode(rq, c, &f);
+        start_encode(rq, c, version, &f);
+    else if (rq->body_pending) /* nothing reads it: it would be bytes for nothing */
+        fail(rq, E_BAD_REQUEST, "%s %s takes no body", method, url);
     else if ((rq->route == ROUTE_MODEL || rq->route == ROUTE_MODELS) && !authorised(st, c))
         fail(rq, E_UNAUTHORIZED, "missing or wrong API key");
     /* refused from its headers alone: answer now, before any body is sent
-     * (unless its body is drained first: see worth_draining) */
-    if (rq->failed && !rq->drain)
+     * (unless its body is read first: see body_worth_discarding) */
+    if (rq->failed && !rq->discard_body)
         return send_failure(rq, method, url);
     return MHD_YES;
 }
@@ -1118,11 +1139,10 @@ static MHD_Result_t on_request(void *cls, struct MHD_Connection *c, const char *
 {
     srv_state *st = cls;
     request *rq = *con_cls;
-    (void)version;
     if (!rq)
-        return begin_request(st, c, url, method, con_cls);
-    if (*upload_size) {
-        const bool keep = !is_encode(rq) || receive(rq, upload_data, *upload_size);
+        return begin_request(st, c, url, method, version, con_cls);
+    if (*upload_size) { /* only an encode reaches here with a body (begin_request) */
+        const bool keep = is_encode(rq) && receive(rq, upload_data, *upload_size);
         *upload_size = 0;
         return keep ? MHD_YES : MHD_NO;
     }
@@ -1162,6 +1182,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     release_reservation(rq);
     srv_job_unref(rq->job); /* gives the job's reservation back once the workers let go */
     srv_model_unref(rq->model); /* the job holds its own while the workers have it */
+    if (rq->discard_body)
+        atomic_fetch_sub(&st->discarding, 1);
     if (rq->counted && atomic_fetch_sub(&st->in_flight, 1) == 1) {
         pthread_mutex_lock(&st->idle_lock);
         pthread_cond_broadcast(&st->idle);

@@ -38,6 +38,7 @@ typedef struct {
     pthread_cond_t idle;
     atomic_int in_flight;      /* encode requests accepted at their headers, not yet answered */
     atomic_int suspended;      /* connections waiting for their job (with idle: reached 0) */
+    atomic_int discarding;     /* bodies refused for their size, read and dropped (http.c) */
     atomic_bool draining;      /* SIGTERM: refuse new work, finish the rest */
     atomic_bool closing;       /* past the drain: admit nothing more */
     atomic_int workers_stalled; /* the watchdog's last count */

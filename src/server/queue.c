@@ -380,8 +380,11 @@ static int encode_batch(worker *w, entry **batch, int n, batch_buffers *b, char 
 {
     srv_queue *q = w->q;
     const srv_job *first = batch[0]->job;
-    if (batch_alloc(b, n) != LD_OK)
-        return ld_fail(err, LD_ENOMEM, "out of memory for a batch of %d images", n);
+    const int rc_alloc = batch_alloc(b, n);
+    if (rc_alloc != LD_OK)
+        return rc_alloc == LD_EINVAL ? ld_fail(err, LD_EINVAL, "an empty batch")
+                                     : ld_fail(err, LD_ENOMEM,
+                                               "out of memory for a batch of %d images", n);
     for (int i = 0; i < n; i++) {
         b->images[i] = srv_job_image(batch[i]->job, batch[i]->index);
         b->seeds[i] = srv_job_seed(batch[i]->job, batch[i]->index);
