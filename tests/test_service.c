@@ -227,8 +227,9 @@ static void *tiny_png(int w, int h, size_t *len)
  * answer (as Python's requests does), still reads its 413: the daemon reads
  * the body and drops it rather than close on unread data, whose reset would
  * destroy the answer.  The body is larger than the loopback's buffers, so
- * the send itself fails if the daemon stops reading.  Bodies not worth
- * reading are still refused at their headers. */
+ * the send itself fails if the daemon stops reading.  A chunked body is
+ * read on once it passes the limit; bodies not worth reading are still
+ * refused at their headers. */
 START_TEST(an_oversized_body_sent_whole_gets_its_413)
 {
     static const char *const flags[] = {"--set", "max_body_bytes=4M", "--set",
@@ -248,6 +249,24 @@ START_TEST(an_oversized_body_sent_whole_gets_its_413)
     ck_assert_ptr_nonnull(strstr(answer, "\"body-too-large\""));
     free(answer);
     close(fd);
+    /* the same body chunked: its length is known only as it passes the limit */
+    const int chunked = raw_connect(&d);
+    static const char chunked_head[] = "POST /v1/encode HTTP/1.1\r\nHost: x\r\n"
+                                       "Content-Type: image/png\r\n"
+                                       "Transfer-Encoding: chunked\r\n\r\n";
+    raw_send(chunked, chunked_head, strlen(chunked_head));
+    for (int i = 0; i < 6; i++) { /* six chunks of 1 MiB */
+        static const char size_line[] = "100000\r\n";
+        raw_send(chunked, size_line, strlen(size_line));
+        raw_send(chunked, body, 1u << 20);
+        raw_send(chunked, "\r\n", 2);
+    }
+    raw_send(chunked, "0\r\n\r\n", 5);
+    answer = raw_read_all(chunked, NULL);
+    ck_assert_int_eq(raw_status(answer), 413);
+    ck_assert_ptr_nonnull(strstr(answer, "\"body-too-large\""));
+    free(answer);
+    close(chunked);
     free(body);
     /* past twice the limit, or from a client that waits for "100 Continue":
      * answered at the headers, the body never awaited (were it awaited, the

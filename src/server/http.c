@@ -564,6 +564,18 @@ static answer_error check_framing(request *rq, struct MHD_Connection *c, framing
  * most: reading costs no memory, but each such client takes bandwidth. */
 enum { MAX_BODIES_DISCARDED = 8 };
 
+/* One of the MAX_BODIES_DISCARDED slots, if one is free (given back in
+ * on_completed) */
+static bool take_discard_slot(srv_state *st)
+{
+    int now = atomic_load(&st->discarding);
+    do {
+        if (now >= MAX_BODIES_DISCARDED)
+            return false;
+    } while (!atomic_compare_exchange_weak(&st->discarding, &now, now + 1));
+    return true;
+}
+
 /* Whether a body refused for its size (length > max_body_bytes) is read and
  * dropped before the 413 goes out.  Closing a socket with unread data makes
  * the kernel send a reset, which can destroy the answer at the client before
@@ -585,12 +597,7 @@ static bool body_worth_discarding(srv_state *st, struct MHD_Connection *c, const
     const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
     if (!strcmp(version, MHD_HTTP_VERSION_1_1) && expect && !strcasecmp(expect, "100-continue"))
         return false; /* the client waits for our word before it sends the body */
-    int now = atomic_load(&st->discarding);
-    do {
-        if (now >= MAX_BODIES_DISCARDED)
-            return false;
-    } while (!atomic_compare_exchange_weak(&st->discarding, &now, now + 1));
-    return true;
+    return take_discard_slot(st);
 }
 
 /* Headers are in: decide what can be decided before the body. */
@@ -678,11 +685,20 @@ static bool grow_body(request *rq, size_t need)
 static bool receive(request *rq, const char *data, size_t size)
 {
     srv_state *st = rq->st;
+    const size_t limit = st->cfg->max_body_bytes;
     rq->received += size;
-    if (rq->discard_body)
-        return true; /* dropped: the 413 goes out once it is all read */
-    if (rq->received > st->cfg->max_body_bytes)
-        return false;
+    if (rq->discard_body) /* dropped: the 413 goes out once it is all read */
+        return rq->received - limit <= limit || rq->received <= limit;
+    if (rq->received > limit) {
+        /* a chunked body has just passed the limit: like a declared one, it
+         * is read on (to twice the limit) for its 413 to be read, if a slot
+         * is free.  What it holds stays reserved until the answer. */
+        if (!rq->chunked || rq->received - limit > limit || !take_discard_slot(st))
+            return false;
+        fail(rq, E_BODY_TOO_LARGE, "the body is larger than %zu bytes", limit);
+        rq->discard_body = true;
+        return true;
+    }
     if (rq->failed)
         return true; /* refused: the rest is read and dropped, nothing kept */
     if (rq->kind == BODY_MULTIPART) {
