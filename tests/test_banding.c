@@ -2,6 +2,7 @@
  * whole and against the diffusers fixtures: every model layout, images whose
  * sides are not multiples of the bands, chunks of several images, and the
  * banding that max_memory brings about on its own. */
+#include "encodeutil.h"
 #include "latentd/encoder.h"
 #include "latentd/image.h"
 #include "testutil.h"
@@ -12,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TOLERANCE 1e-4 /* the fixtures README: f32 vs their f64 values */
 /* banded vs whole, the fixtures' tolerance too: the same kernels over the
  * same values, but Winograd's 4x4 tiles start at each band's first row, so
  * the float rounding differs (up to ~2e-5 here; ~3e-6 with im2col alone) */
@@ -29,84 +29,7 @@ static const char *const models[][2] = {
 static const char *const images[] = {"rocket_128", "chelsea_60x44", "coffee_96x128"};
 #define N_IMAGES (int)(sizeof images / sizeof images[0])
 
-typedef struct {
-    float *latents, *mean, *logvar, *moments;
-    size_t count; /* floats in latents/mean/logvar */
-    long banded_layers;
-    int chunk;
-} result;
-
-static ld_model *load_model(const char *rel)
-{
-    char err[LD_ERR_LEN];
-    ld_model *m = NULL;
-    ck_assert_msg(ld_model_load(fixture("%s", rel), NULL, &m, err) == LD_OK, "%s", err);
-    return m;
-}
-
-static ld_image load_image(const char *name)
-{
-    char err[LD_ERR_LEN];
-    ld_image img;
-    ck_assert_msg(ld_image_load_file(fixture("images/%s.png", name), NULL, &img, err) == LD_OK,
-                  "%s", err);
-    return img;
-}
-
-static int encode(const ld_model *m, const float *rgb, int n, int h, int w,
-                  ld_encode_opts *opts, result *r, char *err)
-{
-    int lh, lw;
-    ck_assert_int_eq(ld_model_latent_size(m, h, w, &lh, &lw, err), LD_OK);
-    r->count = (size_t)n * ld_model_config(m)->latent_channels * lh * lw;
-    r->latents = malloc(r->count * sizeof(float));
-    r->mean = malloc(r->count * sizeof(float));
-    r->logvar = malloc(r->count * sizeof(float));
-    r->moments = malloc(2 * r->count * sizeof(float));
-    ck_assert(r->latents && r->mean && r->logvar && r->moments);
-    ld_encode_stats stats = {0};
-    opts->stats = &stats;
-    ld_encode_out out = {r->latents, r->mean, r->logvar, r->moments, 0};
-    const int rc = ld_encode(m, rgb, n, h, w, opts, &out, err);
-    opts->stats = NULL;
-    r->banded_layers = stats.banded_layers;
-    r->chunk = out.chunk_used;
-    return rc;
-}
-
-static result encode_ok(const ld_model *m, const float *rgb, int n, int h, int w,
-                        ld_encode_opts *opts)
-{
-    char err[LD_ERR_LEN];
-    result r;
-    const int rc = encode(m, rgb, n, h, w, opts, &r, err);
-    ck_assert_msg(rc == LD_OK, "%s", err);
-    return r;
-}
-
-static void result_free(result *r)
-{
-    free(r->latents);
-    free(r->mean);
-    free(r->logvar);
-    free(r->moments);
-}
-
-static void assert_matches_fixture(const result *r, const char *path, const char *what)
-{
-    static const char *const names[] = {"mean", "logvar", "latents"};
-    const float *got[] = {r->mean, r->logvar, r->latents};
-    for (int k = 0; k < 3; k++) {
-        size_t n;
-        float *want = read_tensor(path, names[k], &n, NULL);
-        ck_assert_uint_eq(n, r->count);
-        const double e = rel_error(got[k], want, n);
-        ck_assert_msg(e <= TOLERANCE, "%s: %s off by %.3g from diffusers", what, names[k], e);
-        free(want);
-    }
-}
-
-static void assert_same(const result *banded, const result *whole, const char *what)
+static void assert_same(const encoded *banded, const encoded *whole, const char *what)
 {
     ck_assert_uint_eq(banded->count, whole->count);
     const double e = rel_error(banded->moments, whole->moments, 2 * banded->count);
@@ -116,18 +39,18 @@ static void assert_same(const result *banded, const result *whole, const char *w
 /* Every bandable layer banded gives what the whole pass and diffusers give. */
 START_TEST(banded_matches_whole_and_diffusers)
 {
-    ld_model *m = load_model(models[_i][0]);
+    ld_model *m = fixture_model(models[_i][0]);
     for (int k = 0; k < N_IMAGES; k++) {
         if (test_quick() && k > 1)
             break;
-        ld_image img = load_image(images[k]);
+        ld_image img = fixture_image(images[k]);
         ld_encode_opts opts;
         ld_encode_opts_init(&opts);
         opts.banding = LD_BANDING_OFF;
-        result whole = encode_ok(m, img.rgb, 1, img.height, img.width, &opts);
+        encoded whole = encode_ok(m, img.rgb, 1, img.height, img.width, &opts);
         ck_assert_int_eq(whole.banded_layers, 0);
         opts.banding = LD_BANDING_ON;
-        result banded = encode_ok(m, img.rgb, 1, img.height, img.width, &opts);
+        encoded banded = encode_ok(m, img.rgb, 1, img.height, img.width, &opts);
         /* every resnet and downsample of the model */
         const ld_vae_config *cfg = ld_model_config(m);
         ck_assert_int_eq(banded.banded_layers,
@@ -138,8 +61,8 @@ START_TEST(banded_matches_whole_and_diffusers)
         assert_matches_fixture(&banded,
                                fixture("expected/%s/%s.safetensors", models[_i][1], images[k]),
                                what);
-        result_free(&whole);
-        result_free(&banded);
+        encoded_free(&whole);
+        encoded_free(&banded);
         ld_image_free(&img);
     }
     ld_model_free(m);
@@ -151,28 +74,24 @@ END_TEST
  * (downsample) in one arena. */
 START_TEST(banded_chunks_match_the_batch)
 {
-    ld_model *m = load_model("models/tiny-sd");
+    ld_model *m = fixture_model("models/tiny-sd");
     static const char *const names[] = {"astronaut_64", "chelsea_64", "coffee_64"};
     ld_image imgs[3];
-    const size_t each = (size_t)3 * 64 * 64;
-    float *batch = malloc(3 * each * sizeof(float));
-    ck_assert_ptr_nonnull(batch);
-    for (int i = 0; i < 3; i++) {
-        imgs[i] = load_image(names[i]);
-        memcpy(batch + i * each, imgs[i].rgb, each * sizeof(float));
-    }
+    for (int i = 0; i < 3; i++)
+        imgs[i] = fixture_image(names[i]);
+    float *batch = stack_images(imgs, 3);
     for (int split = 1; split <= 3; split++) {
         ld_encode_opts opts;
         ld_encode_opts_init(&opts);
         opts.banding = LD_BANDING_ON;
         opts.vae_split = split;
-        result r = encode_ok(m, batch, 3, 64, 64, &opts);
+        encoded r = encode_ok(m, batch, 3, 64, 64, &opts);
         ck_assert_int_eq(r.chunk, split);
         ck_assert_int_gt(r.banded_layers, 0);
         char what[64];
         snprintf(what, sizeof what, "batch3 banded, vae_split=%d", split);
         assert_matches_fixture(&r, fixture("expected/tiny-sd/batch3_64.safetensors"), what);
-        result_free(&r);
+        encoded_free(&r);
     }
     free(batch);
     for (int i = 0; i < 3; i++)
@@ -186,35 +105,35 @@ END_TEST
  * below the least banded plan it is LD_ENOMEM too. */
 START_TEST(memory_limit_brings_banding_on_its_own)
 {
-    ld_model *m = load_model("models/tiny-sd");
-    ld_image img = load_image("rocket_128");
+    ld_model *m = fixture_model("models/tiny-sd");
+    ld_image img = fixture_image("rocket_128");
     const size_t whole = ld_encode_workspace_bytes(m, 1, 128, 128, 2);
     ld_encode_opts opts;
     ld_encode_opts_init(&opts);
     opts.threads = 2;
-    result unlimited = encode_ok(m, img.rgb, 1, 128, 128, &opts);
+    encoded unlimited = encode_ok(m, img.rgb, 1, 128, 128, &opts);
     ck_assert_int_eq(unlimited.banded_layers, 0); /* small images: the fast path */
 
     opts.max_memory = whole - 1;
-    result limited = encode_ok(m, img.rgb, 1, 128, 128, &opts);
+    encoded limited = encode_ok(m, img.rgb, 1, 128, 128, &opts);
     ck_assert_int_gt(limited.banded_layers, 0);
     assert_same(&limited, &unlimited, "banded by max_memory");
     assert_matches_fixture(&limited, fixture("expected/tiny-sd/rocket_128.safetensors"),
                            "banded by max_memory");
 
     char err[LD_ERR_LEN] = "";
-    result refused;
+    encoded refused;
     opts.banding = LD_BANDING_OFF;
-    ck_assert_int_eq(encode(m, img.rgb, 1, 128, 128, &opts, &refused, err), LD_ENOMEM);
+    ck_assert_int_eq(encode_into(m, img.rgb, 1, 128, 128, &opts, &refused, err), LD_ENOMEM);
     ck_assert_ptr_nonnull(strstr(err, "working memory"));
-    result_free(&refused);
+    encoded_free(&refused);
     opts.banding = LD_BANDING_AUTO;
     opts.max_memory = (size_t)32 * 128 * 128 * sizeof(float); /* conv_in's output alone */
-    ck_assert_int_eq(encode(m, img.rgb, 1, 128, 128, &opts, &refused, err), LD_ENOMEM);
+    ck_assert_int_eq(encode_into(m, img.rgb, 1, 128, 128, &opts, &refused, err), LD_ENOMEM);
     ck_assert_ptr_nonnull(strstr(err, "working memory"));
-    result_free(&refused);
-    result_free(&unlimited);
-    result_free(&limited);
+    encoded_free(&refused);
+    encoded_free(&unlimited);
+    encoded_free(&limited);
     ld_image_free(&img);
     ld_model_free(m);
 }
@@ -227,16 +146,16 @@ static uint64_t beats_of(const ld_model *m, const float *rgb, ld_banding banding
     ld_encode_opts_init(&opts);
     opts.banding = banding;
     opts.heartbeat = &beats;
-    result r = encode_ok(m, rgb, 1, 64, 64, &opts);
-    result_free(&r);
+    encoded r = encode_ok(m, rgb, 1, 64, 64, &opts);
+    encoded_free(&r);
     return atomic_load(&beats);
 }
 
 /* A watchdog sees a banded pass beat once per layer, as a whole one does. */
 START_TEST(banded_pass_beats_every_layer)
 {
-    ld_model *m = load_model("models/tiny-sd");
-    ld_image img = load_image("astronaut_64");
+    ld_model *m = fixture_model("models/tiny-sd");
+    ld_image img = fixture_image("astronaut_64");
     const uint64_t whole = beats_of(m, img.rgb, LD_BANDING_OFF);
     ck_assert_uint_gt(whole, 0);
     ck_assert_uint_eq(beats_of(m, img.rgb, LD_BANDING_ON), whole);
@@ -249,7 +168,7 @@ END_TEST
  * chunk of two takes less than twice one image (the scratch is shared). */
 START_TEST(workspace_grows_with_the_chunk_not_the_scratch)
 {
-    ld_model *m = load_model("models/tiny-sd");
+    ld_model *m = fixture_model("models/tiny-sd");
     const size_t one = ld_encode_workspace_bytes(m, 1, 128, 128, 2);
     const size_t two = ld_encode_workspace_bytes(m, 2, 128, 128, 2);
     ck_assert_uint_gt(two, one);

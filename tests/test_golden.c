@@ -1,5 +1,6 @@
 /* The encoder against the diffusers reference: every model × image of the
  * fixtures, batching, chunking, the memory-limit fallback and sampling. */
+#include "encodeutil.h"
 #include "latentd/encoder.h"
 #include "latentd/image.h"
 #include "testutil.h"
@@ -12,8 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define TOLERANCE 1e-4 /* the fixtures README: f32 vs their f64 values */
 
 static const char *const images[] = {
     "astronaut_64", "astronaut_64_gray", "astronaut_64_gray16", "astronaut_64_gray_alpha",
@@ -35,108 +34,20 @@ static const char *const models[][2] = {
 };
 #define N_MODELS (int)(sizeof models / sizeof models[0])
 
-typedef struct {
-    float *latents, *mean, *logvar, *moments;
-    size_t count; /* floats in latents/mean/logvar */
-} result;
-
-static ld_model *load_model(const char *rel)
-{
-    char err[LD_ERR_LEN];
-    ld_model *m = NULL;
-    int rc = ld_model_load(fixture("%s", rel), NULL, &m, err);
-    ck_assert_msg(rc == LD_OK, "%s", err);
-    return m;
-}
-
-static ld_image load_image(const char *name)
-{
-    char err[LD_ERR_LEN];
-    ld_image img;
-    int rc = ld_image_load_file(fixture("images/%s.png", name), NULL, &img, err);
-    ck_assert_msg(rc == LD_OK, "%s", err);
-    return img;
-}
-
-/* n images of one size, stacked into [n, 3, h, w] */
-static float *stack_images(const ld_image *imgs, int n)
-{
-    const size_t each = (size_t)3 * imgs[0].height * imgs[0].width;
-    float *batch = malloc((size_t)n * each * sizeof(float));
-    ck_assert_ptr_nonnull(batch);
-    for (int i = 0; i < n; i++)
-        memcpy(batch + i * each, imgs[i].rgb, each * sizeof(float));
-    return batch;
-}
-
-static result encode(const ld_model *m, const float *batch, int n, int h, int w,
-                     const ld_encode_opts *opts, int *chunk_used)
-{
-    char err[LD_ERR_LEN];
-    int lh, lw;
-    ck_assert_int_eq(ld_model_latent_size(m, h, w, &lh, &lw, err), LD_OK);
-    result r;
-    r.count = (size_t)n * ld_model_config(m)->latent_channels * lh * lw;
-    r.latents = malloc(r.count * sizeof(float));
-    r.mean = malloc(r.count * sizeof(float));
-    r.logvar = malloc(r.count * sizeof(float));
-    r.moments = malloc(2 * r.count * sizeof(float));
-    ck_assert(r.latents && r.mean && r.logvar && r.moments);
-    ld_encode_out out = {r.latents, r.mean, r.logvar, r.moments, 0};
-    int rc = ld_encode(m, batch, n, h, w, opts, &out, err);
-    ck_assert_msg(rc == LD_OK, "%s", err);
-    if (chunk_used)
-        *chunk_used = out.chunk_used;
-    return r;
-}
-
-static void result_free(result *r)
-{
-    free(r->latents);
-    free(r->mean);
-    free(r->logvar);
-    free(r->moments);
-}
-
-static void assert_matches(const result *r, const char *expected_path, const char *what)
-{
-    static const char *const names[] = {"mean", "logvar", "latents"};
-    const float *got[] = {r->mean, r->logvar, r->latents};
-    for (int k = 0; k < 3; k++) {
-        size_t n;
-        int64_t shape[4];
-        float *want = read_tensor(expected_path, names[k], &n, shape);
-        ck_assert_msg(n == r->count, "%s: %s has %zu values, expected %zu", what, names[k],
-                      r->count, n);
-        double e = rel_error(got[k], want, n);
-        ck_assert_msg(e <= TOLERANCE, "%s: %s off by %.3g (tolerance %.0e)", what, names[k], e,
-                      TOLERANCE);
-        free(want);
-    }
-}
-
-/* LATENTD_TEST_QUICK=1 (set for the valgrind run, where one 64x64 encode takes
- * seconds) keeps every model and code path but fewer images and splits. */
-static bool quick(void)
-{
-    const char *q = getenv("LATENTD_TEST_QUICK");
-    return q && *q && strcmp(q, "0") != 0;
-}
-
 START_TEST(every_image_matches_diffusers)
 {
-    ld_model *m = load_model(models[_i][0]);
+    ld_model *m = fixture_model(models[_i][0]);
     for (int k = 0; k < N_IMAGES; k++) {
-        if (quick() && strcmp(images[k], "astronaut_64") != 0 &&
+        if (test_quick() && strcmp(images[k], "astronaut_64") != 0 &&
             strcmp(images[k], "chelsea_60x44") != 0)
             continue;
-        ld_image img = load_image(images[k]);
-        result r = encode(m, img.rgb, 1, img.height, img.width, NULL, NULL);
+        ld_image img = fixture_image(images[k]);
+        encoded r = encode_ok(m, img.rgb, 1, img.height, img.width, NULL);
         char what[256];
         snprintf(what, sizeof what, "%s × %s", models[_i][0], images[k]);
-        assert_matches(&r, fixture("expected/%s/%s.safetensors", models[_i][1], images[k]),
-                       what);
-        result_free(&r);
+        assert_matches_fixture(
+            &r, fixture("expected/%s/%s.safetensors", models[_i][1], images[k]), what);
+        encoded_free(&r);
         ld_image_free(&img);
     }
     ld_model_free(m);
@@ -156,22 +67,22 @@ START_TEST(every_kernel_matches_diffusers)
         return;
     }
     for (int mi = 0; mi < N_MODELS; mi++) {
-        ld_model *m = load_model(models[mi][0]);
+        ld_model *m = fixture_model(models[mi][0]);
         for (size_t k = 0; k < sizeof some / sizeof *some; k++) {
-            if (quick() && k > 1)
+            if (test_quick() && k > 1)
                 break;
-            ld_image img = load_image(some[k]);
+            ld_image img = fixture_image(some[k]);
             ld_encode_opts opts;
             ld_encode_opts_init(&opts);
             opts.kernel = (ld_kernel)_i;
             opts.threads = 2;
-            result r = encode(m, img.rgb, 1, img.height, img.width, &opts, NULL);
+            encoded r = encode_ok(m, img.rgb, 1, img.height, img.width, &opts);
             char what[256];
             snprintf(what, sizeof what, "%s kernel: %s × %s", ld_kernel_name((ld_kernel)_i),
                      models[mi][0], some[k]);
-            assert_matches(&r, fixture("expected/%s/%s.safetensors", models[mi][1], some[k]),
-                           what);
-            result_free(&r);
+            assert_matches_fixture(
+                &r, fixture("expected/%s/%s.safetensors", models[mi][1], some[k]), what);
+            encoded_free(&r);
             ld_image_free(&img);
         }
         ld_model_free(m);
@@ -184,28 +95,28 @@ static float *batch3(ld_image imgs[3])
 {
     static const char *const names[] = {"astronaut_64", "chelsea_64", "coffee_64"};
     for (int i = 0; i < 3; i++)
-        imgs[i] = load_image(names[i]);
+        imgs[i] = fixture_image(names[i]);
     return stack_images(imgs, 3);
 }
 
 START_TEST(batch_of_three_matches_at_every_split)
 {
-    if (quick() && _i > 0)
+    if (test_quick() && _i > 0)
         return;
-    ld_model *m = load_model(models[_i][0]);
+    ld_model *m = fixture_model(models[_i][0]);
     ld_image imgs[3];
     float *batch = batch3(imgs);
-    for (int split = 0; split <= 4; split += quick() ? 2 : 1) {
+    for (int split = 0; split <= 4; split += test_quick() ? 2 : 1) {
         ld_encode_opts opts;
         ld_encode_opts_init(&opts);
         opts.vae_split = split;
-        int chunk;
-        result r = encode(m, batch, 3, 64, 64, &opts, &chunk);
-        ck_assert_int_eq(chunk, split == 0 || split > 3 ? 3 : split);
+        encoded r = encode_ok(m, batch, 3, 64, 64, &opts);
+        ck_assert_int_eq(r.chunk, split == 0 || split > 3 ? 3 : split);
         char what[128];
         snprintf(what, sizeof what, "%s batch3 vae_split=%d", models[_i][0], split);
-        assert_matches(&r, fixture("expected/%s/batch3_64.safetensors", models[_i][1]), what);
-        result_free(&r);
+        assert_matches_fixture(&r, fixture("expected/%s/batch3_64.safetensors", models[_i][1]),
+                               what);
+        encoded_free(&r);
     }
     free(batch);
     for (int i = 0; i < 3; i++)
@@ -224,7 +135,7 @@ static int count_calls(void *ctx, int done, int total)
 
 START_TEST(memory_limit_halves_the_chunk)
 {
-    ld_model *m = load_model("models/tiny-sd");
+    ld_model *m = fixture_model("models/tiny-sd");
     ld_image imgs[3];
     float *batch = batch3(imgs);
     const size_t one = ld_encode_workspace_bytes(m, 1, 64, 64, 0);
@@ -232,22 +143,23 @@ START_TEST(memory_limit_halves_the_chunk)
     ck_assert_uint_gt(two, one);
     ld_encode_opts opts;
     ld_encode_opts_init(&opts);
-    int calls = 0, chunk;
+    int calls = 0;
     opts.progress = count_calls;
     opts.progress_ctx = &calls;
     opts.vae_split = 3;
     opts.max_memory = two; /* 3 does not fit, 3/2 = 1 does (halving, not 2) */
-    result r = encode(m, batch, 3, 64, 64, &opts, &chunk);
-    ck_assert_int_eq(chunk, 1);
+    encoded r = encode_ok(m, batch, 3, 64, 64, &opts);
+    ck_assert_int_eq(r.chunk, 1);
     ck_assert_int_eq(calls, 3); /* one progress report per chunk */
-    assert_matches(&r, fixture("expected/tiny-sd/batch3_64.safetensors"), "limited memory");
-    result_free(&r);
+    assert_matches_fixture(&r, fixture("expected/tiny-sd/batch3_64.safetensors"),
+                           "limited memory");
+    encoded_free(&r);
 
     opts.vae_split = 2; /* a chunk that fits is kept */
-    r = encode(m, batch, 3, 64, 64, &opts, &chunk);
-    ck_assert_int_eq(chunk, 2);
-    assert_matches(&r, fixture("expected/tiny-sd/batch3_64.safetensors"), "chunks of 2");
-    result_free(&r);
+    r = encode_ok(m, batch, 3, 64, 64, &opts);
+    ck_assert_int_eq(r.chunk, 2);
+    assert_matches_fixture(&r, fixture("expected/tiny-sd/batch3_64.safetensors"), "chunks of 2");
+    encoded_free(&r);
 
     char err[LD_ERR_LEN] = "";
     float out[3 * 4 * 8 * 8];
@@ -272,7 +184,7 @@ static int cancel_after_first(void *ctx, int done, int total)
 
 START_TEST(progress_callback_can_cancel)
 {
-    ld_model *m = load_model("models/tiny-noattn");
+    ld_model *m = fixture_model("models/tiny-noattn");
     ld_image imgs[3];
     float *batch = batch3(imgs);
     ld_encode_opts opts;
@@ -307,8 +219,8 @@ static uint64_t layers_per_image(const ld_model *m, const float *batch)
     ld_encode_opts opts;
     ld_encode_opts_init(&opts);
     opts.heartbeat = &beats;
-    result r = encode(m, batch, 2, 64, 64, &opts, NULL);
-    result_free(&r);
+    encoded r = encode_ok(m, batch, 2, 64, 64, &opts);
+    encoded_free(&r);
     const uint64_t two = atomic_load(&beats);
     ck_assert_uint_gt(two, 0);
     ck_assert_uint_eq(two % 2, 0); /* every layer beats once per image */
@@ -317,7 +229,7 @@ static uint64_t layers_per_image(const ld_model *m, const float *batch)
 
 START_TEST(heartbeat_counts_every_layer)
 {
-    ld_model *m = load_model("models/tiny-sd");
+    ld_model *m = fixture_model("models/tiny-sd");
     ld_image imgs[3];
     float *batch = batch3(imgs);
     const uint64_t per_image = layers_per_image(m, batch);
@@ -330,9 +242,9 @@ START_TEST(heartbeat_counts_every_layer)
         ld_encode_opts_init(&opts);
         opts.vae_split = split;
         opts.heartbeat = &beats;
-        result r = encode(m, batch, 3, 64, 64, &opts, NULL);
+        encoded r = encode_ok(m, batch, 3, 64, 64, &opts);
         ck_assert_uint_eq(atomic_load(&beats), 3 * per_image);
-        result_free(&r);
+        encoded_free(&r);
     }
     free(batch);
     for (int i = 0; i < 3; i++)
@@ -343,7 +255,7 @@ END_TEST
 
 START_TEST(cancel_flag_stops_within_one_layer)
 {
-    ld_model *m = load_model("models/tiny-noattn");
+    ld_model *m = fixture_model("models/tiny-noattn");
     ld_image imgs[3];
     float *batch = batch3(imgs);
     const uint64_t per_image = layers_per_image(m, batch);
@@ -392,7 +304,7 @@ END_TEST
 /* A caller's pool of any size gives the same latents as the fixtures. */
 START_TEST(caller_pool_of_any_size_matches)
 {
-    ld_model *m = load_model("models/tiny-sd");
+    ld_model *m = fixture_model("models/tiny-sd");
     ld_image imgs[3];
     float *batch = batch3(imgs);
     for (int threads = 1; threads <= 3; threads++) {
@@ -403,11 +315,11 @@ START_TEST(caller_pool_of_any_size_matches)
         ld_encode_opts_init(&opts);
         opts.pool = pool;
         opts.vae_split = 2;
-        result r = encode(m, batch, 3, 64, 64, &opts, NULL);
+        encoded r = encode_ok(m, batch, 3, 64, 64, &opts);
         char what[64];
         snprintf(what, sizeof what, "pool of %d", threads);
-        assert_matches(&r, fixture("expected/tiny-sd/batch3_64.safetensors"), what);
-        result_free(&r);
+        assert_matches_fixture(&r, fixture("expected/tiny-sd/batch3_64.safetensors"), what);
+        encoded_free(&r);
         ld_pool_free(pool);
     }
     free(batch);
@@ -421,9 +333,9 @@ END_TEST
  * logvar before its clamp */
 START_TEST(moments_are_unclamped)
 {
-    ld_model *m = load_model("models/tiny-flux16");
-    ld_image img = load_image("astronaut_64");
-    result r = encode(m, img.rgb, 1, 64, 64, NULL, NULL);
+    ld_model *m = fixture_model("models/tiny-flux16");
+    ld_image img = fixture_image("astronaut_64");
+    encoded r = encode_ok(m, img.rgb, 1, 64, 64, NULL);
     const size_t half = r.count;
     int clamped = 0;
     for (size_t i = 0; i < half; i++) {
@@ -434,37 +346,37 @@ START_TEST(moments_are_unclamped)
         clamped += raw != want;
     }
     ck_assert_int_gt(clamped, 0); /* the fixture pushes logvar beyond the bounds */
-    result_free(&r);
+    encoded_free(&r);
     ld_image_free(&img);
     ld_model_free(m);
 }
 END_TEST
 
-static result sample(const ld_model *m, const float *batch, int n, const uint64_t *seeds)
+static encoded sample(const ld_model *m, const float *batch, int n, const uint64_t *seeds)
 {
     ld_encode_opts opts;
     ld_encode_opts_init(&opts);
     opts.deterministic = false;
     opts.seeds = seeds;
-    return encode(m, batch, n, 64, 64, &opts, NULL);
+    return encode_ok(m, batch, n, 64, 64, &opts);
 }
 
 START_TEST(sampling_is_seeded_and_standard_normal)
 {
-    ld_model *m = load_model("models/tiny-sd");
+    ld_model *m = fixture_model("models/tiny-sd");
     ld_image imgs[3];
     float *batch = batch3(imgs);
     const uint64_t seeds[3] = {42, 7, 42};
-    result a = sample(m, batch, 3, seeds);
-    result b = sample(m, batch, 3, seeds);
+    encoded a = sample(m, batch, 3, seeds);
+    encoded b = sample(m, batch, 3, seeds);
     const size_t each = a.count / 3;
     ck_assert_mem_eq(a.latents, b.latents, a.count * sizeof(float)); /* same seed, same noise */
     /* an image's noise depends on its own seed only, not on its batch */
-    result alone = sample(m, batch, 1, &seeds[0]);
+    encoded alone = sample(m, batch, 1, &seeds[0]);
     ck_assert_mem_eq(alone.latents, a.latents, each * sizeof(float));
     /* another seed differs */
     const uint64_t other = 43;
-    result c = sample(m, batch, 1, &other);
+    encoded c = sample(m, batch, 1, &other);
     ck_assert_int_ne(memcmp(c.latents, a.latents, each * sizeof(float)), 0);
     /* (z - mean)/std is standard normal */
     const float scale = ld_model_config(m)->scaling_factor;
@@ -476,10 +388,10 @@ START_TEST(sampling_is_seeded_and_standard_normal)
     }
     double mu = sum / a.count, sd = sqrt(sum_sq / a.count - mu * mu);
     ck_assert_msg(fabs(mu) < 0.15 && fabs(sd - 1.0) < 0.15, "noise mean %g sd %g", mu, sd);
-    result_free(&a);
-    result_free(&b);
-    result_free(&alone);
-    result_free(&c);
+    encoded_free(&a);
+    encoded_free(&b);
+    encoded_free(&alone);
+    encoded_free(&c);
     free(batch);
     for (int i = 0; i < 3; i++)
         ld_image_free(&imgs[i]);
@@ -490,19 +402,19 @@ END_TEST
 /* center_input_sample off: the caller's [-1,1] input goes in unchanged */
 START_TEST(no_center_takes_input_as_given)
 {
-    ld_model *m = load_model("models/tiny-noattn");
-    ld_image img = load_image("coffee_64");
-    result centred = encode(m, img.rgb, 1, 64, 64, NULL, NULL);
+    ld_model *m = fixture_model("models/tiny-noattn");
+    ld_image img = fixture_image("coffee_64");
+    encoded centred = encode_ok(m, img.rgb, 1, 64, 64, NULL);
     const size_t n = (size_t)3 * 64 * 64;
     for (size_t i = 0; i < n; i++)
         img.rgb[i] = img.rgb[i] * 2.0f - 1.0f;
     ld_encode_opts opts;
     ld_encode_opts_init(&opts);
     opts.center_input = false;
-    result raw = encode(m, img.rgb, 1, 64, 64, &opts, NULL);
+    encoded raw = encode_ok(m, img.rgb, 1, 64, 64, &opts);
     ck_assert_double_le(rel_error(raw.mean, centred.mean, centred.count), 1e-6);
-    result_free(&centred);
-    result_free(&raw);
+    encoded_free(&centred);
+    encoded_free(&raw);
     ld_image_free(&img);
     ld_model_free(m);
 }
@@ -524,20 +436,21 @@ START_TEST(other_layouts_load)
     ck_assert_int_eq(cfg->n_levels, 4);
     ck_assert_int_eq(cfg->block_out_channels[1], 64);
     ck_assert(cfg->use_quant_conv && cfg->mid_attention);
-    ld_image img = load_image("chelsea_60x44");
-    result r = encode(m, img.rgb, 1, img.height, img.width, NULL, NULL);
-    assert_matches(&r, fixture("expected/tiny-sd/chelsea_60x44.safetensors"), "inferred");
-    result_free(&r);
+    ld_image img = fixture_image("chelsea_60x44");
+    encoded r = encode_ok(m, img.rgb, 1, img.height, img.width, NULL);
+    assert_matches_fixture(&r, fixture("expected/tiny-sd/chelsea_60x44.safetensors"),
+                           "inferred");
+    encoded_free(&r);
     ld_model_free(m);
     unlink(path);
 
     snprintf(path, sizeof path, "%s/vae", dir);
     ck_assert_int_eq(symlink(fixture("models/tiny-sdxl-meanstd"), path), 0);
     ck_assert_msg(ld_model_load(dir, NULL, &m, err) == LD_OK, "%s", err);
-    r = encode(m, img.rgb, 1, img.height, img.width, NULL, NULL);
-    assert_matches(&r, fixture("expected/tiny-sdxl-meanstd/chelsea_60x44.safetensors"),
-                   "pipeline folder");
-    result_free(&r);
+    r = encode_ok(m, img.rgb, 1, img.height, img.width, NULL);
+    assert_matches_fixture(&r, fixture("expected/tiny-sdxl-meanstd/chelsea_60x44.safetensors"),
+                           "pipeline folder");
+    encoded_free(&r);
     ld_model_free(m);
     unlink(path);
     rmdir(dir);
