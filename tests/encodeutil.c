@@ -33,6 +33,14 @@ float *stack_images(const ld_image *imgs, int n)
     return batch;
 }
 
+float *batch3(ld_image imgs[3])
+{
+    static const char *const names[] = {"astronaut_64", "chelsea_64", "coffee_64"};
+    for (int i = 0; i < 3; i++)
+        imgs[i] = fixture_image(names[i]);
+    return stack_images(imgs, 3);
+}
+
 int encode_into(const ld_model *m, const float *rgb, int n, int h, int w,
                 const ld_encode_opts *opts, encoded *r, char *err)
 {

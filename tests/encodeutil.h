@@ -25,6 +25,9 @@ ld_model *fixture_model(const char *rel);
 ld_image fixture_image(const char *name);
 /* n images of one size, stacked into [n, 3, h, w] */
 float *stack_images(const ld_image *imgs, int n);
+/* The images of the fixtures' batch3_64 (astronaut, chelsea, coffee, 64x64)
+ * loaded into imgs and stacked as one batch; any vae_split gives its file. */
+float *batch3(ld_image imgs[3]);
 
 /* ld_encode of n h×w images with opts (NULL: the defaults) into r, whose
  * buffers it allocates; returns ld_encode's code (err set on failure).

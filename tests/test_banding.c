@@ -75,11 +75,8 @@ END_TEST
 START_TEST(banded_chunks_match_the_batch)
 {
     ld_model *m = fixture_model("models/tiny-sd");
-    static const char *const names[] = {"astronaut_64", "chelsea_64", "coffee_64"};
     ld_image imgs[3];
-    for (int i = 0; i < 3; i++)
-        imgs[i] = fixture_image(names[i]);
-    float *batch = stack_images(imgs, 3);
+    float *batch = batch3(imgs);
     for (int split = 1; split <= 3; split++) {
         ld_encode_opts opts;
         ld_encode_opts_init(&opts);

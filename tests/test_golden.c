@@ -90,15 +90,6 @@ START_TEST(every_kernel_matches_diffusers)
 }
 END_TEST
 
-/* batch3_64 = astronaut, chelsea, coffee as one batch; any vae_split gives it */
-static float *batch3(ld_image imgs[3])
-{
-    static const char *const names[] = {"astronaut_64", "chelsea_64", "coffee_64"};
-    for (int i = 0; i < 3; i++)
-        imgs[i] = fixture_image(names[i]);
-    return stack_images(imgs, 3);
-}
-
 START_TEST(batch_of_three_matches_at_every_split)
 {
     if (test_quick() && _i > 0)
