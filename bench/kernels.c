@@ -38,12 +38,14 @@ static double now(void)
 
 /* ---------------- peak ---------------- */
 
-#define PEAK_STEPS 2000000L /* per thread and try: ~0.1 s at 20 GFLOP/s */
+#define PEAK_SECONDS 0.05 /* per thread and try: long beside a pool's wake-up */
 #define PEAK_TRIES 7         /* the best counts: a busy machine only slows a try */
 
 typedef struct {
-    int width; /* floats per vector: 16 (zmm), 8 (ymm), 1 (scalar fallback) */
-    double *sink; /* per thread: keeps the result alive */
+    int width;      /* floats per vector: 16 (zmm), 8 (ymm) */
+    long steps;     /* of the chain, per thread */
+    double *sink;    /* per thread: keeps the result alive */
+    double *seconds; /* per thread: how long its chain took */
 } peak_job;
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -82,35 +84,52 @@ __attribute__((target("avx2,fma"))) static float fma_chain_ymm(long steps)
 }
 #endif
 
+/* Each thread times its own chain (wall time): a thread that the pool
+ * wakes late does not count its wait as arithmetic. */
 static void peak_thread(void *ctx, int begin, int end, int thread)
 {
     const peak_job *j = ctx;
     (void)begin;
     (void)end;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     float r = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
     if (j->width == 16)
-        r = fma_chain_zmm(PEAK_STEPS);
+        r = fma_chain_zmm(j->steps);
     else if (j->width == 8)
-        r = fma_chain_ymm(PEAK_STEPS);
+        r = fma_chain_ymm(j->steps);
 #endif
+    clock_gettime(CLOCK_MONOTONIC, &t1);
     j->sink[thread] = r;
+    j->seconds[thread] = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
 }
 
-/* GFLOP/s of `width`-float FMAs on every thread of the pool at once, the
- * best of a few tries */
+/* GFLOP/s of `width`-float FMAs on every thread of the pool at once: the
+ * threads' own rates summed, the best of a few tries, each try long enough
+ * (PEAK_SECONDS) that the threads' starts hardly differ. */
 static double measure_peak(ld_pool *pool, int width)
 {
-    double sink[1024] = {0};
-    peak_job job = {width, sink};
-    double best = INFINITY;
-    for (int t = 0; t < PEAK_TRIES; t++) {
-        double t0 = now();
-        ld_pool_for(pool, ld_pool_threads(pool), peak_thread, &job);
-        double took = now() - t0;
-        best = took < best ? took : best;
+    enum { MAX_THREADS = 1024 };
+    double sink[MAX_THREADS] = {0}, seconds[MAX_THREADS] = {0};
+    const int threads = ld_pool_threads(pool) < MAX_THREADS ? ld_pool_threads(pool) : MAX_THREADS;
+    peak_job job = {width, 100000, sink, seconds};
+    double best = 0;
+    for (int t = 0; t < PEAK_TRIES;) {
+        ld_pool_for(pool, threads, peak_thread, &job);
+        double rate = 0, shortest = INFINITY;
+        for (int i = 0; i < threads; i++) {
+            rate += 2.0 * width * 12 * (double)job.steps / seconds[i];
+            shortest = seconds[i] < shortest ? seconds[i] : shortest;
+        }
+        if (shortest < PEAK_SECONDS) { /* too short to trust: longer, and again */
+            job.steps = (long)((double)job.steps * PEAK_SECONDS / (shortest > 1e-6 ? shortest : 1e-6) * 1.2);
+            continue;
+        }
+        best = rate > best ? rate : best;
+        t++;
     }
-    return 2.0 * width * 12 * PEAK_STEPS * ld_pool_threads(pool) / best * 1e-9;
+    return best * 1e-9;
 }
 
 /* ---------------- stages ---------------- */
