@@ -127,9 +127,11 @@ daemon_t start_daemon(const char *model, const char *const *extra)
     argc += scaled_time_limits(argv + argc, scaled);
     for (int i = 0; extra && extra[i] && argc < 62; i++)
         argv[argc++] = extra[i];
+    const pid_t test = getpid();
     d.pid = fork();
     ck_assert_int_ge(d.pid, 0);
     if (d.pid == 0) {
+        die_with_parent(test);
         setenv("NOTIFY_SOCKET", notify_path, 1);
         execv(bin, (char *const *)argv);
         _exit(127);

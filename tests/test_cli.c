@@ -308,9 +308,11 @@ static int run_cli_limited(size_t mib)
     snprintf(image, sizeof image, "%s", fixture("images/astronaut_256.png"));
     char *const argv[] = {exe,   "-q",  "-m",  model, "--vae-split", "4", "--threads", "2",
                           "-o",  "limited.st", image, image, image, image, NULL};
+    const pid_t test = getpid();
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
+        die_with_parent(test);
         const struct rlimit limit = {(rlim_t)mib << 20, (rlim_t)mib << 20};
         int fd;
         if (chdir(dir) != 0 || (fd = open("stderr", O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0 ||

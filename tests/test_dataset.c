@@ -96,9 +96,11 @@ static pid_t spawn(const char *fmt, ...)
     va_start(ap, fmt);
     vcommand(cmd, sizeof cmd, fmt, ap);
     va_end(ap);
+    const pid_t test = getpid();
     const pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
+        die_with_parent(test);
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }

@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -383,6 +386,46 @@ static bool wait_for_stalled_readyz(const daemon_t *d, double seconds)
     return false;
 }
 
+/* A test whose assertion fails ends its process at once, without its
+ * cleanup: the daemon it started must end with it (die_with_parent), not
+ * run on through the tests after it. */
+START_TEST(a_daemon_ends_with_the_test_that_started_it)
+{
+    /* orphans come to this process, which can then wait for the daemon */
+    ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    const pid_t failing = fork();
+    ck_assert_int_ge(failing, 0);
+    if (failing == 0) { /* a test that starts a daemon, then fails */
+        daemon_t d = start_daemon("models/tiny-sd", NULL);
+        _exit(write(fds[1], &d, sizeof d) == (ssize_t)sizeof d ? 1 : 2);
+    }
+    close(fds[1]);
+    daemon_t d;
+    size_t got = 0;
+    for (ssize_t n; got < sizeof d && (n = read(fds[0], (char *)&d + got, sizeof d - got)) > 0;)
+        got += (size_t)n;
+    close(fds[0]);
+    ck_assert_uint_eq(got, sizeof d);
+    int status;
+    ck_assert_int_eq(waitpid(failing, &status, 0), failing);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    /* the daemon's end, awaited with a bound (a pidfd turns readable then) */
+    const int pidfd = (int)syscall(SYS_pidfd_open, d.pid, 0);
+    ck_assert_int_ge(pidfd, 0);
+    struct pollfd ended = {.fd = pidfd, .events = POLLIN};
+    ck_assert_msg(poll(&ended, 1, (int)(10000 * test_time_scale())) == 1,
+                  "the daemon outlived the test that started it");
+    close(pidfd);
+    ck_assert_int_eq(waitpid(d.pid, &status, 0), d.pid);
+    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+                  "the daemon outlived its test and ended with status %d", status);
+    d.notify_fd = -1; /* the failed test's, closed with it */
+    daemon_cleanup(&d);
+}
+END_TEST
+
 START_TEST(a_stuck_worker_is_reported_and_shutdown_stays_bounded)
 {
     if (test_quick())
@@ -656,6 +699,7 @@ static Suite *hardening_suite(void)
     tcase_add_test(tc, many_scan_jpeg_is_refused_quickly);
     tcase_add_test(tc, shutdown_is_bounded_and_readyz_says_so);
     tcase_add_test(tc, work_of_a_departed_client_is_dropped);
+    tcase_add_test(tc, a_daemon_ends_with_the_test_that_started_it);
     tcase_add_test(tc, a_stuck_worker_is_reported_and_shutdown_stays_bounded);
     tcase_add_test(tc, seeds_are_unsigned_64_bit_everywhere);
     tcase_add_test(tc, npy_answers_the_output_asked_for);

@@ -99,9 +99,11 @@ static daemon_t spawn(const char *model, const spawn_opts *o)
     for (int i = 0; o->flags && o->flags[i] && argc < 62; i++)
         argv[argc++] = o->flags[i];
     argv[argc] = NULL;
+    const pid_t test = getpid();
     d.pid = fork();
     ck_assert_int_ge(d.pid, 0);
     if (d.pid == 0) {
+        die_with_parent(test);
         setenv("NOTIFY_SOCKET", notify_path, 1);
         unsetenv("WATCHDOG_USEC");
         unsetenv("WATCHDOG_PID");

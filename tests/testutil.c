@@ -3,10 +3,12 @@
 #include <check.h>
 #include <dirent.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -60,6 +62,13 @@ char *make_temp_dir(void)
     ck_assert_ptr_nonnull(dir);
     ck_assert_ptr_nonnull(mkdtemp(dir));
     return dir;
+}
+
+void die_with_parent(pid_t parent)
+{
+    /* the parent may have ended before the request: then end now */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+        _exit(126);
 }
 
 void remove_temp_dir(char *dir)

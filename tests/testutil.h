@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <check.h>
 
@@ -24,6 +25,11 @@ double rel_error(const float *a, const float *b, size_t n);
  * (unless LATENTD_TEST_KEEP is set) and frees the name. */
 char *make_temp_dir(void);
 void remove_temp_dir(char *dir);
+/* In a child just forked from `parent`, before exec: the child is killed
+ * when the test's process ends.  A failed assertion ends that process at
+ * once, skipping the test's cleanup, and a daemon it started must not run
+ * on (holding a port, memory and cores) through the tests after it. */
+void die_with_parent(pid_t parent);
 /* A file's whole contents. */
 uint8_t *read_all(const char *path, size_t *len);
 void write_all(const char *path, const void *data, size_t len);
