@@ -203,6 +203,7 @@ START_TEST(conv_3x3_same_padding_in_bands)
         {2, 5, 131, 3, 5, 131, 3, 1, 1, 1}};
     for (int s = 0; s < 5; s++) {
         ck_assert(ld_winograd_applies(&shapes[s]));
+        check_conv(shapes[s], 1 << 20); /* the default: few channels' own path for 2 and 3 */
         for (conv_algo a = ALGO_IM2COL; a <= ALGO_WINOGRAD; a++) {
             check_conv_with(shapes[s], 1 << 20, a); /* one band */
             check_conv_with(shapes[s], 1, a);       /* one row of output or tiles per band */
@@ -244,50 +245,69 @@ END_TEST
 
 /* GroupNorm+SiLU fused into the input, residual accumulated into the output:
  * equal to normalising a copy, convolving it and adding. */
-START_TEST(conv_with_input_map_and_accumulate)
+static void check_map_and_accumulate(ld_conv_geom g, conv_algo algo)
 {
-    if (!use_kernel(_i))
-        return;
-    ld_conv_geom g = {8, 9, 7, 5, 9, 7, 3, 1, 1, 1};
-    const size_t nin = 8 * 9 * 7, nout = 5 * 9 * 7, nw = 5 * 8 * 9;
-    float *in = malloc(nin * 4), *w = malloc(nw * 4), *b = malloc(5 * 4), *normed = malloc(nin * 4);
+    const int ci = g.in_ch, co = g.out_ch;
+    const size_t plane = (size_t)g.in_h * g.in_w, nin = (size_t)ci * plane;
+    const size_t nout = (size_t)co * g.out_h * g.out_w, nw = (size_t)co * ci * 9;
+    float *in = malloc(nin * 4), *w = malloc(nw * 4), *b = malloc((size_t)co * 4),
+          *normed = malloc(nin * 4), *out = malloc(nout * 4), *residual = malloc(nout * 4);
     float gamma[8], beta[8], scale[8], shift[8];
+    ck_assert_int_le(ci, 8);
     fill_random(in, nin, 41);
     fill_random(w, nw, 42);
-    fill_random(b, 5, 43);
+    fill_random(b, (size_t)co, 43);
     fill_random(gamma, 8, 44);
     fill_random(beta, 8, 45);
-    ld_group_norm(pool, in, normed, 8, 63, 4, gamma, beta, 1e-6f, 1);
-    ld_group_norm_coeffs(pool, in, 8, 63, 4, gamma, beta, 1e-6f, scale, shift);
+    const int groups = ci % 4 == 0 ? 4 : 1;
+    ld_group_norm(pool, in, normed, ci, plane, groups, gamma, beta, 1e-6f, 1);
+    ld_group_norm_coeffs(pool, in, ci, plane, groups, gamma, beta, 1e-6f, scale, shift);
     const ld_input_map map = {scale, shift, 1};
-    for (int algo = 0; algo < 2; algo++) {
-        float *out = malloc(nout * 4), *residual = malloc(nout * 4);
-        fill_random(residual, nout, 46);
-        memcpy(out, residual, nout * 4);
-        const int threads = ld_pool_threads(pool);
-        size_t n = algo ? ld_winograd_scratch_floats(&g, 1 << 20, threads)
-                        : ld_conv2d_im2col_scratch_floats(&g, 1 << 20, threads);
-        float *scratch = malloc(n * 4);
-        if (algo)
-            ld_conv2d_winograd(pool, &g, in, &map, w, b, out, 1, scratch, n);
-        else
-            ld_conv2d_im2col(pool, &g, in, &map, w, b, out, 1, scratch, n);
-        for (int co = 0; co < 5; co++)
-            for (int y = 0; y < 9; y++)
-                for (int x = 0; x < 7; x++) {
-                    const int at = (co * 9 + y) * 7 + x;
-                    double want = residual[at] + conv_ref(&g, normed, w, b, co, y, x);
-                    ck_assert_msg(fabs(out[at] - want) <= 1e-4 * (1 + fabs(want)),
-                                  "algo %d co %d y %d x %d: %g vs %g", algo, co, y, x, out[at], want);
-                }
-        free(out);
-        free(residual);
-        free(scratch);
-    }
+    fill_random(residual, nout, 46);
+    memcpy(out, residual, nout * 4);
+    const int threads = ld_pool_threads(pool);
+    const size_t n = algo == ALGO_WINOGRAD ? ld_winograd_scratch_floats(&g, 1 << 20, threads)
+                     : algo == ALGO_IM2COL ? ld_conv2d_im2col_scratch_floats(&g, 1 << 20, threads)
+                                           : ld_conv2d_scratch_floats(&g, 1 << 20, threads);
+    float *scratch = malloc(n * 4);
+    if (algo == ALGO_WINOGRAD)
+        ld_conv2d_winograd(pool, &g, in, &map, w, b, out, 1, scratch, n);
+    else if (algo == ALGO_IM2COL)
+        ld_conv2d_im2col(pool, &g, in, &map, w, b, out, 1, scratch, n);
+    else
+        ld_conv2d_ex(pool, &g, in, &map, w, b, out, 1, scratch, n);
+    for (int c = 0; c < co; c++)
+        for (int y = 0; y < g.out_h; y++)
+            for (int x = 0; x < g.out_w; x++) {
+                const size_t at = ((size_t)c * g.out_h + y) * g.out_w + x;
+                double want = residual[at] + conv_ref(&g, normed, w, b, c, y, x);
+                ck_assert_msg(fabs(out[at] - want) <= 1e-4 * (1 + fabs(want)),
+                              "algo %d co %d y %d x %d: %g vs %g", algo, c, y, x, out[at], want);
+            }
     free(in);
     free(w);
     free(b);
     free(normed);
+    free(out);
+    free(residual);
+    free(scratch);
+}
+
+START_TEST(conv_with_input_map_and_accumulate)
+{
+    if (!use_kernel(_i))
+        return;
+    const ld_conv_geom g = {8, 9, 7, 5, 9, 7, 3, 1, 1, 1};
+    check_map_and_accumulate(g, ALGO_IM2COL);
+    check_map_and_accumulate(g, ALGO_WINOGRAD);
+    /* few input channels (the first layer's RGB) take their own path where
+     * the kernel has one: rows of 1, 37 and 70 columns (blocks of 32 and a
+     * tail) */
+    const ld_conv_geom few[] = {{3, 5, 37, 6, 5, 37, 3, 1, 1, 1},
+                                {2, 4, 70, 9, 4, 70, 3, 1, 1, 1},
+                                {4, 3, 1, 3, 3, 1, 3, 1, 1, 1}};
+    for (int s = 0; s < 3; s++)
+        check_map_and_accumulate(few[s], ALGO_DEFAULT);
 }
 END_TEST
 

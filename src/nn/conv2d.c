@@ -3,6 +3,7 @@
 #include "latentd/nn.h"
 #include "gemm.h"
 
+#include <assert.h>
 #include <math.h>
 #include <string.h>
 
@@ -163,6 +164,84 @@ void ld_conv2d_im2col(ld_pool *pool, const ld_conv_geom *g, const float *in,
     }
 }
 
+/* ---------------- few input channels ----------------
+ * A 3x3 stride-1 "same" convolution of at most FEW_CHANNELS input channels
+ * (the first layer: RGB), with a kernel that has conv_row: a row of output
+ * at a time on each thread, from the 3·Ci input rows it reads, padded and
+ * mapped. */
+#define FEW_CHANNELS 4
+
+static int few_channels_applies(const ld_conv_geom *g)
+{
+    return g->in_ch <= FEW_CHANNELS && g->kernel == 3 && g->stride == 1 && g->pad_top == 1 &&
+           g->pad_left == 1 && g->out_h == g->in_h && g->out_w == g->in_w;
+}
+
+/* one padded input row: x from -1, whole blocks of columns and two more */
+static size_t few_row_floats(const ld_conv_geom *g)
+{
+    const size_t blocks = ((size_t)g->out_w + LD_CONV_ROW_BLOCK - 1) / LD_CONV_ROW_BLOCK;
+    return blocks * LD_CONV_ROW_BLOCK + 2;
+}
+
+static size_t few_scratch_floats(const ld_conv_geom *g, int threads)
+{
+    return (size_t)threads * 3 * (size_t)g->in_ch * few_row_floats(g);
+}
+
+typedef struct {
+    const ld_conv_geom *g;
+    const float *in;
+    const ld_input_map *map;
+    const float *weight, *bias;
+    float *out;
+    int accumulate;
+    const ld_gemm_kernel *kernel;
+    float *rows; /* 3·Ci padded rows per thread */
+} few_job;
+
+/* Output rows [first, last) */
+static void few_channel_rows(void *ctx, int first, int last, int thread)
+{
+    const few_job *j = ctx;
+    const ld_conv_geom *g = j->g;
+    const size_t row_floats = few_row_floats(g);
+    const size_t plane = (size_t)g->in_h * g->in_w, out_plane = (size_t)g->out_h * g->out_w;
+    float *rows = j->rows + (size_t)thread * 3 * g->in_ch * row_floats;
+    const float *tap[FEW_CHANNELS * 9];
+    for (int y = first; y < last; y++) {
+        for (int ci = 0; ci < g->in_ch; ci++)
+            for (int ky = 0; ky < 3; ky++) {
+                float *row = rows + (size_t)(ci * 3 + ky) * row_floats;
+                const int iy = y + ky - 1;
+                memset(row, 0, row_floats * sizeof(float));
+                if (iy >= 0 && iy < g->in_h) {
+                    const float *src = j->in + ci * plane + (size_t)iy * g->in_w;
+                    if (j->map)
+                        j->kernel->map_row(src, row + 1, g->in_w, j->map->scale[ci],
+                                           j->map->shift[ci], j->map->silu);
+                    else
+                        memcpy(row + 1, src, (size_t)g->in_w * sizeof(float));
+                }
+                for (int kx = 0; kx < 3; kx++) /* weight (ci, ky, kx) reads x + kx - 1 */
+                    tap[(ci * 3 + ky) * 3 + kx] = row + kx;
+            }
+        j->kernel->conv_row(tap, 9 * g->in_ch, j->weight, j->bias, g->out_ch, g->out_w,
+                            j->out + (size_t)y * g->out_w, out_plane, j->accumulate);
+    }
+}
+
+static void conv2d_few_channels(ld_pool *pool, const ld_conv_geom *g, const float *in,
+                                const ld_input_map *map, const float *weight, const float *bias,
+                                float *out, int accumulate, float *scratch,
+                                size_t scratch_floats)
+{
+    assert(scratch_floats >= few_scratch_floats(g, ld_pool_threads(pool)));
+    (void)scratch_floats;
+    const few_job job = {g, in, map, weight, bias, out, accumulate, ld_pool_gemm(pool), scratch};
+    ld_pool_for(pool, g->out_h, few_channel_rows, (void *)&job);
+}
+
 /* Building with -DLD_NO_WINOGRAD gives the im2col-only baseline that the
  * benchmark compares against. */
 #ifdef LD_NO_WINOGRAD
@@ -171,15 +250,22 @@ void ld_conv2d_im2col(ld_pool *pool, const ld_conv_geom *g, const float *in,
 
 size_t ld_conv2d_scratch_floats(const ld_conv_geom *g, size_t budget, int threads)
 {
-    return ld_winograd_applies(g) ? ld_winograd_scratch_floats(g, budget, threads)
-                                  : ld_conv2d_im2col_scratch_floats(g, budget, threads);
+    const size_t general = ld_winograd_applies(g)
+                               ? ld_winograd_scratch_floats(g, budget, threads)
+                               : ld_conv2d_im2col_scratch_floats(g, budget, threads);
+    /* the pool's kernel decides between the two: room for either */
+    const size_t few = few_channels_applies(g) ? few_scratch_floats(g, threads) : 0;
+    return few > general ? few : general;
 }
 
 void ld_conv2d_ex(ld_pool *pool, const ld_conv_geom *g, const float *in, const ld_input_map *map,
                   const float *weight, const float *bias, float *out, int accumulate,
                   float *scratch, size_t scratch_floats)
 {
-    if (ld_winograd_applies(g))
+    if (few_channels_applies(g) && ld_pool_gemm(pool)->conv_row)
+        conv2d_few_channels(pool, g, in, map, weight, bias, out, accumulate, scratch,
+                            scratch_floats);
+    else if (ld_winograd_applies(g))
         ld_conv2d_winograd(pool, g, in, map, weight, bias, out, accumulate, scratch,
                            scratch_floats);
     else

@@ -58,6 +58,21 @@ typedef void (*ld_sums_fn)(const float *x, size_t n, double *sum, double *sum_sq
  * LD_WINO_WEIGHTS_RUN), g_n the 3x3 kernel at w + 9n (winograd_weights.h) */
 typedef void (*ld_wino_weights_fn)(const float *w, int count, float *const u[36]);
 
+/* Columns of one row of a few-channel convolution's output computed at a
+ * time; its input rows must be readable to a whole block past the width. */
+#define LD_CONV_ROW_BLOCK 32
+
+/* One output row of a 3x3 convolution of few input channels (the first
+ * layer's RGB) for every output channel at once:
+ *   out[co·out_stride + x] (+)= b[co] + Σ_t w[co·taps + t] · tap[t][x]
+ * for x < width, each tap an input row (shifted, padded and mapped) that one
+ * weight reads.  Winograd and im2col stage 36 or 27 floats per output pixel
+ * for its 27 multiply-adds; this writes each output once.  NULL where the
+ * kernel has none (the convolution then takes the general path). */
+typedef void (*ld_conv_row_fn)(const float *const *tap, int taps, const float *w,
+                               const float *b, int out_ch, int width, float *out,
+                               size_t out_stride, int accumulate);
+
 /* What one instruction set brings: the product's micro-kernel and the
  * elementwise map whose expf would otherwise cost a third of a convolution. */
 typedef struct {
@@ -70,6 +85,7 @@ typedef struct {
     int vector;        /* floats per vector: the narrow tiles' step */
     ld_map_fn map_row;
     ld_wino_weights_fn wino_weights;
+    ld_conv_row_fn conv_row;
     ld_wino_rows_fn wino_rows;
     ld_wino_cols_fn wino_cols;
     ld_wino_out_fn wino_out_row;

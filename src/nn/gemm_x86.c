@@ -317,6 +317,47 @@ TARGET_AVX512 static void wino_weights_avx512(const float *w, int count, float *
     ld_wino_weights_body(w, count, u);
 }
 
+/* ld_conv_row_fn: 4 output channels × 32 columns in 8 accumulators; each
+ * tap's two vectors are loaded once for the 4 channels. */
+TARGET_AVX512 static void conv_row_avx512(const float *const *tap, int taps, const float *w,
+                                          const float *b, int out_ch, int width, float *out,
+                                          size_t out_stride, int accumulate)
+{
+    for (int x0 = 0; x0 < width; x0 += 32) {
+        const int n = width - x0 < 32 ? width - x0 : 32;
+        const __mmask16 m0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+        const __mmask16 m1 = n >= 32 ? 0xFFFF : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+        for (int co0 = 0; co0 < out_ch; co0 += 4) {
+            const int rows = out_ch - co0 < 4 ? out_ch - co0 : 4;
+            const float *wr[4]; /* rows past out_ch repeat the first; dropped */
+            __m512 acc[4][2];
+            for (int i = 0; i < 4; i++) {
+                const int co = co0 + (i < rows ? i : 0);
+                wr[i] = w + (size_t)co * taps;
+                acc[i][0] = acc[i][1] = _mm512_set1_ps(b ? b[co] : 0.0f);
+            }
+            for (int t = 0; t < taps; t++) {
+                const __m512 p0 = _mm512_loadu_ps(tap[t] + x0),
+                             p1 = _mm512_loadu_ps(tap[t] + x0 + 16);
+                for (int i = 0; i < 4; i++) {
+                    const __m512 wt = _mm512_set1_ps(wr[i][t]);
+                    acc[i][0] = _mm512_fmadd_ps(wt, p0, acc[i][0]);
+                    acc[i][1] = _mm512_fmadd_ps(wt, p1, acc[i][1]);
+                }
+            }
+            for (int i = 0; i < rows; i++) {
+                float *o = out + (size_t)(co0 + i) * out_stride + x0;
+                if (accumulate) {
+                    acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_maskz_loadu_ps(m0, o));
+                    acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_maskz_loadu_ps(m1, o + 16));
+                }
+                _mm512_mask_storeu_ps(o, m0, acc[i][0]);
+                _mm512_mask_storeu_ps(o + 16, m1, acc[i][1]);
+            }
+        }
+    }
+}
+
 static const ld_gemm_kernel avx512_kernel = {
     .kind = LD_KERNEL_AVX512,
     .mr = Z_MR,
@@ -326,6 +367,7 @@ static const ld_gemm_kernel avx512_kernel = {
     .vector = 16,
     .map_row = map_row_avx512,
     .wino_weights = wino_weights_avx512,
+    .conv_row = conv_row_avx512,
     .wino_rows = wino_rows_avx512,
     .wino_cols = wino_cols_avx512,
     .wino_out_row = wino_out_row_avx512,
