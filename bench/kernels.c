@@ -112,7 +112,8 @@ static double measure_peak(ld_pool *pool, int width)
 {
     enum { MAX_THREADS = 1024 };
     double sink[MAX_THREADS] = {0}, seconds[MAX_THREADS] = {0};
-    const int threads = ld_pool_threads(pool) < MAX_THREADS ? ld_pool_threads(pool) : MAX_THREADS;
+    const int threads =
+        ld_pool_threads(pool) < MAX_THREADS ? ld_pool_threads(pool) : MAX_THREADS;
     peak_job job = {width, 100000, sink, seconds};
     double best = 0;
     for (int t = 0; t < PEAK_TRIES;) {
@@ -123,7 +124,8 @@ static double measure_peak(ld_pool *pool, int width)
             shortest = seconds[i] < shortest ? seconds[i] : shortest;
         }
         if (shortest < PEAK_SECONDS) { /* too short to trust: longer, and again */
-            job.steps = (long)((double)job.steps * PEAK_SECONDS / (shortest > 1e-6 ? shortest : 1e-6) * 1.2);
+            const double took = shortest > 1e-6 ? shortest : 1e-6;
+            job.steps = (long)((double)job.steps * PEAK_SECONDS / took * 1.2);
             continue;
         }
         best = rate > best ? rate : best;

@@ -384,9 +384,6 @@ static bool wait_for_stalled_readyz(const daemon_t *d, double seconds)
     return false;
 }
 
-/* A test whose assertion fails ends its process at once, without its
- * cleanup: the daemon it started must end with it (die_with_parent), not
- * run on through the tests after it. */
 /* Whether child `pid` ends within `seconds`: SIGCHLD (blocked by the caller)
  * is awaited with a bound, and waitpid asked before each wait, since signals
  * that arrive together count once. */

@@ -317,14 +317,15 @@ TARGET_AVX512 static void wino_weights_avx512(const float *w, int count, float *
     ld_wino_weights_body(w, count, u);
 }
 
-/* ld_conv_row_fn: 4 output channels × 32 columns in 8 accumulators; each
- * tap's two vectors are loaded once for the 4 channels. */
+/* ld_conv_row_fn: 4 output channels × 32 columns (LD_CONV_ROW_BLOCK) in 8
+ * accumulators; each tap's two vectors are loaded once for the 4 channels. */
+_Static_assert(LD_CONV_ROW_BLOCK == 32, "conv_row_avx512 computes blocks of two zmm");
 TARGET_AVX512 static void conv_row_avx512(const float *const *tap, int taps, const float *w,
                                           const float *b, int out_ch, int width, float *out,
                                           size_t out_stride, int accumulate)
 {
-    for (int x0 = 0; x0 < width; x0 += 32) {
-        const int n = width - x0 < 32 ? width - x0 : 32;
+    for (int x0 = 0; x0 < width; x0 += LD_CONV_ROW_BLOCK) {
+        const int n = width - x0 < LD_CONV_ROW_BLOCK ? width - x0 : LD_CONV_ROW_BLOCK;
         const __mmask16 m0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
         const __mmask16 m1 = n >= 32 ? 0xFFFF : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
         for (int co0 = 0; co0 < out_ch; co0 += 4) {
