@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,6 +87,66 @@ START_TEST(gemm_matches_definition)
         free(c);
         free(c0);
     }
+}
+END_TEST
+
+/* B [k × n] into the kernel's panels ([n / nr rounded up][k][nr], zeros
+ * past n), as the Winograd input transform writes them. */
+static float *pack_panels(const ld_gemm_kernel *kern, const float *b, int k, int n)
+{
+    const int panels = (n + kern->nr - 1) / kern->nr;
+    float *packed = calloc((size_t)panels * k * kern->nr, sizeof(float));
+    ck_assert_ptr_nonnull(packed);
+    for (int p = 0; p < k; p++)
+        for (int j = 0; j < n; j++)
+            packed[((size_t)(j / kern->nr) * k + p) * kern->nr + j % kern->nr] =
+                b[(size_t)p * n + j];
+    return packed;
+}
+
+/* A product whose A is far (a Winograd U of 512 channels or so): the
+ * prefetching tile gives the plain tile's sums bit for bit (same order of
+ * operations), and ld_gemm_packed, which takes it for A this large, matches
+ * the definition over partial tiles of rows and columns. */
+START_TEST(gemm_far_a_matches_definition)
+{
+    if (!use_kernel(_i))
+        return;
+    const ld_gemm_kernel *kern = ld_pool_gemm(pool);
+    if (!kern->tile)
+        return; /* CBLAS: products go to cblas_sgemm */
+    enum { M = 259, N = 100, K = 512 };
+    _Static_assert((size_t)M * K >= LD_GEMM_FAR_A_FLOATS, "A must be far");
+    float *a = malloc(sizeof(float) * M * K), *b = malloc(sizeof(float) * K * N),
+          *c = malloc(sizeof(float) * M * N);
+    ck_assert(a && b && c);
+    fill_random(a, (size_t)M * K, 21);
+    fill_random(b, (size_t)K * N, 22);
+    float *panels = pack_panels(kern, b, K, N);
+    if (kern->tile_far_a) {
+        float near[LD_GEMM_MAX_MR * LD_GEMM_MAX_NR], far[LD_GEMM_MAX_MR * LD_GEMM_MAX_NR];
+        const float *rows[LD_GEMM_MAX_MR];
+        for (int i = 0; i < kern->mr; i++)
+            rows[i] = a + (size_t)(i + 3) * K; /* an A row that is no multiple of the tile */
+        kern->tile(K, rows, panels, near, (size_t)kern->nr, 0);
+        kern->tile_far_a(K, rows, panels, far, (size_t)kern->nr, 0);
+        ck_assert_mem_eq(near, far, sizeof(float) * kern->mr * kern->nr);
+    }
+    ld_gemm_packed(kern, M, N, K, a, K, panels, c, N);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double want = 0.0;
+            for (int p = 0; p < K; p++)
+                want += (double)a[(size_t)i * K + p] * b[(size_t)p * N + j];
+            const float got = c[(size_t)i * N + j];
+            ck_assert_msg(fabs(got - want) <= 1e-5 * sqrt(K) * (1 + fabs(want)),
+                          "%s: c[%d][%d] = %g, want %g", ld_kernel_name((ld_kernel)_i), i, j,
+                          got, want);
+        }
+    free(a);
+    free(b);
+    free(c);
+    free(panels);
 }
 END_TEST
 
@@ -599,6 +660,30 @@ START_TEST(pool_callers_on_other_threads_take_turns)
 }
 END_TEST
 
+/* The pool's arena, the work area every pass sweeps, sits on 2 MiB
+ * boundaries so that transparent huge pages can back it, and is all
+ * writable; a size whose bytes overflow is refused. */
+START_TEST(pool_arena_is_huge_page_aligned)
+{
+    char err[LD_ERR_LEN];
+    ld_pool *p;
+    ck_assert_int_eq(ld_pool_new(1, &p, err), LD_OK);
+    const size_t floats = ((size_t)3 << 20) + 5; /* 12 MiB and a bit: no whole huge pages */
+    float *arena = ld_pool_arena(p, floats);
+    ck_assert_ptr_nonnull(arena);
+    ck_assert_uint_eq((uintptr_t)arena % ((uintptr_t)2 << 20), 0);
+    ck_assert_uint_ge(ld_pool_arena_floats(p), floats);
+    memset(arena, 0x5a, floats * sizeof(float));
+    ck_assert_ptr_eq(ld_pool_arena(p, floats / 2), arena); /* a smaller need keeps it */
+    ld_pool_free(p);
+    ck_assert_ptr_null(ld_alloc_huge(SIZE_MAX / 2, sizeof(float)));
+    ck_assert_ptr_null(ld_alloc_huge(SIZE_MAX / 4, sizeof(float))); /* no room to round up */
+    void *empty = ld_alloc_huge(0, sizeof(float));
+    ck_assert_ptr_nonnull(empty);
+    ld_free_aligned(empty);
+}
+END_TEST
+
 START_TEST(pool_sizes)
 {
     char err[LD_ERR_LEN];
@@ -621,6 +706,7 @@ static Suite *nn_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_checked_fixture(tc, pool_setup, pool_teardown);
     tcase_add_loop_test(tc, gemm_matches_definition, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
+    tcase_add_loop_test(tc, gemm_far_a_matches_definition, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, input_map_matches_silu, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, conv_3x3_same_padding_in_bands, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, conv_downsample_pads_right_and_bottom, LD_KERNEL_AVX512,
@@ -637,6 +723,7 @@ static Suite *nn_suite(void)
     tcase_add_test(tp, pool_nested_loops_run_serially);
     tcase_add_test(tp, pool_callers_on_other_threads_take_turns);
     tcase_add_test(tp, pool_sizes);
+    tcase_add_test(tp, pool_arena_is_huge_page_aligned);
     suite_add_tcase(s, tp);
     return s;
 }

@@ -36,6 +36,11 @@ int ld_fail(char *err, int status, const char *fmt, ...)
 void *ld_alloc_aligned(size_t count, size_t elem_size);
 void ld_free_aligned(void *p);
 
+/* The same for a large work area that every pass sweeps: aligned to 2 MiB
+ * and, where the system has transparent huge pages, advised to use them
+ * (madvise), so the TLB covers the area.  Freed by ld_free_aligned. */
+void *ld_alloc_huge(size_t count, size_t elem_size);
+
 /* A sampling seed: decimal digits only, 0 to 2^64-1 (no sign, no spaces, no
  * hex or octal, no clamping), as the daemon and the CLI both take it. */
 int ld_parse_seed(const char *text, uint64_t *out, char *err);

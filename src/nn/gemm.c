@@ -219,14 +219,14 @@ ld_kernel ld_kernel_best(void)
 /* ---------------- tiles ---------------- */
 
 void ld_gemm_tile(const ld_gemm_kernel *kernel, int k, const float *a, size_t lda, int mr,
-                  const float *b, float *c, size_t ldc, int nr, int accumulate)
+                  const float *b, float *c, size_t ldc, int nr, int accumulate, bool far_a)
 {
     assert(mr >= 1 && mr <= kernel->mr && nr >= 1 && nr <= kernel->nr);
     const float *rows[LD_GEMM_MAX_MR];
     for (int i = 0; i < kernel->mr; i++) /* rows past mr repeat row 0; their sums are dropped */
         rows[i] = a + (i < mr ? (size_t)i * lda : 0);
     /* the narrowest tile that covers nr columns */
-    ld_tile_fn tile = kernel->tile;
+    ld_tile_fn tile = far_a && kernel->tile_far_a ? kernel->tile_far_a : kernel->tile;
     int width = kernel->nr;
     for (int v = 0; v < 2 && kernel->narrow_tile[v]; v++)
         if (nr <= (v + 1) * kernel->vector) {
@@ -252,12 +252,13 @@ void ld_gemm_packed(const ld_gemm_kernel *kernel, int m, int n, int k, const flo
                     size_t lda, const float *b_panels, float *c, size_t ldc)
 {
     const int mr = kernel->mr, nr = kernel->nr;
+    const bool far_a = (size_t)m * (size_t)k >= LD_GEMM_FAR_A_FLOATS;
     for (int j0 = 0, panel = 0; j0 < n; j0 += nr, panel++) {
         const float *b = b_panels + (size_t)panel * k * nr;
         const int cols = n - j0 < nr ? n - j0 : nr;
         for (int i0 = 0; i0 < m; i0 += mr)
             ld_gemm_tile(kernel, k, a + (size_t)i0 * lda, lda, m - i0 < mr ? m - i0 : mr, b,
-                         c + (size_t)i0 * ldc + j0, ldc, cols, 0);
+                         c + (size_t)i0 * ldc + j0, ldc, cols, 0, far_a);
     }
 }
 
@@ -318,7 +319,8 @@ static void gemm_panels(void *ctx, int first, int last, int thread)
             for (int i0 = 0; i0 < j->m; i0 += mr)
                 ld_gemm_tile(kern, kc, j->a + (size_t)i0 * j->lda + k0, j->lda,
                              j->m - i0 < mr ? j->m - i0 : mr, panel,
-                             j->c + (size_t)i0 * j->ldc + j0, j->ldc, cols, accumulate);
+                             j->c + (size_t)i0 * j->ldc + j0, j->ldc, cols, accumulate,
+                             false);
         }
     }
 }

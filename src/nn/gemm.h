@@ -12,6 +12,7 @@
 
 #include "latentd/nn.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define LD_GEMM_MAX_MR 8
@@ -79,6 +80,9 @@ typedef struct {
     ld_kernel kind;
     int mr, nr;
     ld_tile_fn tile;   /* NULL for LD_KERNEL_BLAS: products go to cblas_sgemm */
+    /* the full tile for an A that does not stay in L2 (see
+     * LD_GEMM_FAR_A_FLOATS): it prefetches A's rows; NULL to use tile */
+    ld_tile_fn tile_far_a;
     /* tiles 1 and 2 vectors wide (B's rows still nr apart), for a panel's
      * last columns; NULL where the kernel has none */
     ld_tile_fn narrow_tile[2];
@@ -118,9 +122,16 @@ const ld_gemm_kernel *ld_pool_gemm(const ld_pool *pool);
 
 /* One tile of C at rows [0, mr) and columns [0, nr) of the kernel's tile
  * (mr <= kernel->mr, nr <= kernel->nr): a points at row 0 of A, rows lda
- * apart; b at a packed panel whose columns past nr are zero or ignored. */
+ * apart; b at a packed panel whose columns past nr are zero or ignored.
+ * far_a: A is far (LD_GEMM_FAR_A_FLOATS), so a full tile prefetches it. */
 void ld_gemm_tile(const ld_gemm_kernel *kernel, int k, const float *a, size_t lda, int mr,
-                  const float *b, float *c, size_t ldc, int nr, int accumulate);
+                  const float *b, float *c, size_t ldc, int nr, int accumulate, bool far_a);
+
+/* An A of this many floats (512 KiB) or more is far: the products read it
+ * from L3 more than from L2 (a Winograd U of 512 channels is 1 MiB per
+ * position), so its tiles prefetch it (tile_far_a).  At 256 channels
+ * (256 KiB) the prefetching tile measured 3-5 % slower than the plain one. */
+#define LD_GEMM_FAR_A_FLOATS ((size_t)128 * 1024)
 
 /* One product on the calling thread, B already packed in panels of
  * kernel->nr columns ([n_panels][k][nr], panel stride k·nr): every tile of

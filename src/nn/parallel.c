@@ -268,7 +268,7 @@ float *ld_pool_arena(ld_pool *p, size_t floats)
     if (p->arena && p->arena_floats >= floats)
         return p->arena;
     ld_free_aligned(p->arena); /* never hold the old block and a larger one at once */
-    p->arena = ld_alloc_aligned(floats, sizeof(float));
+    p->arena = ld_alloc_huge(floats, sizeof(float));
     p->arena_floats = p->arena ? floats : 0;
     return p->arena;
 }
