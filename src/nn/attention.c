@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <string.h>
 
 #define QUERY_BLOCK 144 /* three 48-column panels of the AVX-512 kernel */
 #define KEY_BLOCK 480   /* ten */
@@ -22,10 +23,20 @@ static size_t per_thread_floats(int channels)
     return (size_t)QUERY_BLOCK * (2 * (size_t)channels + KEY_BLOCK);
 }
 
+_Static_assert(KEY_BLOCK % LD_GEMM_MAX_NR == 0, "a block of keys is whole panels");
+
+/* Tokens rounded up to whole panels of the widest kernel: the packed keys'
+ * columns (every kernel's nr divides LD_GEMM_MAX_NR). */
+static size_t padded_tokens(size_t tokens)
+{
+    return (tokens + LD_GEMM_MAX_NR - 1) / LD_GEMM_MAX_NR * LD_GEMM_MAX_NR;
+}
+
 size_t ld_attention_scratch_floats(int channels, size_t tokens, int threads)
 {
-    /* q, k, v as [C, tokens] plus each thread's blocks */
-    return 3 * (size_t)channels * tokens + (size_t)threads * per_thread_floats(channels);
+    /* q and v as [C, tokens], the keys packed, plus each thread's blocks */
+    return 2 * (size_t)channels * tokens + (size_t)channels * padded_tokens(tokens) +
+           (size_t)threads * per_thread_floats(channels);
 }
 
 /* dst[C, T] = W[C, C] · src[C, T] + b */
@@ -38,10 +49,35 @@ static void project(ld_pool *pool, const float *w, const float *b, const float *
     ld_gemm(pool, c, (int)tokens, c, w, c, src, (int)tokens, dst, (int)tokens, 1);
 }
 
+/* Keys [C, T] in the kernel's panels ([T/nr rounded up][C][nr], zeros past
+ * T), as every block of queries reads them: packed once here, where each
+ * block's product packed them again (28 times over at 64²). */
+typedef struct {
+    const float *keys; /* [C, T] */
+    float *packed;
+    int c, tokens, nr;
+} pack_job;
+
+static void pack_key_panels(void *ctx, int first, int last, int thread)
+{
+    (void)thread;
+    const pack_job *j = ctx;
+    for (int panel = first; panel < last; panel++) {
+        const int t0 = panel * j->nr;
+        const int cols = j->tokens - t0 < j->nr ? j->tokens - t0 : j->nr;
+        float *dst = j->packed + (size_t)panel * j->c * j->nr;
+        for (int ch = 0; ch < j->c; ch++, dst += j->nr) {
+            memcpy(dst, j->keys + (size_t)ch * j->tokens + t0, (size_t)cols * sizeof(float));
+            memset(dst + cols, 0, (size_t)(j->nr - cols) * sizeof(float));
+        }
+    }
+}
+
 typedef struct {
     ld_pool *pool;        /* its kernel; the products run on the calling thread */
     float *q;             /* [C, T]; a block's columns take its result */
-    const float *k, *v;   /* [C, T] */
+    const float *k;       /* packed in the kernel's panels; [C, T] for CBLAS */
+    const float *v;       /* [C, T] */
     float *per_thread;    /* per_thread_floats(c) each */
     int c, tokens;
     float scale;
@@ -127,7 +163,12 @@ static void attend_block(const attn_job *j, thread_blocks *b, int t0, int nq)
         const int nk = T - k0 < KEY_BLOCK ? T - k0 : KEY_BLOCK;
         /* scores[nq, nk] = queries · k[:, k0:k0+nk] (inside the pool's loop,
          * so on this thread alone) */
-        ld_gemm(j->pool, nq, nk, c, b->queries, c, j->k + k0, T, b->scores, KEY_BLOCK, 0);
+        if (kernel->tile)
+            ld_gemm_packed(kernel, nq, nk, c, b->queries, (size_t)c,
+                           j->k + (size_t)(k0 / kernel->nr) * c * kernel->nr, b->scores,
+                           KEY_BLOCK);
+        else
+            ld_gemm(j->pool, nq, nk, c, b->queries, c, j->k + k0, T, b->scores, KEY_BLOCK, 0);
         online_softmax(kernel, b, nq, nk, c, k0 == 0);
         /* weighted[C, nq] (+)= v[:, k0:k0+nk] · scoresᵀ (the scores packed
          * from their transpose: a third of the keys' size) */
@@ -163,11 +204,18 @@ int ld_attention(ld_pool *pool, const float *xn, int c, size_t tokens,
                  _Atomic uint64_t *progress, const _Atomic bool *cancel)
 {
     const int T = (int)tokens;
+    const ld_gemm_kernel *kernel = ld_pool_gemm(pool);
     float *q = scratch;
     float *k = q + (size_t)c * tokens;
-    float *v = k + (size_t)c * tokens;
+    float *v = k + (size_t)c * padded_tokens(tokens);
     project(pool, w->wq, w->bq, xn, c, tokens, q);
-    project(pool, w->wk, w->bk, xn, c, tokens, k);
+    if (kernel->tile) { /* the keys through v's place into their panels */
+        project(pool, w->wk, w->bk, xn, c, tokens, v);
+        const pack_job pj = {v, k, c, T, kernel->nr};
+        ld_pool_for(pool, (T + kernel->nr - 1) / kernel->nr, pack_key_panels, (void *)&pj);
+    } else {
+        project(pool, w->wk, w->bk, xn, c, tokens, k);
+    }
     project(pool, w->wv, w->bv, xn, c, tokens, v);
     const attn_job job = {pool, q, k, v, v + (size_t)c * tokens, c, T, 1.0f / sqrtf((float)c),
                           progress, cancel};
