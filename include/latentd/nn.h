@@ -51,7 +51,8 @@ void ld_pool_free(ld_pool *pool); /* accepts NULL; the pool must be idle */
 int ld_pool_threads(const ld_pool *pool); /* 1 for NULL */
 /* The cores this process may run on: the default number of threads. */
 int ld_cores(void);
-/* A block of at least `floats` floats (64-byte aligned) that the pool keeps
+/* A block of at least `floats` floats (2 MiB aligned, on transparent huge
+ * pages where the system has them: see ld_alloc_huge) that the pool keeps
  * until a larger one is asked for, ld_pool_arena_release or ld_pool_free:
  * a caller that computes on the pool again and again (a daemon's worker,
  * a dataset run) reuses its working memory instead of mapping it afresh,
