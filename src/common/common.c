@@ -59,16 +59,22 @@ int ld_mul_size(size_t a, size_t b, size_t *out)
     return 0;
 }
 
-void *ld_alloc_aligned(size_t count, size_t elem_size)
+/* count·elem_size bytes at a multiple of align (a power of two), rounded up
+ * to whole multiples as aligned_alloc wants (at least one), the rounded
+ * size in *size; NULL when the byte count overflows. */
+static void *alloc_rounded(size_t count, size_t elem_size, size_t align, size_t *size)
 {
     size_t bytes;
-    if (ld_mul_size(count, elem_size, &bytes) != 0)
+    if (ld_mul_size(count, elem_size, &bytes) != 0 || bytes > SIZE_MAX - (align - 1))
         return NULL;
-    /* aligned_alloc wants a multiple of the alignment */
-    size_t rounded = (bytes + 63) & ~(size_t)63;
-    if (rounded < bytes)
-        return NULL;
-    return aligned_alloc(64, rounded ? rounded : 64);
+    *size = bytes ? (bytes + align - 1) & ~(align - 1) : align;
+    return aligned_alloc(align, *size);
+}
+
+void *ld_alloc_aligned(size_t count, size_t elem_size)
+{
+    size_t size;
+    return alloc_rounded(count, elem_size, 64, &size);
 }
 
 /* A transparent huge page on x86-64: the kernel backs only whole aligned
@@ -77,17 +83,14 @@ void *ld_alloc_aligned(size_t count, size_t elem_size)
 
 void *ld_alloc_huge(size_t count, size_t elem_size)
 {
-    size_t bytes;
-    if (ld_mul_size(count, elem_size, &bytes) != 0 || bytes > SIZE_MAX - HUGE_PAGE)
-        return NULL;
-    const size_t rounded = bytes ? (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1) : HUGE_PAGE;
-    void *p = aligned_alloc(HUGE_PAGE, rounded);
+    size_t size;
+    void *p = alloc_rounded(count, elem_size, HUGE_PAGE, &size);
 #ifdef MADV_HUGEPAGE
     /* only advice: where huge pages are off or none is free, the kernel
      * uses small ones and the area works the same, only slower (the
      * Winograd passes sweep it: 4-5 % of a 512² encode, measured) */
     if (p)
-        (void)madvise(p, rounded, MADV_HUGEPAGE);
+        (void)madvise(p, size, MADV_HUGEPAGE);
 #endif
     return p;
 }

@@ -11,7 +11,6 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <string.h>
 
 #define QUERY_BLOCK 144 /* three 48-column panels of the AVX-512 kernel */
 #define KEY_BLOCK 480   /* ten */
@@ -65,11 +64,8 @@ static void pack_key_panels(void *ctx, int first, int last, int thread)
     for (int panel = first; panel < last; panel++) {
         const int t0 = panel * j->nr;
         const int cols = j->tokens - t0 < j->nr ? j->tokens - t0 : j->nr;
-        float *dst = j->packed + (size_t)panel * j->c * j->nr;
-        for (int ch = 0; ch < j->c; ch++, dst += j->nr) {
-            memcpy(dst, j->keys + (size_t)ch * j->tokens + t0, (size_t)cols * sizeof(float));
-            memset(dst + cols, 0, (size_t)(j->nr - cols) * sizeof(float));
-        }
+        ld_gemm_pack_panel(j->keys, (size_t)j->tokens, 0, 0, j->c, t0, cols, j->nr,
+                           j->packed + (size_t)panel * j->c * j->nr);
     }
 }
 

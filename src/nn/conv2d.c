@@ -213,20 +213,8 @@ static void few_channel_rows(void *ctx, int first, int last, int thread)
         for (int ci = 0; ci < g->in_ch; ci++)
             for (int ky = 0; ky < 3; ky++) {
                 float *row = rows + (size_t)(ci * 3 + ky) * row_floats;
-                const int iy = y + ky - 1;
-                if (iy >= 0 && iy < g->in_h) { /* the image's columns, zeros around */
-                    const float *src = j->in + ci * plane + (size_t)iy * g->in_w;
-                    row[0] = 0.0f;
-                    if (j->map)
-                        j->kernel->map_row(src, row + 1, g->in_w, j->map->scale[ci],
-                                           j->map->shift[ci], j->map->silu);
-                    else
-                        memcpy(row + 1, src, (size_t)g->in_w * sizeof(float));
-                    memset(row + 1 + g->in_w, 0,
-                           (row_floats - 1 - (size_t)g->in_w) * sizeof(float));
-                } else {
-                    memset(row, 0, row_floats * sizeof(float));
-                }
+                ld_conv_pad_row(j->in + ci * plane, g->in_h, g->in_w, y + ky - 1,
+                                (int)row_floats, j->map, j->kernel->map_row, ci, row);
                 for (int kx = 0; kx < 3; kx++) /* weight (ci, ky, kx) reads x + kx - 1 */
                     tap[(ci * 3 + ky) * 3 + kx] = row + kx;
             }

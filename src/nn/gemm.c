@@ -264,11 +264,8 @@ void ld_gemm_packed(const ld_gemm_kernel *kernel, int m, int n, int k, const flo
 
 /* ---------------- the general product ---------------- */
 
-/* Rows [k0, k0+kc) and columns [j0, j0+cols) of B into a [kc][nr] panel,
- * zeros past cols.  B transposed: given as Bᵀ [n × k], row j of Bᵀ is
- * column j of B. */
-static void pack_panel(const float *b, size_t ldb, int transposed, int k0, int kc, int j0,
-                       int cols, int nr, float *panel)
+void ld_gemm_pack_panel(const float *b, size_t ldb, int transposed, int k0, int kc, int j0,
+                        int cols, int nr, float *panel)
 {
     if (transposed) {
         for (int jj = 0; jj < cols; jj++) {
@@ -315,7 +312,7 @@ static void gemm_panels(void *ctx, int first, int last, int thread)
         for (int pn = first; pn < last; pn++) {
             const int j0 = pn * nr;
             const int cols = j->n - j0 < nr ? j->n - j0 : nr;
-            pack_panel(j->b, j->ldb, j->b_transposed, k0, kc, j0, cols, nr, panel);
+            ld_gemm_pack_panel(j->b, j->ldb, j->b_transposed, k0, kc, j0, cols, nr, panel);
             for (int i0 = 0; i0 < j->m; i0 += mr)
                 ld_gemm_tile(kern, kc, j->a + (size_t)i0 * j->lda + k0, j->lda,
                              j->m - i0 < mr ? j->m - i0 : mr, panel,

@@ -59,6 +59,19 @@ typedef void (*ld_sums_fn)(const float *x, size_t n, double *sum, double *sum_sq
  * LD_WINO_WEIGHTS_RUN), g_n the 3x3 kernel at w + 9n (winograd_weights.h) */
 typedef void (*ld_wino_weights_fn)(const float *w, int count, float *const u[36]);
 
+/* One input row y of channel c (of a plane h × w) into padded_w floats:
+ * padded[x + 1] = row[x], through the input map if any, zeros around and
+ * for a y outside the plane.  The rows the Winograd transform and the
+ * few-channel convolution read. */
+void ld_conv_pad_row(const float *plane, int h, int w, int y, int padded_w,
+                     const ld_input_map *map, ld_map_fn map_row, int c, float *padded);
+
+/* One panel of B for the micro-kernels: rows [k0, k0+kc) and columns
+ * [j0, j0+cols) into [kc][nr], zeros past cols.  Transposed: B given as
+ * Bᵀ [n × k] (row j of Bᵀ is column j of B). */
+void ld_gemm_pack_panel(const float *b, size_t ldb, int transposed, int k0, int kc, int j0,
+                        int cols, int nr, float *panel);
+
 /* Columns of one row of a few-channel convolution's output computed at a
  * time; its input rows must be readable to a whole block past the width. */
 #define LD_CONV_ROW_BLOCK 32

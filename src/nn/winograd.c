@@ -106,8 +106,8 @@ static void transform_weights(void *ctx, int first, int last, int thread)
 /* One input row of channel c, zero-padded: padded[x + 1] = row[x] (through
  * the input map, if any), zeros around, so tile tx's columns start at
  * padded[4·tx]. */
-static void pad_row(const float *plane, int h, int w, int y, int padded_w,
-                    const ld_input_map *map, ld_map_fn map_row, int c, float *padded)
+void ld_conv_pad_row(const float *plane, int h, int w, int y, int padded_w,
+                     const ld_input_map *map, ld_map_fn map_row, int c, float *padded)
 {
     if (y < 0 || y >= h) {
         memset(padded, 0, (size_t)padded_w * sizeof(float));
@@ -270,7 +270,7 @@ static void transform_input(void *ctx, int first, int last, int thread)
                 d[1] = last1;
             }
             for (int k = reused; k < IN_TILE; k++)
-                pad_row(src, g->in_h, g->in_w, y + k, pw, j->map, j->map_row, ci, d[k]);
+                ld_conv_pad_row(src, g->in_h, g->in_w, y + k, pw, j->map, j->map_row, ci, d[k]);
             if (ci + 1 < last) /* the same rows of the next channel */
                 prefetch_rows(src + plane, g->in_h, g->in_w, y + reused, y + IN_TILE, 0);
             j->wino_rows((const float *const *)d, t, pw);
