@@ -424,23 +424,49 @@ END_TEST
 
 /* ---- many clients at once ---- */
 
+static const char *const pool[] = {"astronaut_64", "chelsea_64", "coffee_64"};
+enum { POOL = 3 };
+
+/* The fixture latents of the pool's images, read before any client starts:
+ * a client thread may not ck_assert, which read_tensor does. */
+typedef struct {
+    float *latents[POOL];
+    size_t count; /* floats in each */
+} pool_expected;
+
+static pool_expected pool_expected_load(void)
+{
+    pool_expected e;
+    for (int i = 0; i < POOL; i++)
+        e.latents[i] = read_tensor(fixture("expected/tiny-sd/%s.safetensors", pool[i]),
+                                   "latents", &e.count, NULL);
+    return e;
+}
+
+static void pool_expected_free(pool_expected *e)
+{
+    for (int i = 0; i < POOL; i++)
+        free(e->latents[i]);
+}
+
 typedef struct {
     const daemon_t *d;
+    const pool_expected *want; /* client_main's */
     int id;
     int failures;
     char why[256];
 } client;
 
-static const char *const pool[] = {"astronaut_64", "chelsea_64", "coffee_64"};
-
-/* Client k sends 3 requests, each of 1 or 2 images of the pool; deterministic
- * ones must equal the fixtures, sampled ones the single-request answer. */
+/* Client k sends 3 requests, each of 1 or 2 images of the pool, and checks
+ * that every answer holds the fixture latents of its images in order. */
 static void *client_main(void *arg)
 {
     client *cl = arg;
+    const size_t m = cl->want->count;
     for (int round = 0; round < 3; round++) {
         const int n = 1 + (cl->id + round) % 2;
-        const char *names[2] = {pool[(cl->id + round) % 3], pool[(cl->id + round + 1) % 3]};
+        const int which[2] = {(cl->id + round) % POOL, (cl->id + round + 1) % POOL};
+        const char *names[2] = {pool[which[0]], pool[which[1]]};
         /* no ck_assert in a client thread: a failed transfer is counted, not thrown */
         char *body = json_request(names, n, NULL);
         reply r = http_try(cl->d, "/v1/encode", "application/json", body, strlen(body), NULL, NULL);
@@ -455,14 +481,18 @@ static void *client_main(void *arg)
         size_t cnt;
         float *v = tensor_from_json(json_object_get(root, "latents"), &cnt);
         for (int i = 0; i < n; i++) {
-            size_t m;
-            float *want = read_tensor(fixture("expected/tiny-sd/%s.safetensors", names[i]),
-                                      "latents", &m, NULL);
-            if (cnt != m * (size_t)n || rel_error(v + m * (size_t)i, want, m) > 1e-4) {
+            if (!v || cnt != m * (size_t)n) {
                 cl->failures++;
-                snprintf(cl->why, sizeof cl->why, "client %d: image %d mixed up", cl->id, i);
+                snprintf(cl->why, sizeof cl->why, "client %d: %zu floats for %d images", cl->id,
+                         v ? cnt : 0, n);
+                break;
             }
-            free(want);
+            const double error = rel_error(v + m * (size_t)i, cl->want->latents[which[i]], m);
+            if (error > 1e-4) {
+                cl->failures++;
+                snprintf(cl->why, sizeof cl->why, "client %d: image %d (%s) mixed up: error %.3g",
+                         cl->id, i, names[i], error);
+            }
         }
         free(v);
         json_decref(root);
@@ -476,17 +506,19 @@ START_TEST(concurrent_clients_batch_without_mixups)
     static const char *const flags[] = {"--vae-split", "4", "--max-batch-delay-ms", "30",
                                         "--max-queue", "256", NULL};
     daemon_t d = start_daemon("models/tiny-sd", flags);
+    pool_expected want = pool_expected_load();
     enum { CLIENTS = 16 };
     pthread_t threads[CLIENTS];
     client clients[CLIENTS];
     for (int i = 0; i < CLIENTS; i++) {
-        clients[i] = (client){&d, i, 0, ""};
+        clients[i] = (client){&d, &want, i, 0, ""};
         pthread_create(&threads[i], NULL, client_main, &clients[i]);
     }
     for (int i = 0; i < CLIENTS; i++) {
         pthread_join(threads[i], NULL);
         ck_assert_msg(clients[i].failures == 0, "%s", clients[i].why);
     }
+    pool_expected_free(&want);
     reply r = http(&d, "/metrics", NULL, NULL, 0, NULL, NULL);
     const char *ones = strstr(r.body, "latentd_batch_size_bucket{le=\"1\"} ");
     const char *all = strstr(r.body, "latentd_batch_size_count ");
@@ -583,13 +615,17 @@ START_TEST(sampling_depends_on_the_seed_only)
     /* the same seed answers the same while other requests share its batch */
     pthread_t noise[4];
     client others[4];
+    pool_expected want = pool_expected_load();
     for (int i = 0; i < 4; i++) {
-        others[i] = (client){&d, i, 0, ""};
+        others[i] = (client){&d, &want, i, 0, ""};
         pthread_create(&noise[i], NULL, client_main, &others[i]);
     }
     json_t *busy = sample_request(&d, two, 2, "\"deterministic\": false, \"seed\": 77");
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 4; i++) { /* the deterministic neighbours get their own answers too */
         pthread_join(noise[i], NULL);
+        ck_assert_msg(others[i].failures == 0, "%s", others[i].why);
+    }
+    pool_expected_free(&want);
     float *vbusy = tensor_from_json(json_object_get(busy, "latents"), &n);
     ck_assert_mem_eq(va, vbusy, n * sizeof(float));
     free(va);
@@ -710,7 +746,7 @@ START_TEST(sigterm_drains_accepted_requests)
     r = http(&d, "/v1/model", NULL, NULL, 0, NULL, NULL);
     ck_assert_ptr_nonnull(strstr(r.body, "\"latent_channels\":4"));
     free(r.body);
-    client cl = {&d, 0, 0, ""};
+    client cl = {&d, NULL, 0, 0, ""};
     pthread_t t;
     pthread_create(&t, NULL, slow_request, &cl);
     /* accepted, waiting for its batch */

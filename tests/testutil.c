@@ -14,8 +14,11 @@
 
 const char *fixture(const char *fmt, ...)
 {
-    static char slots[8][4096];
-    static int next;
+    /* per thread: client threads build paths at once, and a shared ring let
+     * one thread's path be overwritten before it was opened (a "mixed up"
+     * image in test_service, the test's own race, 1 run in 100) */
+    static _Thread_local char slots[8][4096];
+    static _Thread_local int next;
     char *buf = slots[next++ % 8];
     const char *root = getenv("LATENTD_FIXTURES");
     int used = snprintf(buf, 4096, "%s/", root ? root : "tests/fixtures");

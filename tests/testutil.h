@@ -11,7 +11,8 @@
 
 #include "latentd/safetensors.h"
 
-/* $LATENTD_FIXTURES/rel (default tests/fixtures/rel), in a static buffer per call slot. */
+/* $LATENTD_FIXTURES/rel (default tests/fixtures/rel), in one of the calling
+ * thread's 8 buffers, each reused 8 calls later. */
 const char *fixture(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* A float32 copy of tensor `name` from a safetensors file; aborts the test if absent.
