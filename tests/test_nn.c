@@ -274,6 +274,40 @@ START_TEST(conv_3x3_same_padding_in_bands)
     check_conv_with(shapes[0],
                     36 * 12 * 3 * 2 + 36 * 7 * 5 + (size_t)ld_pool_threads(pool) * 12 * 14,
                     ALGO_WINOGRAD); /* two tile rows */
+    /* 16 rows of 16 tiles, room for 7 a band: bands of whole panels (6, 6, 4) */
+    const ld_conv_geom square = {2, 64, 64, 3, 64, 64, 3, 1, 1, 1};
+    check_conv_with(square, 7 * 36 * (2 + 3) * 16, ALGO_WINOGRAD);
+}
+END_TEST
+
+/* Band rows: the fewest computed panel columns, then the fewest bands. */
+START_TEST(winograd_bands_are_whole_panels)
+{
+    /* 64x64 at 512 channels: 7 rows of 16 tiles (336 columns) lose to 6 (288) */
+    ck_assert_int_eq(ld_winograd_band_rows(16, 16, 7, 48), 6);
+    /* 128x128 at 256: 6 rows of 32 tiles are 4 whole panels */
+    ck_assert_int_eq(ld_winograd_band_rows(32, 32, 7, 48), 6);
+    /* 3 rows of 128 tiles are 8 whole panels already */
+    ck_assert_int_eq(ld_winograd_band_rows(128, 128, 3, 48), 3);
+    /* the whole image when it fits: no split saves a column */
+    ck_assert_int_eq(ld_winograd_band_rows(16, 16, 100, 48), 16);
+    /* no panels (CBLAS): as many rows as fit */
+    ck_assert_int_eq(ld_winograd_band_rows(16, 16, 7, 0), 7);
+    /* at least one row, however little room */
+    ck_assert_int_eq(ld_winograd_band_rows(5, 5, 0, 48), 1);
+    /* never more columns than the most rows that fit would compute */
+    for (int th = 1; th <= 40; th++)
+        for (int tw = 1; tw <= 40; tw += 3)
+            for (int max = 1; max <= th; max++) {
+                const int rows = ld_winograd_band_rows(th, tw, max, 16);
+                ck_assert(rows >= 1 && rows <= max);
+                long chosen = 0, most = 0;
+                for (int y = 0; y < th; y += rows)
+                    chosen += ((long)(th - y < rows ? th - y : rows) * tw + 15) / 16;
+                for (int y = 0; y < th; y += max)
+                    most += ((long)(th - y < max ? th - y : max) * tw + 15) / 16;
+                ck_assert_int_le(chosen, most);
+            }
 }
 END_TEST
 
@@ -709,6 +743,7 @@ static Suite *nn_suite(void)
     tcase_add_loop_test(tc, gemm_far_a_matches_definition, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, input_map_matches_silu, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, conv_3x3_same_padding_in_bands, LD_KERNEL_AVX512, LD_KERNEL_COUNT);
+    tcase_add_test(tc, winograd_bands_are_whole_panels);
     tcase_add_loop_test(tc, conv_downsample_pads_right_and_bottom, LD_KERNEL_AVX512,
                         LD_KERNEL_COUNT);
     tcase_add_loop_test(tc, conv_pointwise, LD_KERNEL_AVX512, LD_KERNEL_COUNT);

@@ -66,6 +66,14 @@ typedef void (*ld_wino_weights_fn)(const float *w, int count, float *const u[36]
 void ld_conv_pad_row(const float *plane, int h, int w, int y, int padded_w,
                      const ld_input_map *map, ld_map_fn map_row, int c, float *padded);
 
+/* Tile rows per band of a Winograd convolution (tiles_h × tiles_w tiles, at
+ * most max_rows a band): the count that computes the fewest panel columns,
+ * the fewest bands among equals.  A band's last panel is padded to
+ * panel_cols tiles (the kernel's nr; 0 or 1 for none), and every padded
+ * column costs the products as much as a real one: at 64x64, 7 rows of 16
+ * tiles a band made 336 columns for 256 tiles, 6 rows make 288. */
+int ld_winograd_band_rows(int tiles_h, int tiles_w, int max_rows, int panel_cols);
+
 /* One panel of B for the micro-kernels: rows [k0, k0+kc) and columns
  * [j0, j0+cols) into [kc][nr], zeros past cols.  Transposed: B given as
  * Bᵀ [n × k] (row j of Bᵀ is column j of B). */

@@ -414,6 +414,28 @@ static void multiply_positions(void *ctx, int first, int last, int thread)
     }
 }
 
+int ld_winograd_band_rows(int tiles_h, int tiles_w, int max_rows, int panel_cols)
+{
+    if (max_rows > tiles_h)
+        max_rows = tiles_h;
+    if (max_rows < 1 || panel_cols <= 1)
+        return max_rows < 1 ? 1 : max_rows;
+    int best = max_rows;
+    long best_cost = -1;
+    for (int rows = max_rows; rows >= 1; rows--) { /* from the fewest bands down */
+        long cost = 0;
+        for (int ty0 = 0; ty0 < tiles_h; ty0 += rows) {
+            const long tiles = (long)(tiles_h - ty0 < rows ? tiles_h - ty0 : rows) * tiles_w;
+            cost += (tiles + panel_cols - 1) / panel_cols;
+        }
+        if (best_cost < 0 || cost < best_cost) {
+            best = rows;
+            best_cost = cost;
+        }
+    }
+    return best;
+}
+
 /* scratch: ld_winograd_scratch_floats(g, budget, ld_pool_threads(pool)) floats */
 void ld_conv2d_winograd(ld_pool *pool, const ld_conv_geom *g, const float *in,
                         const ld_input_map *map, const float *weight, const float *bias,
@@ -426,7 +448,9 @@ void ld_conv2d_winograd(ld_pool *pool, const ld_conv_geom *g, const float *in,
     float *u = scratch;
     float *row_buffers = scratch + p.weights;
     float *band = row_buffers + p.row_buffers;
-    const int rows_per_band = (int)((scratch_floats - fixed) / p.per_tile_row);
+    const int max_rows = (int)((scratch_floats - fixed) / p.per_tile_row);
+    const int rows_per_band = ld_winograd_band_rows(p.tiles_h, p.tiles_w, max_rows,
+                                                    kernel->tile ? kernel->nr : 0);
     const weights_job wj = {g, weight, u, kernel->wino_weights};
     ld_pool_for(pool, g->out_ch, transform_weights, (void *)&wj);
     for (int ty0 = 0; ty0 < p.tiles_h; ty0 += rows_per_band) {
