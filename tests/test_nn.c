@@ -6,11 +6,15 @@
 #include <check.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 /* The kernels run on a pool of three threads (an odd count, so ranges split
  * unevenly), made afresh for each test. */
@@ -595,20 +599,82 @@ static void add_round(void *ctx, int begin, int end, int thread)
         cells[i] += 1; /* plain ints: a loop overlapping the next would be a data race */
 }
 
+/* With waiting threads that sleep at once and ones that poll first (the
+ * hand-over then goes through the atomics alone), on as many threads as
+ * this machine's cores and on more. */
 START_TEST(pool_runs_loops_one_after_another)
+{
+    static const int spins[] = {0, LD_POOL_SPIN_US};
+    for (int threads = 2; threads <= 4; threads += 2)
+        for (size_t s = 0; s < sizeof spins / sizeof spins[0]; s++) {
+            char err[LD_ERR_LEN];
+            ld_pool *p;
+            ck_assert_msg(ld_pool_new(threads, &p, err) == LD_OK, "%s", err);
+            ld_pool_set_spin(p, spins[s]);
+            int cells[37] = {0};
+            for (int round = 0; round < 2000; round++) {
+                if (round % 2)
+                    ld_pool_for(p, 37, add_round, cells);
+                else
+                    ld_pool_for_dynamic(p, 37, 2, add_round, cells);
+            }
+            for (int i = 0; i < 37; i++)
+                ck_assert_msg(cells[i] == 2000, "threads %d spin %d: cell %d ran %d times",
+                              threads, spins[s], i, cells[i]);
+            ld_pool_free(p);
+        }
+}
+END_TEST
+
+/* Each thread's kernel id, recorded from inside a loop. */
+static void record_tid(void *ctx, int begin, int end, int thread)
+{
+    (void)begin;
+    (void)end;
+    pid_t *tids = ctx;
+    tids[thread] = (pid_t)syscall(SYS_gettid);
+}
+
+/* A thread's scheduler state from /proc: 'R' running or ready, 'S' asleep */
+static char thread_state(pid_t tid)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+    fclose(f);
+    const char *close = strrchr(line, ')'); /* the name may hold spaces and parentheses */
+    ck_assert_ptr_nonnull(close);
+    return close[2];
+}
+
+/* The polling is bounded: after a loop the worker goes to sleep (an idle
+ * pool takes no CPU), here waited for by watching its state, and it wakes
+ * for the next loop. */
+START_TEST(pool_workers_sleep_once_the_spin_ends)
 {
     char err[LD_ERR_LEN];
     ld_pool *p;
-    ck_assert_msg(ld_pool_new(4, &p, err) == LD_OK, "%s", err);
-    int cells[37] = {0};
-    for (int round = 0; round < 2000; round++) {
-        if (round % 2)
-            ld_pool_for(p, 37, add_round, cells);
-        else
-            ld_pool_for_dynamic(p, 37, 2, add_round, cells);
+    ck_assert_msg(ld_pool_new(2, &p, err) == LD_OK, "%s", err);
+    ld_pool_set_spin(p, 100 * 1000); /* 100 ms: long enough to see, short enough to wait out */
+    pid_t tids[2] = {0, 0};
+    ld_pool_for(p, 2, record_tid, tids);
+    ck_assert_int_ne(tids[1], 0);
+    ck_assert_int_ne(tids[1], tids[0]);
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    double waited = 0;
+    while (thread_state(tids[1]) != 'S' && waited < 30.0) {
+        sched_yield();
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        waited = (double)(now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) * 1e-9;
     }
-    for (int i = 0; i < 37; i++)
-        ck_assert_int_eq(cells[i], 2000);
+    ck_assert_msg(thread_state(tids[1]) == 'S', "the worker still %c after %.1f s",
+                  thread_state(tids[1]), waited);
+    tids[1] = 0;
+    ld_pool_for(p, 2, record_tid, tids);
+    ck_assert_int_ne(tids[1], 0);
     ld_pool_free(p);
 }
 END_TEST
@@ -755,6 +821,7 @@ static Suite *nn_suite(void)
     tcase_set_timeout(tp, 600);
     tcase_add_test(tp, pool_visits_every_index_once);
     tcase_add_test(tp, pool_runs_loops_one_after_another);
+    tcase_add_test(tp, pool_workers_sleep_once_the_spin_ends);
     tcase_add_test(tp, pool_nested_loops_run_serially);
     tcase_add_test(tp, pool_callers_on_other_threads_take_turns);
     tcase_add_test(tp, pool_sizes);

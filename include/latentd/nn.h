@@ -23,9 +23,11 @@ static inline float ld_silu(float v)
 void ld_nn_init(void);
 
 /* A team of compute threads that runs parallel loops.  The thread that calls
- * ld_pool_for is thread 0 and does its share; the others sleep on a
- * condition variable between loops, so an idle pool takes no CPU from the
- * program's other threads (a daemon's I/O, say).
+ * ld_pool_for is thread 0 and does its share; between loops the others poll
+ * for the next one for up to the pool's spin time (ld_pool_set_spin),
+ * yielding their core at every poll, then sleep on a condition variable, so
+ * an idle pool takes no CPU from the program's other threads (a daemon's
+ * I/O, say).
  *
  *   ld_pool *pool;
  *   if (ld_pool_new(4, &pool, err) != LD_OK) ...   // 4 threads, the caller included
@@ -62,6 +64,14 @@ int ld_cores(void);
 float *ld_pool_arena(ld_pool *pool, size_t floats);
 void ld_pool_arena_release(ld_pool *pool);
 size_t ld_pool_arena_floats(const ld_pool *pool); /* 0 for NULL or none held */
+/* How long, in microseconds, a waiting thread of the pool (a worker between
+ * loops, the caller for the workers' shares) polls, yielding its core, before
+ * it sleeps; 0: it sleeps at once.  A pass's loops follow each other within
+ * microseconds, and a sleeping thread takes tens of them to wake.  A new
+ * pool polls LD_POOL_SPIN_US when it has at most ld_cores() threads, else
+ * not at all.  It takes effect from the next wait. */
+#define LD_POOL_SPIN_US 1000
+void ld_pool_set_spin(ld_pool *pool, int microseconds);
 /* Static schedule: thread t gets the t-th of `threads` contiguous, near-equal
  * ranges (one call at most; none when its range is empty).  Returns when
  * every index has been handled. */

@@ -525,6 +525,7 @@ int srv_queue_stalled(srv_queue *q, int stall_ms)
 
 static int start_threads(srv_queue *q, char *err)
 {
+    const long compute_threads = (long)q->params.workers * q->params.threads;
     for (int i = 0; i < q->params.workers; i++) {
         worker *w = &q->workers[i];
         w->q = q;
@@ -536,6 +537,8 @@ static int start_threads(srv_queue *q, char *err)
             return ld_fail(err, LD_ENOMEM, "worker %d: %s", i, inner);
         if (ld_pool_set_kernel(w->pool, q->params.kernel, inner) != LD_OK)
             return ld_fail(err, LD_EUNSUPPORTED, "worker %d: %s", i, inner);
+        if (compute_threads > ld_cores()) /* the workers' pools share the cores */
+            ld_pool_set_spin(w->pool, 0);
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
             return ld_fail(err, LD_ENOMEM, "cannot start worker thread %d", i);
         w->started = true;
