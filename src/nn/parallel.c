@@ -3,8 +3,9 @@
  * Why not OpenMP: libgomp's idle threads spin (GOMP_SPINCOUNT) before they
  * sleep, so between two loops a worker burns a core that a daemon's I/O
  * threads want, and the team size lives in hidden per-thread state.  Here an
- * idle thread sleeps on a condition variable until the next loop, and the
- * team is an object the caller owns and passes to every kernel.
+ * idle thread sleeps on a condition variable until the next loop (after a
+ * short poll that yields its core, below), and the team is an object the
+ * caller owns and passes to every kernel.
  *
  * One loop runs at a time.  The caller publishes the loop, bumps
  * `generation` and wakes the workers; each runs its share and the last one
@@ -53,18 +54,19 @@ struct ld_pool {
     float *arena;               /* ld_pool_arena's block, kept between calls */
     size_t arena_floats;
     pthread_mutex_t turn; /* held by the thread whose loop is running */
-    /* A sleeper tests its condition under `lock`, and generation and
-     * pending change under it before the broadcast or signal, so no wake-up
-     * is lost; a polling thread reads them without the lock. */
+    /* A sleeper tests its condition under `lock`; whoever changes what it
+     * waits for (generation, stopping, pending) does so before it takes
+     * `lock` to broadcast or signal, so no wake-up is lost.  A polling
+     * thread reads them without the lock. */
     pthread_mutex_t lock;
     pthread_cond_t wake;     /* workers: a new loop, or stop */
     pthread_cond_t done;     /* the caller: every worker finished its share */
     atomic_ulong generation; /* moves (release) once a loop is published */
     atomic_int pending;      /* workers still in the current loop */
-    bool stopping;           /* under `lock` */
-    atomic_long spin_ns;     /* how long a waiting thread polls before it sleeps */
-    /* the current loop: written by the caller before `generation` moves,
-     * read by the workers after they see it move */
+    atomic_bool stopping;
+    _Atomic int64_t spin_ns; /* how long a waiting thread polls before it sleeps */
+    /* the current loop: written by the caller before `generation` moves and
+     * published by that release, read by the workers once they see it move */
     ld_pool_fn fn;
     void *ctx;
     int n;
@@ -101,40 +103,47 @@ static void run_share(ld_pool *p, int thread)
     running_thread = outer_thread;
 }
 
-static long monotonic_ns(void)
+static int64_t monotonic_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Polls *value (acquire) for up to spin_ns, yielding the core between polls;
- * whether it left `unwanted` meanwhile. */
-static bool poll_until_changed(const atomic_ulong *value, unsigned long unwanted, long spin_ns)
+/* What a waiting thread waits for; true once it has come. */
+typedef bool (*wait_over_fn)(const ld_pool *p, unsigned long seen);
+
+/* A worker: a loop after generation `seen`, or the pool stops. */
+static bool loop_published(const ld_pool *p, unsigned long seen)
 {
-    if (spin_ns <= 0)
-        return false;
-    const long give_up = monotonic_ns() + spin_ns;
-    do {
-        if (atomic_load_explicit(value, memory_order_acquire) != unwanted)
-            return true;
-        sched_yield();
-    } while (monotonic_ns() < give_up);
-    return false;
+    return atomic_load_explicit(&p->generation, memory_order_acquire) != seen ||
+           atomic_load_explicit(&p->stopping, memory_order_relaxed);
 }
 
-/* Until the generation moves past seen (a new loop: true) or the pool stops. */
-static bool await_loop(ld_pool *p, unsigned long seen)
+/* The caller: every worker has done its share (acquire: and written it). */
+static bool shares_done(const ld_pool *p, unsigned long unused)
 {
-    if (poll_until_changed(&p->generation, seen,
-                           atomic_load_explicit(&p->spin_ns, memory_order_relaxed)))
-        return true;
+    (void)unused;
+    return atomic_load_explicit(&p->pending, memory_order_acquire) == 0;
+}
+
+/* Until over(): polled for up to the pool's spin time, yielding the core
+ * between polls, then asleep on cond. */
+static void await(ld_pool *p, wait_over_fn over, unsigned long seen, pthread_cond_t *cond)
+{
+    const int64_t spin_ns = atomic_load_explicit(&p->spin_ns, memory_order_relaxed);
+    if (spin_ns > 0) {
+        const int64_t give_up = monotonic_ns() + spin_ns;
+        do {
+            if (over(p, seen))
+                return;
+            sched_yield();
+        } while (monotonic_ns() < give_up);
+    }
     pthread_mutex_lock(&p->lock);
-    while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen && !p->stopping)
-        pthread_cond_wait(&p->wake, &p->lock);
-    const bool stopping = p->stopping;
+    while (!over(p, seen))
+        pthread_cond_wait(cond, &p->lock);
     pthread_mutex_unlock(&p->lock);
-    return !stopping;
 }
 
 static void *worker_main(void *arg)
@@ -142,7 +151,10 @@ static void *worker_main(void *arg)
     const worker_arg *w = arg;
     ld_pool *p = w->pool;
     unsigned long seen = 0;
-    while (await_loop(p, seen)) {
+    for (;;) {
+        await(p, loop_published, seen, &p->wake);
+        if (atomic_load_explicit(&p->stopping, memory_order_relaxed))
+            break;
         /* it cannot move again before this worker's share is done */
         seen = atomic_load_explicit(&p->generation, memory_order_acquire);
         run_share(p, w->index);
@@ -154,24 +166,6 @@ static void *worker_main(void *arg)
         }
     }
     return NULL;
-}
-
-/* The caller, its own share done: until every worker has done its. */
-static void await_shares(ld_pool *p)
-{
-    const long spin_ns = atomic_load_explicit(&p->spin_ns, memory_order_relaxed);
-    if (spin_ns > 0) {
-        const long give_up = monotonic_ns() + spin_ns;
-        do {
-            if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0)
-                return;
-            sched_yield();
-        } while (monotonic_ns() < give_up);
-    }
-    pthread_mutex_lock(&p->lock);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
-        pthread_cond_wait(&p->done, &p->lock);
-    pthread_mutex_unlock(&p->lock);
 }
 
 static void run(ld_pool *p, int n, int grain, ld_pool_fn fn, void *ctx)
@@ -200,7 +194,7 @@ static void run(ld_pool *p, int n, int grain, ld_pool_fn fn, void *ctx)
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
     run_share(p, 0);
-    await_shares(p);
+    await(p, shares_done, 0, &p->done);
     pthread_mutex_unlock(&p->turn);
 }
 
@@ -216,8 +210,10 @@ void ld_pool_for_dynamic(ld_pool *p, int n, int grain, ld_pool_fn fn, void *ctx)
 
 void ld_pool_set_spin(ld_pool *p, int microseconds)
 {
+    if (!p) /* a pool of one never waits */
+        return;
     /* atomic: idle workers read it as they wait for the next loop */
-    atomic_store_explicit(&p->spin_ns, microseconds > 0 ? microseconds * 1000L : 0,
+    atomic_store_explicit(&p->spin_ns, microseconds > 0 ? (int64_t)microseconds * 1000 : 0,
                           memory_order_relaxed);
 }
 
@@ -294,6 +290,7 @@ int ld_pool_new(int threads, ld_pool **out, char *err)
     atomic_init(&p->generation, 0);
     atomic_init(&p->pending, 0);
     atomic_init(&p->spin_ns, 0);
+    atomic_init(&p->stopping, false);
     /* more threads than cores: the thread awaited may need the poller's core */
     ld_pool_set_spin(p, threads <= ld_cores() ? LD_POOL_SPIN_US : 0);
     pthread_mutex_init(&p->turn, NULL);
@@ -322,7 +319,7 @@ void ld_pool_free(ld_pool *p)
         return;
     pthread_mutex_lock(&p->lock);
     assert(atomic_load(&p->pending) == 0); /* no loop is running on it */
-    p->stopping = true;
+    atomic_store(&p->stopping, true); /* pollers see it too, and stop polling */
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
     for (int i = 0; i < p->started; i++)
