@@ -414,23 +414,32 @@ static void multiply_positions(void *ctx, int first, int last, int thread)
     }
 }
 
+/* Panels of panel_cols tiles that bands of `rows` tile rows compute. */
+static long band_panels(int tiles_h, int tiles_w, int rows, int panel_cols)
+{
+    long panels = 0;
+    for (int ty0 = 0; ty0 < tiles_h; ty0 += rows) {
+        const long tiles = (long)(tiles_h - ty0 < rows ? tiles_h - ty0 : rows) * tiles_w;
+        panels += (tiles + panel_cols - 1) / panel_cols;
+    }
+    return panels;
+}
+
 int ld_winograd_band_rows(int tiles_h, int tiles_w, int max_rows, int panel_cols)
 {
     if (max_rows > tiles_h)
         max_rows = tiles_h;
-    if (max_rows < 1 || panel_cols <= 1)
-        return max_rows < 1 ? 1 : max_rows;
+    if (max_rows < 1)
+        return 1;
+    if (panel_cols <= 1) /* no padding: the fewest bands */
+        return max_rows;
     int best = max_rows;
-    long best_cost = -1;
-    for (int rows = max_rows; rows >= 1; rows--) { /* from the fewest bands down */
-        long cost = 0;
-        for (int ty0 = 0; ty0 < tiles_h; ty0 += rows) {
-            const long tiles = (long)(tiles_h - ty0 < rows ? tiles_h - ty0 : rows) * tiles_w;
-            cost += (tiles + panel_cols - 1) / panel_cols;
-        }
-        if (best_cost < 0 || cost < best_cost) {
+    long best_panels = band_panels(tiles_h, tiles_w, max_rows, panel_cols);
+    for (int rows = max_rows - 1; rows >= 1; rows--) { /* ties keep the fewer bands */
+        const long panels = band_panels(tiles_h, tiles_w, rows, panel_cols);
+        if (panels < best_panels) {
             best = rows;
-            best_cost = cost;
+            best_panels = panels;
         }
     }
     return best;
