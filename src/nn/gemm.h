@@ -150,13 +150,14 @@ void ld_gemm_tile(const ld_gemm_kernel *kernel, int k, const float *a, size_t ld
 
 /* An A of this many floats (512 KiB) or more is far: the products read it
  * from L3 more than from L2 (a Winograd U of 512 channels is 1 MiB per
- * position), so its tiles prefetch it (tile_far_a).  At 256 channels
- * (256 KiB) the prefetching tile measured 3-5 % slower than the plain one. */
+ * position), so ld_gemm_packed takes it a row tile at a time, the first
+ * tile of each prefetching it (tile_far_a).  At 256 channels (256 KiB) the
+ * prefetching tile measured 3-5 % slower than the plain one. */
 #define LD_GEMM_FAR_A_FLOATS ((size_t)128 * 1024)
 
 /* One product on the calling thread, B already packed in panels of
  * kernel->nr columns ([n_panels][k][nr], panel stride k·nr): every tile of
- * C[m×n] = A·B. */
+ * C[m×n] = A·B, panel by panel, or row tile by row tile for a far A. */
 void ld_gemm_packed(const ld_gemm_kernel *kernel, int m, int n, int k, const float *a,
                     size_t lda, const float *b_panels, float *c, size_t ldc);
 
