@@ -112,6 +112,27 @@ static void transpose_block(const float *q, int c, int tokens, int t0, int nq, f
     }
 }
 
+/* max(init, row[0..n)): sixteen independent maxima, so the compiler keeps
+ * them in vectors (one running maximum was a chain of dependent compares:
+ * 7 % of the attention) */
+static float row_max(const float *row, int n, float init)
+{
+    enum { LANES = 16 };
+    float lane[LANES];
+    for (int l = 0; l < LANES; l++)
+        lane[l] = init;
+    int x = 0;
+    for (; x + LANES <= n; x += LANES)
+        for (int l = 0; l < LANES; l++)
+            lane[l] = row[x + l] > lane[l] ? row[x + l] : lane[l];
+    float max = init;
+    for (int l = 0; l < LANES; l++)
+        max = lane[l] > max ? lane[l] : max;
+    for (; x < n; x++)
+        max = row[x] > max ? row[x] : max;
+    return max;
+}
+
 /* Each row i of a block of nq scores against nk keys joins the row's running
  * softmax: the maximum grows to cover it, what was summed and weighted so far
  * is rescaled by exp(old max - new max), and the row becomes exp(s - max). */
@@ -122,9 +143,7 @@ static void online_softmax(const ld_gemm_kernel *kernel, thread_blocks *b, int n
     bool grew = false;
     for (int i = 0; i < nq; i++) {
         float *row = b->scores + (size_t)i * KEY_BLOCK;
-        float max = b->max[i];
-        for (int x = 0; x < nk; x++)
-            max = row[x] > max ? row[x] : max;
+        const float max = row_max(row, nk, b->max[i]);
         rescale[i] = 1.0f;
         if (max > b->max[i]) {
             /* nothing summed yet while the maximum is -inf: the factor is 0 */
