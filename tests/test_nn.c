@@ -127,6 +127,8 @@ START_TEST(gemm_far_a_matches_definition)
     fill_random(a, (size_t)M * K, 21);
     fill_random(b, (size_t)K * N, 22);
     float *panels = pack_panels(kern, b, K, N);
+    for (size_t i = 0; i < (size_t)M * N; i++) /* a tile left unwritten stays NaN */
+        c[i] = NAN;
     if (kern->tile_far_a) {
         float near[LD_GEMM_MAX_MR * LD_GEMM_MAX_NR], far[LD_GEMM_MAX_MR * LD_GEMM_MAX_NR];
         const float *rows[LD_GEMM_MAX_MR];

@@ -254,9 +254,10 @@ void ld_gemm_packed(const ld_gemm_kernel *kernel, int m, int n, int k, const flo
     const int mr = kernel->mr, nr = kernel->nr;
     if ((size_t)m * (size_t)k >= LD_GEMM_FAR_A_FLOATS) {
         /* A far: each row tile of A (at most 8 × k floats) meets every panel
-         * while it is in L1, read from afar once (prefetched) instead of
-         * once per panel; the panels stay in L2.  5 % faster Winograd
-         * products at 512 channels (measured at 64² and 128²). */
+         * while it is in L1, read from afar once (prefetched by the first
+         * tile, where the kernel has tile_far_a) instead of once per panel;
+         * a Winograd band's panels of one position stay in L2.  5 % faster
+         * Winograd products at 512 channels (measured at 64² and 128²). */
         for (int i0 = 0; i0 < m; i0 += mr)
             for (int j0 = 0, panel = 0; j0 < n; j0 += nr, panel++)
                 ld_gemm_tile(kernel, k, a + (size_t)i0 * lda, lda, m - i0 < mr ? m - i0 : mr,

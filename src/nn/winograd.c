@@ -112,7 +112,8 @@ static void transform_weights(void *ctx, int first, int last, int thread)
             for (int pos = 0; pos < POSITIONS; pos++)
                 u[pos] = j->u + pos * pair_stride + (size_t)co * g->in_ch + ci0;
             j->transform(j->w + ((size_t)co * g->in_ch + ci0) * 9, count, u);
-            /* the next run follows in U: this channel's, or the next one's first */
+            /* what follows in U is this thread's next run (this output
+             * channel's, or the next one's first): a run's worth of it */
             const size_t left = (size_t)(last - co) * g->in_ch - (size_t)(ci0 + count);
             const int next = left < LD_WINO_WEIGHTS_RUN ? (int)left : LD_WINO_WEIGHTS_RUN;
             for (int pos = 0; pos < POSITIONS && next > 0; pos++)
