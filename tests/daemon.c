@@ -47,8 +47,8 @@ static bool daemon_exited(const daemon_t *d)
 int daemon_wait_notify(daemon_t *d, const char *state)
 {
     char msg[4096];
-    const double deadline = now_seconds() + 60.0 * test_time_scale();
-    while (now_seconds() < deadline) {
+    const double deadline = ld_now_seconds() + 60.0 * test_time_scale();
+    while (ld_now_seconds() < deadline) {
         struct pollfd pfd = {.fd = d->notify_fd, .events = POLLIN};
         const int ready = poll(&pfd, 1, 500);
         if (ready < 0 && errno != EINTR)
@@ -418,7 +418,7 @@ bool wait_for_metric(const daemon_t *d, const char *series, double at_least, dou
 bool wait_for_metric_range(const daemon_t *d, const char *series, double low, double high,
                            double seconds)
 {
-    const double deadline = now_seconds() + seconds * test_time_scale();
+    const double deadline = ld_now_seconds() + seconds * test_time_scale();
     do {
         const double v = metric_value(d, series);
         if (v >= low && v <= high)
@@ -427,7 +427,7 @@ bool wait_for_metric_range(const daemon_t *d, const char *series, double low, do
          * short pause keeps this loop from hogging a core it shares */
         const struct timespec pause = {0, 5 * 1000 * 1000};
         nanosleep(&pause, NULL);
-    } while (now_seconds() < deadline);
+    } while (ld_now_seconds() < deadline);
     return false;
 }
 

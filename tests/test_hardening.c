@@ -114,11 +114,11 @@ START_TEST(slow_clients_are_cut_and_others_served)
         raw_send(fds[i], "GET /healthz HTTP/1.1\r\nHo", 25); /* and never the rest */
     }
     /* 130 held connections cost the daemon no thread and block nobody */
-    const double t0 = now_seconds();
+    const double t0 = ld_now_seconds();
     reply r = http(&d, "/healthz", NULL, NULL, 0, NULL, NULL);
     ck_assert_int_eq(r.status, 200);
     free(r.body);
-    ck_assert_msg(now_seconds() - t0 < 0.5 * test_time_scale(), "healthz took %.2f s", now_seconds() - t0);
+    ck_assert_msg(ld_now_seconds() - t0 < 0.5 * test_time_scale(), "healthz took %.2f s", ld_now_seconds() - t0);
     ck_assert_int_le(process_status_kb(d.pid, "Threads"), 16);
     /* the header deadline does not move with each byte: all are closed */
     for (int i = 0; i < SLOW; i++) {
@@ -126,7 +126,7 @@ START_TEST(slow_clients_are_cut_and_others_served)
         ck_assert_msg(socket_closed_by_peer(fds[i]), "slow connection %d still open", i);
         close(fds[i]);
     }
-    ck_assert_msg(now_seconds() - t0 < 4.0 * test_time_scale(), "slow connections held %.1f s", now_seconds() - t0);
+    ck_assert_msg(ld_now_seconds() - t0 < 4.0 * test_time_scale(), "slow connections held %.1f s", ld_now_seconds() - t0);
     ck_assert(wait_for_metric(&d, "latentd_connections_timed_out_total{phase=\"headers\"}", SLOW, 5));
     ck_assert_int_eq(stop_daemon(&d), 0);
 }
@@ -156,10 +156,10 @@ START_TEST(connection_limits_refuse_and_count)
     static const char head[] = "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                                "Content-Length: 100000\r\n\r\n";
     raw_send(fd, head, sizeof head - 1);
-    const double t0 = now_seconds();
+    const double t0 = ld_now_seconds();
     raw_send(fd, "\x89PNG", 4);
     ck_assert(socket_closed_by_peer(fd));
-    ck_assert_msg(now_seconds() - t0 < 3.0 * test_time_scale(), "a trickling body was held %.1f s", now_seconds() - t0);
+    ck_assert_msg(ld_now_seconds() - t0 < 3.0 * test_time_scale(), "a trickling body was held %.1f s", ld_now_seconds() - t0);
     close(fd);
     ck_assert(wait_for_metric(&d, "latentd_connections_timed_out_total{phase=\"body\"}", 1, 5));
     ck_assert_int_eq(stop_daemon(&d), 0);
@@ -276,10 +276,10 @@ START_TEST(many_scan_jpeg_is_refused_quickly)
     daemon_t d = start_daemon("models/tiny-sd", NULL);
     size_t len;
     uint8_t *jpeg = progjpeg_repeated(64, 64, 100000, &len);
-    const double t0 = now_seconds();
+    const double t0 = ld_now_seconds();
     reply r = http(&d, "/v1/encode", "image/jpeg", jpeg, len, NULL, NULL);
     assert_error(&r, 413, "image-too-large");
-    ck_assert_msg(now_seconds() - t0 < 2.0 * test_time_scale(), "took %.2f s", now_seconds() - t0);
+    ck_assert_msg(ld_now_seconds() - t0 < 2.0 * test_time_scale(), "took %.2f s", ld_now_seconds() - t0);
     free(r.body);
     free(jpeg);
     ck_assert_int_eq(stop_daemon(&d), 0);
@@ -303,7 +303,7 @@ START_TEST(shutdown_is_bounded_and_readyz_says_so)
     pthread_t t;
     pthread_create(&t, NULL, post_thread, &p);
     ck_assert(wait_for_metric(&d, "latentd_requests_in_flight", 1, 30));
-    const double t0 = now_seconds();
+    const double t0 = ld_now_seconds();
     kill(d.pid, SIGTERM);
     ck_assert_int_eq(daemon_wait_notify(&d, "STOPPING=1"), 0);
     /* draining: the listener stays open and says it is not ready */
@@ -317,7 +317,7 @@ START_TEST(shutdown_is_bounded_and_readyz_says_so)
     ck_assert_int_eq(p.status, 503); /* cancelled at the deadline, and told so */
     int status;
     ck_assert_int_eq(waitpid(d.pid, &status, 0), d.pid);
-    const double took = now_seconds() - t0;
+    const double took = ld_now_seconds() - t0;
     ck_assert_msg(took < 3.0 + 1.0, "shutdown took %.2f s", took);
     /* 0, or 1 when the worker's current layer outlasted the time left (a busy
      * machine): the bound holds either way, and the log says which */
@@ -370,7 +370,7 @@ static void *fire_and_forget(void *arg)
 /* /readyz answers 503 not-ready naming a stalled worker, within `seconds` */
 static bool wait_for_stalled_readyz(const daemon_t *d, double seconds)
 {
-    const double deadline = now_seconds() + seconds * test_time_scale();
+    const double deadline = ld_now_seconds() + seconds * test_time_scale();
     do {
         reply r = http(d, "/readyz", NULL, NULL, 0, NULL, NULL);
         const bool stalled = r.status == 503 && r.body && strstr(r.body, "\"not-ready\"") &&
@@ -380,7 +380,7 @@ static bool wait_for_stalled_readyz(const daemon_t *d, double seconds)
             return true;
         const struct timespec pause = {0, 20 * 1000 * 1000}; /* not to hog a shared core */
         nanosleep(&pause, NULL);
-    } while (now_seconds() < deadline);
+    } while (ld_now_seconds() < deadline);
     return false;
 }
 
@@ -392,12 +392,12 @@ static bool child_ends_within(pid_t pid, double seconds, int *status)
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
-    const double deadline = now_seconds() + seconds;
+    const double deadline = ld_now_seconds() + seconds;
     for (;;) {
         const pid_t got = waitpid(pid, status, WNOHANG);
         if (got == pid)
             return true;
-        const double left = deadline - now_seconds();
+        const double left = deadline - ld_now_seconds();
         if (got < 0 || left <= 0)
             return false;
         const struct timespec wait = {(time_t)left, (long)((left - (time_t)left) * 1e9)};
@@ -467,11 +467,11 @@ START_TEST(a_stuck_worker_is_reported_and_shutdown_stays_bounded)
     /* each layer's end clears the stall for a moment: /readyz may be asked
      * in one, so it is asked until the next stall shows */
     ck_assert_msg(wait_for_stalled_readyz(&d, 60), "/readyz never said a worker is stalled");
-    const double t0 = now_seconds();
+    const double t0 = ld_now_seconds();
     kill(d.pid, SIGTERM);
     int status;
     ck_assert_int_eq(waitpid(d.pid, &status, 0), d.pid);
-    const double took = now_seconds() - t0;
+    const double took = ld_now_seconds() - t0;
     ck_assert_msg(took < 2.0 + 1.5, "shutdown with a busy worker took %.2f s", took);
     ck_assert(WIFEXITED(status));
     pthread_join(t, NULL);
@@ -686,10 +686,10 @@ START_TEST(framing_a_proxy_could_read_otherwise_is_refused)
     };
     static const long want[] = {400, 400, 501};
     for (size_t i = 0; i < sizeof requests / sizeof requests[0]; i++) {
-        const double t0 = now_seconds();
+        const double t0 = ld_now_seconds();
         char *response = raw_exchange(&d, requests[i], strlen(requests[i]));
         ck_assert_msg(raw_status(response) == want[i], "request %zu: %.200s", i, response);
-        ck_assert_msg(now_seconds() - t0 < 2.0 * test_time_scale(), "request %zu hung", i);
+        ck_assert_msg(ld_now_seconds() - t0 < 2.0 * test_time_scale(), "request %zu hung", i);
         free(response);
     }
     size_t len;

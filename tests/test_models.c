@@ -276,8 +276,8 @@ static void *loop_main(void *arg)
 
 static void wait_sent(looper *l, int at_least)
 {
-    const double deadline = now_seconds() + 60 * test_time_scale();
-    while (atomic_load(&l->sent) < at_least && now_seconds() < deadline)
+    const double deadline = ld_now_seconds() + 60 * test_time_scale();
+    while (atomic_load(&l->sent) < at_least && ld_now_seconds() < deadline)
         usleep(10 * 1000);
     ck_assert_int_ge(atomic_load(&l->sent), at_least);
 }
@@ -314,8 +314,8 @@ START_TEST(reload_while_requests_run)
     ck_assert(log_contains(&d, "reload: serving xl, third, tiny-sd (default tiny-sd): "
                                "2 loaded, 1 kept, 1 let go once their jobs finish"));
     /* the replaced weights are freed once their last job is done */
-    const double deadline = now_seconds() + 10 * test_time_scale();
-    while (!log_contains(&d, "model xl (") && now_seconds() < deadline)
+    const double deadline = ld_now_seconds() + 10 * test_time_scale();
+    while (!log_contains(&d, "model xl (") && ld_now_seconds() < deadline)
         usleep(20 * 1000);
     ck_assert(log_contains(&d, "tiny-sdxl-meanstd) unloaded"));
     reply r = http(&d, "/v1/models", NULL, NULL, 0, NULL, NULL);

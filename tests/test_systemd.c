@@ -139,10 +139,10 @@ static bool next_message(daemon_t *d, double seconds, char *msg, size_t size)
 static bool wait_message(daemon_t *d, const char *state, double seconds, char *seen,
                          size_t seen_size)
 {
-    const double end = now_seconds() + seconds * test_time_scale();
+    const double end = ld_now_seconds() + seconds * test_time_scale();
     char msg[4096];
-    while (now_seconds() < end) {
-        if (!next_message(d, end - now_seconds(), msg, sizeof msg))
+    while (ld_now_seconds() < end) {
+        if (!next_message(d, end - ld_now_seconds(), msg, sizeof msg))
             return false;
         if (seen)
             snprintf(seen + strlen(seen), seen_size - strlen(seen), "%s|", msg);
@@ -353,13 +353,13 @@ static void *encode_some(void *arg)
 static void expect_pings(daemon_t *d, int count, double gap)
 {
     char msg[4096];
-    double last = now_seconds();
+    double last = ld_now_seconds();
     for (int got = 0; got < count;) {
         ck_assert_msg(next_message(d, gap, msg, sizeof msg), "no WATCHDOG=1 within %.2f s "
                       "(ping %d)", gap, got);
         if (!strstr(msg, "WATCHDOG=1"))
             continue;
-        const double t = now_seconds();
+        const double t = ld_now_seconds();
         ck_assert_msg(t - last <= gap * test_time_scale(), "pings %.3f s apart", t - last);
         last = t;
         got++;
@@ -408,9 +408,9 @@ END_TEST
 /* The exit status of pid within `seconds`, or -1 when it is still running. */
 static int wait_exit(pid_t pid, double seconds)
 {
-    const double end = now_seconds() + seconds * test_time_scale();
+    const double end = ld_now_seconds() + seconds * test_time_scale();
     int status;
-    while (now_seconds() < end) {
+    while (ld_now_seconds() < end) {
         if (waitpid(pid, &status, WNOHANG) == pid)
             return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
         const struct timespec pause = {0, 10 * 1000 * 1000};
@@ -482,22 +482,22 @@ START_TEST(a_stalled_worker_stops_the_watchdog_pings)
     /* the STATUS line says when the stall detector counts the worker; from
      * then on no ping, until it counts none again.  A layer may end just as
      * the stall is counted: wait for a stall that lasts. */
-    const double end = now_seconds() + 120 * test_time_scale();
+    const double end = ld_now_seconds() + 120 * test_time_scale();
     double silent = 0; /* the longest stall seen, in seconds */
     char seen[16384] = "";
-    while (silent < 1.2 && now_seconds() < end) {
+    while (silent < 1.2 && ld_now_seconds() < end) {
         seen[0] = '\0';
-        ck_assert_msg(wait_message(&d, ", 1 stalled", end - now_seconds(), seen, sizeof seen),
+        ck_assert_msg(wait_message(&d, ", 1 stalled", end - ld_now_seconds(), seen, sizeof seen),
                       "no stall reported: %.2000s", seen);
-        const double t0 = now_seconds();
+        const double t0 = ld_now_seconds();
         char msg[4096];
-        while (now_seconds() - t0 < 1.2 && next_message(&d, 1.2, msg, sizeof msg)) {
+        while (ld_now_seconds() - t0 < 1.2 && next_message(&d, 1.2, msg, sizeof msg)) {
             if (strstr(msg, ", 0 stalled"))
                 break; /* the layer ended: pings may come again */
             ck_assert_msg(!strstr(msg, "WATCHDOG=1"), "pinged %.3f s into a stall",
-                          now_seconds() - t0);
+                          ld_now_seconds() - t0);
         }
-        silent = now_seconds() - t0;
+        silent = ld_now_seconds() - t0;
     }
     /* three times systemd's interval without a ping: it would have restarted us */
     ck_assert_msg(silent >= 1.2, "no stall lasted 1.2 s (%.2f s)", silent);

@@ -52,9 +52,6 @@ void fill_random(float *x, size_t n, uint32_t seed);
  * encodes; time limits stretch by LATENTD_TEST_TIME_SCALE (default 1). */
 int test_quick(void);
 double test_time_scale(void);
-/* Seconds on the monotonic clock, for deadlines and durations. */
-double now_seconds(void);
-
 /* Run a suite and turn its result into an exit status. */
 int run_suite(Suite *suite);
 

@@ -41,6 +41,9 @@ void ld_free_aligned(void *p);
  * (madvise), so the TLB covers the area.  Freed by ld_free_aligned. */
 void *ld_alloc_huge(size_t count, size_t elem_size);
 
+/* Seconds on the monotonic clock, for deadlines and durations. */
+double ld_now_seconds(void);
+
 /* A sampling seed: decimal digits only, 0 to 2^64-1 (no sign, no spaces, no
  * hex or octal, no clamping), as the daemon and the CLI both take it. */
 int ld_parse_seed(const char *text, uint64_t *out, char *err);

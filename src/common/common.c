@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 const char *ld_status_name(int status)
 {
@@ -98,4 +99,11 @@ void *ld_alloc_huge(size_t count, size_t elem_size)
 void ld_free_aligned(void *p)
 {
     free(p);
+}
+
+double ld_now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }

@@ -34,7 +34,6 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MAX_THREADS 1024
@@ -103,13 +102,6 @@ static void run_share(ld_pool *p, int thread)
     running_thread = outer_thread;
 }
 
-static int64_t monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* What a waiting thread waits for; true once it has come. */
 typedef bool (*wait_over_fn)(const ld_pool *p, unsigned long seen);
 
@@ -133,12 +125,12 @@ static void await(ld_pool *p, wait_over_fn over, unsigned long seen, pthread_con
 {
     const int64_t spin_ns = atomic_load_explicit(&p->spin_ns, memory_order_relaxed);
     if (spin_ns > 0) {
-        const int64_t give_up = monotonic_ns() + spin_ns;
+        const double give_up = ld_now_seconds() + (double)spin_ns * 1e-9;
         do {
             if (over(p, seen))
                 return;
             sched_yield();
-        } while (monotonic_ns() < give_up);
+        } while (ld_now_seconds() < give_up);
     }
     pthread_mutex_lock(&p->lock);
     while (!over(p, seen))

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -36,13 +35,6 @@ struct srv_conns {
     bool started;
     double refusal_logged; /* when a refusal was last logged (at most one per 10 s) */
 };
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void wake(srv_conns *t)
 {
@@ -76,7 +68,7 @@ static int count_client_locked(const srv_conns *t, const struct sockaddr *addr)
 
 static void log_refusal_locked(srv_conns *t, const char *why)
 {
-    const double now = now_seconds();
+    const double now = ld_now_seconds();
     if (now - t->refusal_logged < 10.0 && t->refusal_logged > 0)
         return;
     t->refusal_logged = now;
@@ -124,7 +116,7 @@ srv_conn *srv_conns_open(srv_conns *t, int fd, const struct sockaddr *addr)
         memcpy(&c->addr, addr, addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
                                                             : sizeof(struct sockaddr_in));
     c->phase = CONN_HEADERS;
-    c->deadline = phase_deadline(t, CONN_HEADERS, now_seconds());
+    c->deadline = phase_deadline(t, CONN_HEADERS, ld_now_seconds());
     c->poll_slot = -1;
     pthread_mutex_lock(&t->lock);
     c->next = t->head;
@@ -167,7 +159,7 @@ void srv_conn_enter(srv_conns *t, srv_conn *c, srv_conn_phase phase)
 {
     pthread_mutex_lock(&t->lock);
     c->phase = phase;
-    c->deadline = phase_deadline(t, phase, now_seconds());
+    c->deadline = phase_deadline(t, phase, ld_now_seconds());
     if (phase == CONN_BODY)
         c->requests++;
     pthread_mutex_unlock(&t->lock);
@@ -290,7 +282,7 @@ static void enforce(srv_conns *t, const struct pollfd *fds, int n_fds)
     pthread_mutex_lock(&t->lock);
     const int cap = t->count;
     const bool can_cancel = alloc_list(&l, cap);
-    const double now = now_seconds();
+    const double now = ld_now_seconds();
     for (srv_conn *c = t->head; c; c = c->next) {
         if (c->job && can_cancel && c->wait_deadline > 0) {
             const bool gone = c->poll_slot > 0 && c->poll_slot < n_fds &&
@@ -339,10 +331,10 @@ static void *conns_main(void *arg)
                 cap = t->count + 64;
             }
         }
-        double next = now_seconds() + 1.0;
+        double next = ld_now_seconds() + 1.0;
         const int n = fds ? build_poll_locked(t, fds, cap, &next) : 0;
         pthread_mutex_unlock(&t->lock);
-        int wait_ms = (int)((next - now_seconds()) * 1000.0) + 1;
+        int wait_ms = (int)((next - ld_now_seconds()) * 1000.0) + 1;
         if (wait_ms < 0)
             wait_ms = 0;
         if (n == 0) { /* no memory for a poll set: still keep the deadlines */

@@ -154,13 +154,6 @@ static bool is_encode(const request *rq)
     return rq->route == ROUTE_ENCODE || rq->route == ROUTE_REMOTE;
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void fail(request *rq, answer_error e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void fail(request *rq, answer_error e, const char *fmt, ...)
@@ -229,7 +222,7 @@ static MHD_Result_t send_body(request *rq, const char *method, const char *url, 
         srv_log(LOG_INFO, "%s %s %d images=%d bytes_in=%zu bytes_out=%zu queue_wait_ms=%.1f "
                 "encode_ms=%.1f total_ms=%.1f", method, url, status, rq->images, rq->received,
                 body->len, queue_wait * 1e3, encode_seconds * 1e3,
-                (now_seconds() - rq->started) * 1e3);
+                (ld_now_seconds() - rq->started) * 1e3);
     }
     return ok;
 }
@@ -1050,7 +1043,7 @@ static void wait_for_job(request *rq)
     /* suspend first: the job may finish (and resume us) as soon as it is submitted */
     atomic_fetch_add(&st->suspended, 1);
     MHD_suspend_connection(rq->connection);
-    srv_conn_wait(st->conns, rq->conn, rq->job, now_seconds() + st->cfg->request_timeout_ms / 1000.0);
+    srv_conn_wait(st->conns, rq->conn, rq->job, ld_now_seconds() + st->cfg->request_timeout_ms / 1000.0);
     srv_queue_submit(st->queue, rq->job);
 }
 
@@ -1120,7 +1113,7 @@ static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const
     rq->st = st;
     rq->connection = c;
     rq->conn = conn_of(c);
-    rq->started = now_seconds();
+    rq->started = ld_now_seconds();
     if (!rq->conn) /* its table entry could not be made: no deadline could be kept */
         fail(rq, E_BUSY, "out of memory");
     else

@@ -81,13 +81,6 @@ static int next_signal(int timeout_ms)
     return 0;
 }
 
-static double now_seconds(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 static void deadline_in(double seconds, struct timespec *ts)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
@@ -226,9 +219,9 @@ static void wait_for_signals(srv_state *st, srv_config *cfg, const srv_args *arg
     const double ping_every = watchdog_usec / 2e6; /* seconds; 0: no watchdog */
     char status[256] = "";
     report_status(st, status, sizeof status);
-    double next_tick = now_seconds() + 1.0, next_ping = now_seconds();
+    double next_tick = ld_now_seconds() + 1.0, next_ping = ld_now_seconds();
     for (;;) {
-        double now = now_seconds();
+        double now = ld_now_seconds();
         if (watchdog_usec && now >= next_ping) {
             if (atomic_load(&st->workers_stalled) == 0)
                 srv_sd_notify_nowait("WATCHDOG=1");

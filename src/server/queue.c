@@ -59,13 +59,6 @@ struct srv_queue {
     int n_decoders;
 };
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* ---------------- admission ---------------- */
 
 int srv_queue_admit(srv_queue *q, int n, char *err)
@@ -168,7 +161,7 @@ static void enqueue_images(srv_queue *q, srv_job *job)
     int made = 0;
     while (fresh && made < n && (fresh[made] = malloc(sizeof **fresh)))
         made++;
-    const double now = now_seconds();
+    const double now = ld_now_seconds();
     pthread_mutex_lock(&q->lock);
     if (made < n || srv_job_finished(job) || q->stopping) {
         release_slots_locked(q, n);
@@ -276,7 +269,7 @@ static bool batch_ready_locked(const srv_queue *q, int limit, double *wake)
     const int ready = count_matching(q, limit);
     const double delay_ends = q->head->enqueued + q->params.max_batch_delay_ms / 1000.0;
     const double decode_ends = delay_ends + q->params.decode_wait_ms / 1000.0;
-    const double now = now_seconds();
+    const double now = ld_now_seconds();
     if (ready >= limit || q->draining || now >= decode_ends)
         return true;
     if (now < delay_ends) {
@@ -334,7 +327,7 @@ static int next_batch(worker *w, entry **dropped)
             w->batch_n = take_batch_locked(q, w->batch, limit);
             atomic_store(&w->cancel, false);
             w->seen_beat = atomic_load(&w->heartbeat);
-            w->beat_at = now_seconds();
+            w->beat_at = ld_now_seconds();
             break;
         }
         struct timespec ts;
@@ -413,12 +406,12 @@ static void run_batch(worker *w, entry **batch, int n)
     const int h = srv_job_image_height(first, batch[0]->index);
     const int wd = srv_job_image_width(first, batch[0]->index);
     char err[LD_ERR_LEN] = "";
-    const double started = now_seconds();
+    const double started = ld_now_seconds();
     for (int i = 0; i < n; i++)
         srv_metrics_queue_wait(q->metrics, started - batch[i]->enqueued);
     batch_buffers b = {0};
     const int rc = encode_batch(w, batch, n, &b, err);
-    const double encode_seconds = now_seconds() - started;
+    const double encode_seconds = ld_now_seconds() - started;
     /* idle before the entries go: srv_queue_job_stopped reads them under the
      * lock while batch_n says they are there */
     pthread_mutex_lock(&q->lock);
@@ -506,7 +499,7 @@ int srv_queue_capacity(const srv_queue *q) { return q->params.max_queue; }
 
 int srv_queue_stalled(srv_queue *q, int stall_ms)
 {
-    const double now = now_seconds();
+    const double now = ld_now_seconds();
     int stalled = 0;
     pthread_mutex_lock(&q->lock);
     for (int k = 0; k < q->params.workers; k++) {

@@ -58,7 +58,7 @@ static void copy_planes_range(void *ctx, int first, int last, int thread)
 
 static void copy_planes(const pass *ps, int channels, plane_copy job)
 {
-    const double t0 = pass_now();
+    const double t0 = ld_now_seconds();
     if (job.count)
         ld_pool_for(ps->pool, channels, copy_planes_range, &job);
     pass_time(ps, STAT_OTHER, t0);
@@ -103,7 +103,7 @@ static void hidden_statistics(const band_ctx *bc, const float *x)
         copy_rows(bc->ps, s->in_ch, s->w, x, s->h, bd.a, b->band_in, bd.b - bd.a, 0,
                   bd.b - bd.a);
         hidden_rows(bc, &bd);
-        const double t0 = pass_now();
+        const double t0 = ld_now_seconds();
         ld_group_sums_add(bc->ps->pool, b->band_hidden, s->out_ch, bd.b - bd.a, s->w,
                           bd.y0 - bd.a, bd.y1 - bd.y0, groups, b->group_sums);
         pass_time(bc->ps, STAT_NORM, t0);
@@ -174,7 +174,7 @@ static int banded_resnet_image(const pass *ps, const step *s, const step_bufs *b
         return pass_layer_done(ps);
     }
     residual_shortcut(&bc, x);
-    const double t0 = pass_now();
+    const double t0 = ld_now_seconds();
     memmove(b->x + (size_t)i * step_out_floats(s), b->out, step_out_floats(s) * sizeof(float));
     pass_time(ps, STAT_OTHER, t0);
     rc = pass_layer_done(ps);
@@ -212,7 +212,7 @@ static int banded_downsample_image(const pass *ps, const step *s, const step_buf
                                 (size_t)s->h * s->w, band_plane};
         copy_planes(ps, s->out_ch, out);
     }
-    const double t0 = pass_now();
+    const double t0 = ld_now_seconds();
     for (int c = 1; c < s->out_ch; c++) /* in increasing c: never over a plane not yet moved */
         memmove(x + c * out_plane, x + (size_t)c * s->h * s->w, out_plane * sizeof(float));
     memmove(b->x + (size_t)i * step_out_floats(s), x, step_out_floats(s) * sizeof(float));

@@ -12,18 +12,11 @@
 
 /* ---------------- the pass ---------------- */
 
-double pass_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 void pass_time(const pass *ps, stat_kind kind, double t0)
 {
     if (!ps->stats)
         return;
-    const double spent = pass_now() - t0;
+    const double spent = ld_now_seconds() - t0;
     switch (kind) {
     case STAT_CONV:
         ps->stats->conv += spent;
@@ -63,7 +56,7 @@ int pass_image(const pass *ps, const step *s, int k)
 void pass_conv(const pass *ps, const ld_conv_geom *g, const ld_conv *conv, const float *in,
                const ld_input_map *map, float *out, int accumulate, const step_bufs *b)
 {
-    const double t0 = pass_now();
+    const double t0 = ld_now_seconds();
     /* the plan sized the scratch for the step's largest geometry */
     assert(ld_conv2d_scratch_floats(g, CONV_SCRATCH_BUDGET, ld_pool_threads(ps->pool)) <=
            b->scratch_floats);
@@ -84,7 +77,7 @@ static void conv_whole(const pass *ps, const ld_conv *conv, int h, int w, int st
 ld_input_map pass_norm_map(const pass *ps, const ld_norm *norm, const float *x, size_t plane,
                            float *scale, float *shift)
 {
-    const double t0 = pass_now();
+    const double t0 = ld_now_seconds();
     ld_group_norm_coeffs(ps->pool, x, norm->channels, plane, ps->m->cfg.norm_num_groups,
                          norm->gamma, norm->beta, LD_GN_EPS, scale, shift);
     pass_time(ps, STAT_NORM, t0);
@@ -93,7 +86,7 @@ ld_input_map pass_norm_map(const pass *ps, const ld_norm *norm, const float *x, 
 
 static void move_output(const pass *ps, float *dst, const float *src, size_t floats)
 {
-    const double t0 = pass_now();
+    const double t0 = ld_now_seconds();
     memmove(dst, src, floats * sizeof(float));
     pass_time(ps, STAT_OTHER, t0);
 }
@@ -154,11 +147,11 @@ static int attention_image(const pass *ps, const step *s, const step_bufs *b, in
     const ld_attn_weights w = {at->q.weight, at->q.bias, at->k.weight, at->k.bias,
                                at->v.weight, at->v.bias, at->out.weight, at->out.bias};
     float *x = b->x + (size_t)i * step_in_floats(s);
-    double t0 = pass_now();
+    double t0 = ld_now_seconds();
     ld_group_norm(ps->pool, x, b->attn_in, at->norm.channels, tokens, ps->m->cfg.norm_num_groups,
                   at->norm.gamma, at->norm.beta, LD_GN_EPS, 0);
     pass_time(ps, STAT_NORM, t0);
-    t0 = pass_now();
+    t0 = ld_now_seconds();
     /* the heartbeat moves once per block of queries (once for a small image,
      * as for any layer), so a watchdog sees minutes of attention advance; a
      * cancel stops it between blocks */

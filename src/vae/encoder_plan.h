@@ -130,7 +130,6 @@ typedef struct {
 
 typedef enum { STAT_CONV, STAT_NORM, STAT_ATTENTION, STAT_OTHER } stat_kind;
 
-double pass_now(void);
 /* adds the time since t0 to that stage's total, when stats are kept */
 void pass_time(const pass *ps, stat_kind kind, double t0);
 /* out = conv(in), or out += conv(in) when accumulating, over geometry g; with

@@ -53,13 +53,6 @@ static struct {
     bool started;
 } fz;
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void fixture_model(char *path, size_t size)
 {
     const char *fixtures = getenv("LATENTD_FIXTURES");
@@ -217,7 +210,7 @@ static void exchange(const uint8_t *data, size_t size, buffer *answer)
         FUZZ_CHECK(errno == EINPROGRESS);
     const double quiet = 0.001 * fz.scale; /* nothing moved this long: half-close */
     const double limit = 3.0 * fz.cfg.request_timeout_ms / 1000.0; /* the daemon must close */
-    const double start = now_seconds();
+    const double start = ld_now_seconds();
     double last = start; /* the last time anything moved */
     size_t sent = 0;
     bool half_closed = false;
@@ -225,7 +218,7 @@ static void exchange(const uint8_t *data, size_t size, buffer *answer)
         struct pollfd p = {.fd = fd, .events = POLLIN | (sent < size ? POLLOUT : 0)};
         const struct timespec tick = {0, 200000};
         const int n = ppoll(&p, 1, &tick, NULL);
-        const double t = now_seconds();
+        const double t = ld_now_seconds();
         if (t - start > limit) {
             fprintf(stderr, "fuzz_http: the daemon did not close the connection within %.1f s "
                     "(%zu of %zu bytes sent%s)\n", limit, sent, size,
@@ -354,14 +347,14 @@ static void check_answers(const buffer *a, bool bodies)
  * moment after the client saw the close, hence the wait. */
 static void check_at_rest(void)
 {
-    const double until = now_seconds() + 5.0 * fz.scale;
+    const double until = ld_now_seconds() + 5.0 * fz.scale;
     for (;;) {
         const int conns = srv_conns_count(fz.st.conns), in_flight = atomic_load(&fz.st.in_flight);
         const size_t used = srv_budget_used(&fz.st.budget);
         if (conns == 0 && in_flight == 0 && used == fz.st.budget_fixed &&
             srv_queue_depth(fz.st.queue) == 0)
             return;
-        if (now_seconds() > until) {
+        if (ld_now_seconds() > until) {
             fprintf(stderr, "fuzz_http: not at rest: %d connections, %d in flight, %d queued, "
                     "budget %zu used (the workers keep %zu)\n", conns, in_flight,
                     srv_queue_depth(fz.st.queue), used, fz.st.budget_fixed);
