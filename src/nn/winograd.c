@@ -77,14 +77,20 @@ size_t ld_winograd_scratch_floats(const ld_conv_geom *g, size_t budget, int thre
 }
 
 /* The cache lines of floats [first, first + n) on their way into the cache,
- * to be written.  The transforms write dozens of runs at once, one stream per
- * Winograd position, more than the hardware's prefetchers follow, so
- * without this each write waits on its line's fill. */
-static void prefetch_run(const float *first, int n)
+ * to be read or written.  The transforms read and write dozens of runs at
+ * once, one stream per Winograd position or channel row, more than the
+ * hardware's prefetchers follow, so without this each access waits on its
+ * line's fill. */
+static void prefetch_floats(const float *first, size_t n, int for_write)
 {
     const char *at = (const char *)((uintptr_t)first & ~(uintptr_t)(CACHE_LINE - 1));
-    for (const char *end = (const char *)(first + n); at < end; at += CACHE_LINE)
-        __builtin_prefetch(at, 1, 2);
+    const char *end = (const char *)(first + n);
+    if (for_write)
+        for (; at < end; at += CACHE_LINE)
+            __builtin_prefetch(at, 1, 2);
+    else
+        for (; at < end; at += CACHE_LINE)
+            __builtin_prefetch(at, 0, 2);
 }
 
 typedef struct {
@@ -117,7 +123,7 @@ static void transform_weights(void *ctx, int first, int last, int thread)
             const size_t left = (size_t)(last - co) * g->in_ch - (size_t)(ci0 + count);
             const int next = left < LD_WINO_WEIGHTS_RUN ? (int)left : LD_WINO_WEIGHTS_RUN;
             for (int pos = 0; pos < POSITIONS && next > 0; pos++)
-                prefetch_run(u[pos] + count, next);
+                prefetch_floats(u[pos] + count, (size_t)next, 1);
         }
     }
 }
@@ -153,14 +159,8 @@ static void prefetch_rows(const float *plane, int h, int w, int y0, int y1, int 
         y0 = 0;
     if (y1 > h)
         y1 = h;
-    const char *first = (const char *)(plane + (size_t)y0 * w);
-    const size_t bytes = y1 > y0 ? (size_t)(y1 - y0) * w * sizeof(float) : 0;
-    for (size_t at = 0; at < bytes; at += CACHE_LINE) {
-        if (for_write)
-            __builtin_prefetch(first + at, 1, 2);
-        else
-            __builtin_prefetch(first + at, 0, 2);
-    }
+    if (y1 > y0)
+        prefetch_floats(plane + (size_t)y0 * w, (size_t)(y1 - y0) * w, for_write);
 }
 
 /* t[i] = (Bᵀ d)[i] over whole rows; the rows never overlap (restrict lets
@@ -245,7 +245,7 @@ static void bt_cols_to_panels(const band_job *j, const float *row, size_t t0, in
             o[jj] = dst[jj] + (t / nr) * panel_stride + col;
         j->wino_cols(row + OUT_TILE * tx, run, o);
         for (int jj = 0; prefetch_next && jj < IN_TILE; jj++)
-            prefetch_run(o[jj] + nr, run);
+            prefetch_floats(o[jj] + nr, (size_t)run, 1);
         tx += run;
     }
 }
