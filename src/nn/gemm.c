@@ -248,6 +248,18 @@ void ld_gemm_tile(const ld_gemm_kernel *kernel, int k, const float *a, size_t ld
     }
 }
 
+/* Tile (i0, j0) of ld_gemm_packed's product: rows [i0, i0 + mr) of A
+ * against panel j0 / nr, both clipped to C's edges. */
+static void packed_tile(const ld_gemm_kernel *kernel, int m, int n, int k, const float *a,
+                        size_t lda, const float *b_panels, float *c, size_t ldc, int i0, int j0,
+                        bool far_a)
+{
+    const int mr = kernel->mr, nr = kernel->nr;
+    ld_gemm_tile(kernel, k, a + (size_t)i0 * lda, lda, m - i0 < mr ? m - i0 : mr,
+                 b_panels + (size_t)(j0 / nr) * k * nr, c + (size_t)i0 * ldc + j0, ldc,
+                 n - j0 < nr ? n - j0 : nr, 0, far_a);
+}
+
 void ld_gemm_packed(const ld_gemm_kernel *kernel, int m, int n, int k, const float *a,
                     size_t lda, const float *b_panels, float *c, size_t ldc)
 {
@@ -259,19 +271,13 @@ void ld_gemm_packed(const ld_gemm_kernel *kernel, int m, int n, int k, const flo
          * a Winograd band's panels of one position stay in L2.  5 % faster
          * Winograd products at 512 channels (measured at 64² and 128²). */
         for (int i0 = 0; i0 < m; i0 += mr)
-            for (int j0 = 0, panel = 0; j0 < n; j0 += nr, panel++)
-                ld_gemm_tile(kernel, k, a + (size_t)i0 * lda, lda, m - i0 < mr ? m - i0 : mr,
-                             b_panels + (size_t)panel * k * nr, c + (size_t)i0 * ldc + j0, ldc,
-                             n - j0 < nr ? n - j0 : nr, 0, j0 == 0);
+            for (int j0 = 0; j0 < n; j0 += nr)
+                packed_tile(kernel, m, n, k, a, lda, b_panels, c, ldc, i0, j0, j0 == 0);
         return;
     }
-    for (int j0 = 0, panel = 0; j0 < n; j0 += nr, panel++) {
-        const float *b = b_panels + (size_t)panel * k * nr;
-        const int cols = n - j0 < nr ? n - j0 : nr;
+    for (int j0 = 0; j0 < n; j0 += nr)
         for (int i0 = 0; i0 < m; i0 += mr)
-            ld_gemm_tile(kernel, k, a + (size_t)i0 * lda, lda, m - i0 < mr ? m - i0 : mr, b,
-                         c + (size_t)i0 * ldc + j0, ldc, cols, 0, false);
-    }
+            packed_tile(kernel, m, n, k, a, lda, b_panels, c, ldc, i0, j0, false);
 }
 
 /* ---------------- the general product ---------------- */
