@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "head.h"
 #include "latentd/tensor_input.h"
 #include "log.h"
 #include "request.h"
@@ -53,6 +54,8 @@ typedef enum {
     E_NOT_FOUND,
     E_UNKNOWN_MODEL,
     E_METHOD,
+    E_URI_TOO_LONG,
+    E_HEADERS_TOO_LARGE,
     E_BODY_TOO_LARGE,
     E_TOO_MANY_IMAGES,
     E_IMAGE_TOO_LARGE,
@@ -84,6 +87,8 @@ static const struct {
     [E_NOT_FOUND] = {404, "not-found", false, false},
     [E_UNKNOWN_MODEL] = {404, "unknown-model", false, false},
     [E_METHOD] = {405, "method-not-allowed", false, false},
+    [E_URI_TOO_LONG] = {414, "uri-too-long", false, true},
+    [E_HEADERS_TOO_LARGE] = {431, "header-too-large", false, true},
     [E_BODY_TOO_LARGE] = {413, "body-too-large", false, true},
     [E_TOO_MANY_IMAGES] = {413, "too-many-images", false, false},
     [E_IMAGE_TOO_LARGE] = {413, "image-too-large", false, false},
@@ -117,6 +122,8 @@ static answer_error error_for_status(int status)
 /* ---------------- one request ---------------- */
 
 typedef struct {
+    bool begun;               /* its headers are in and begin_request has run */
+    srv_target_problem_kind target; /* what the target looked like as sent */
     srv_state *st;
     struct MHD_Connection *connection;
     srv_conn *conn;           /* the connection's table entry */
@@ -472,21 +479,13 @@ static size_t body_cost(body_kind kind, size_t len)
     return kind == BODY_JSON ? 3 * len : len;
 }
 
-static bool authorised(const srv_state *st, struct MHD_Connection *c)
+static bool authorised(srv_state *st, struct MHD_Connection *c)
 {
-    const char *key = st->cfg->api_key;
-    if (!key[0])
-        return true;
     const char *given = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-API-Key");
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!given && auth && !strncasecmp(auth, "Bearer ", 7))
         given = auth + 7;
-    if (!given || strlen(given) != strlen(key))
-        return false;
-    unsigned char diff = 0; /* compare in constant time */
-    for (size_t i = 0; key[i]; i++)
-        diff |= (unsigned char)(key[i] ^ given[i]);
-    return diff == 0;
+    return srv_auth_accepts(&st->auth, given);
 }
 
 /* ---------------- framing: what a proxy and latentd must read alike ---------------- */
@@ -531,6 +530,80 @@ static MHD_Result_t on_header(void *cls, enum MHD_ValueKind kind, const char *ke
             f->coding_bad = true;
     }
     return MHD_YES;
+}
+
+/* The head's fields, as check_head sees them. */
+typedef struct {
+    bool bad_name;        /* not a token: whitespace before the colon, or worse */
+    bool folded;          /* an obs-fold continuation line */
+    int hosts;            /* Host headers */
+    size_t bytes;         /* names and values */
+    char name[48];        /* the first bad name, for the message */
+} head_fields;
+
+/* Leading whitespace libmicrohttpd skips after a colon, at most: more is
+ * taken for a fold (no client sends it). */
+enum { MAX_FIELD_GAP = 256 };
+
+static MHD_Result_t on_head_field(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    head_fields *h = cls;
+    (void)kind;
+    h->bytes += strlen(key) + (value ? strlen(value) : 0);
+    if (!srv_field_name_ok(key)) {
+        if (!h->bad_name) /* printable ASCII only: it goes into the answer */
+            for (size_t i = 0; key[i] && i + 1 < sizeof h->name; i++)
+                h->name[i] = key[i] >= ' ' && key[i] < 0x7f ? key[i] : '?';
+        h->bad_name = true;
+    } else if (value && srv_field_folded(key, value, MAX_FIELD_GAP)) {
+        h->folded = true;
+    }
+    if (!strcasecmp(key, MHD_HTTP_HEADER_HOST))
+        h->hosts++;
+    return MHD_YES;
+}
+
+/* RFC 9112 2.2, 3.2 and 5: a head a proxy in front might read differently is
+ * refused before any phase reads it, and the connection closed.
+ * libmicrohttpd 0.9 would pass a name with a space before its colon under
+ * that name ("Content-Length ") and join a folded line onto the name before
+ * it, so "Content-Length : 76" or a folded Transfer-Encoding would frame the
+ * body as none, and a body that is itself a request would run as the next. */
+static answer_error check_head(request *rq, struct MHD_Connection *c, const char *version)
+{
+    const srv_config *cfg = rq->st->cfg;
+    if (rq->target == TARGET_TOO_LONG) {
+        fail(rq, E_URI_TOO_LONG, "the request target is longer than %zu bytes",
+             cfg->max_uri_bytes);
+        return E_URI_TOO_LONG;
+    }
+    if (rq->target != TARGET_OK) {
+        fail(rq, E_BAD_REQUEST, "the request target holds %s",
+             rq->target == TARGET_NUL ? "an encoded NUL (%00)" : "whitespace or a control character");
+        return E_BAD_REQUEST;
+    }
+    head_fields h = {.bad_name = false};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, on_head_field, &h);
+    if (h.bytes > cfg->max_header_bytes) {
+        fail(rq, E_HEADERS_TOO_LARGE, "the header fields are larger than %zu bytes",
+             cfg->max_header_bytes);
+        return E_HEADERS_TOO_LARGE;
+    }
+    if (h.bad_name) {
+        fail(rq, E_BAD_FRAMING, "'%s' is not a field name (whitespace before its colon, or "
+             "a line folded onto it)", h.name);
+        return E_BAD_FRAMING;
+    }
+    if (h.folded) {
+        fail(rq, E_BAD_FRAMING, "a header field is folded onto a second line (obs-fold)");
+        return E_BAD_FRAMING;
+    }
+    if (h.hosts > 1 || (h.hosts == 0 && !strcmp(version, MHD_HTTP_VERSION_1_1))) {
+        fail(rq, E_BAD_FRAMING, "an HTTP/1.1 request has exactly one Host header");
+        return E_BAD_FRAMING;
+    }
+    return E_NONE;
 }
 
 /* RFC 9112 6.3: a message a proxy in front might read differently is refused. */
@@ -650,14 +723,19 @@ static void start_encode(request *rq, struct MHD_Connection *c, const char *vers
 
 /* Room for `need` bytes of a JSON or raw body.  A declared length was
  * reserved at the headers and is allocated at once; a chunked body reserves
- * each doubling of its buffer before it allocates it. */
+ * each doubling of its buffer before it allocates it, never past
+ * max_body_bytes (receive() refuses a body past it before it gets here), so
+ * it never asks more of the budget than start-up set aside for one body. */
 static bool grow_body(request *rq, size_t need)
 {
+    const size_t limit = rq->st->cfg->max_body_bytes;
     size_t cap = rq->body_cap ? rq->body_cap : 64 * 1024;
     if (!rq->chunked)
         cap = rq->declared; /* more than declared: libmicrohttpd never passes it */
     while (cap < need)
         cap *= 2;
+    if (rq->chunked && cap > limit)
+        cap = need > limit ? need : limit;
     if (rq->chunked && !reserve(rq, body_cost(rq->kind, cap - rq->body_cap))) {
         fail(rq, E_BUSY, "the memory budget is spent; try again shortly");
         return false;
@@ -1102,14 +1180,30 @@ static srv_conn *conn_of(struct MHD_Connection *c)
     return info ? info->socket_context : NULL;
 }
 
+/* libmicrohttpd shows the request target as it was sent, before it decodes
+ * it, only here: where a %00 that would cut the decoded path can be seen.
+ * The request starts here, to carry what was seen to begin_request. */
+static void *on_target(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    srv_state *st = cls;
+    (void)c;
+    request *rq = calloc(1, sizeof *rq);
+    if (rq) { /* on_completed frees it, begun or not */
+        rq->st = st;
+        rq->target = srv_target_problem(uri, st->cfg->max_uri_bytes);
+    }
+    return rq;
+}
+
 /* The first call for a request: its headers are in. */
 static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, void **con_cls)
 {
-    request *rq = calloc(1, sizeof *rq);
+    request *rq = *con_cls ? *con_cls : calloc(1, sizeof *rq);
     if (!rq)
         return MHD_NO;
     *con_cls = rq;
+    rq->begun = true;
     rq->st = st;
     rq->connection = c;
     rq->conn = conn_of(c);
@@ -1120,10 +1214,11 @@ static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const
         srv_conn_enter(st->conns, rq->conn, CONN_BODY);
     framing f;
     bool method_ok;
-    rq->route = find_route(url, method, &method_ok);
+    rq->route = find_route(srv_origin_path(url), method, &method_ok);
+    const answer_error head_error = check_head(rq, c, version);
     const answer_error framing_error = check_framing(rq, c, &f);
     rq->body_pending = f.codings > 0 || (f.lengths && f.length > 0);
-    if (rq->failed || framing_error != E_NONE)
+    if (rq->failed || head_error != E_NONE || framing_error != E_NONE)
         ; /* answered below */
     else if (rq->route == ROUTE_NONE)
         fail(rq, E_NOT_FOUND, "no such endpoint");
@@ -1148,7 +1243,7 @@ static MHD_Result_t on_request(void *cls, struct MHD_Connection *c, const char *
 {
     srv_state *st = cls;
     request *rq = *con_cls;
-    if (!rq)
+    if (!rq || !rq->begun)
         return begin_request(st, c, url, method, version, con_cls);
     if (*upload_size) { /* only an encode reaches here with a body (begin_request) */
         const bool keep = is_encode(rq) && receive(rq, upload_data, *upload_size);
@@ -1250,6 +1345,9 @@ static int resolve(const srv_config *cfg, struct sockaddr_storage *addr, char *e
     return LD_OK;
 }
 
+/* libmicrohttpd's memory per connection, at least (its default is 32K). */
+enum { MIN_CONNECTION_MEMORY = 256 * 1024 };
+
 int srv_http_start(srv_state *st, char *err)
 {
     const srv_config *cfg = st->cfg;
@@ -1262,6 +1360,7 @@ int srv_http_start(srv_state *st, char *err)
         rc = ld_fail(err, LD_EIO, "the socket systemd passed: %s", strerror(errno));
     if (rc != LD_OK)
         return rc;
+    srv_auth_init(&st->auth, cfg->api_key);
     pthread_mutex_init(&st->idle_lock, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -1295,15 +1394,25 @@ int srv_http_start(srv_state *st, char *err)
     };
     if (st->passed_fd > 0)
         listen_on[0] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, st->passed_fd, NULL};
+    /* a connection's memory holds its head: room for four times the daemon's
+     * own limits, so a head past them reaches check_head and gets the JSON
+     * 414 or 431 (libmicrohttpd answers larger ones itself) */
+    size_t head_room = 4 * (cfg->max_uri_bytes + cfg->max_header_bytes);
+    if (head_room < MIN_CONNECTION_MEMORY)
+        head_room = MIN_CONNECTION_MEMORY;
     st->mhd = MHD_start_daemon(
         flags, 0, on_accept, st, on_request, st, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+        MHD_OPTION_URI_LOG_CALLBACK, on_target, st,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, head_room,
         MHD_OPTION_ARRAY, listen_on,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections + backstop,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         cfg->max_connections_per_client ? (unsigned)cfg->max_connections_per_client + backstop : 0u,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)((cfg->idle_timeout_ms + 999) / 1000),
-        MHD_OPTION_STRICT_FOR_CLIENT, 1,
+        /* not 1: at 1, libmicrohttpd 0.9.75 answers a missing Host itself,
+         * with its header block twice; check_head refuses it instead */
+        MHD_OPTION_STRICT_FOR_CLIENT, 0,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, st,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, st, MHD_OPTION_END);
     if (!st->mhd && st->passed_fd > 0)
@@ -1369,4 +1478,5 @@ void srv_http_stop(srv_state *st)
     st->mhd = NULL;
     srv_conns_free(st->conns);
     st->conns = NULL;
+    srv_auth_destroy(&st->auth);
 }

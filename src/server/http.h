@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include "auth.h"
 #include "budget.h"
 #include "conns.h"
 #include "latentd/encoder.h"
@@ -25,6 +26,7 @@ typedef struct {
     srv_models *models;        /* by name; swapped whole by a reload */
     srv_queue *queue;
     srv_conns *conns;
+    srv_auth auth;             /* the API key (a reload replaces it) */
     srv_budget budget;
     _Atomic size_t budget_fixed; /* taken for the workers and decoders (at start; a reload
                                   * that loads a larger model takes more) */

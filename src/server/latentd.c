@@ -164,7 +164,7 @@ static bool reload_models(srv_state *st, const srv_config *fresh, bool ping_watc
 
 /* SIGHUP: read the config again, from the same -c file and flags as at start.
  * What a running daemon can change safely changes now: the models (see
- * reload_models) and the log's file and level (the log is reopened either
+ * reload_models), the API key (its file is read again) and the log's file and level (the log is reopened either
  * way, which also serves logrotate).  Everything else is read by many threads
  * without a lock or sized things at start (the queue, the pools, the socket),
  * so a change to it is named in the log and waits for a restart.  A config
@@ -193,6 +193,10 @@ static void reload(srv_state *st, srv_config *live, const srv_args *args, bool p
      * models are read by this thread alone, and by the workers through the
      * registry) */
     const bool models_changed = reload_models(st, &fresh, ping_watchdog);
+    /* the key file is read again: a rotated key applies now, the old one stops */
+    srv_auth_set(&st->auth, fresh.api_key);
+    memcpy(live->api_key_file, fresh.api_key_file, sizeof live->api_key_file);
+    memcpy(live->api_key, fresh.api_key, sizeof live->api_key);
     live->log_level = fresh.log_level;
     memcpy(live->log_file, fresh.log_file, sizeof live->log_file);
     if (models_changed) { /* else the running set (and its config) stays */

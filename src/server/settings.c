@@ -21,6 +21,8 @@ void srv_config_defaults(srv_config *cfg)
     cfg->max_batch_delay_ms = 10;
     cfg->max_queue = 64;
     cfg->max_body_bytes = 64u << 20;
+    cfg->max_uri_bytes = 8u << 10;
+    cfg->max_header_bytes = 32u << 10;
     cfg->max_image_pixels = 1024 * 1024;
     cfg->max_images_per_request = 32;
     cfg->request_timeout_ms = 120000;
@@ -153,6 +155,8 @@ typedef struct {
     {#name, offsetof(srv_config, name), sizeof(((srv_config *)0)->name), lo, hi}
 static const bytes_setting bytes_settings[] = {
     BYTES_SETTING(max_body_bytes, 1, (uint64_t)1 << 40),
+    BYTES_SETTING(max_uri_bytes, 256, 1u << 20),
+    BYTES_SETTING(max_header_bytes, 1024, 1u << 20),
     BYTES_SETTING(max_image_pixels, 1, (uint64_t)1 << 40),
     BYTES_SETTING(memory_budget_bytes, (uint64_t)16 << 20, (uint64_t)1 << 50),
 };

@@ -36,6 +36,8 @@ typedef struct {
     int max_batch_delay_ms; /* how long a batch waits to fill */
     int max_queue;          /* images waiting, at most */
     size_t max_body_bytes;
+    size_t max_uri_bytes;    /* the request target as sent; past it: 414 */
+    size_t max_header_bytes; /* the header fields, names and values; past it: 431 */
     uint64_t max_image_pixels;
     int max_images_per_request;
     int request_timeout_ms; /* decode + queue wait + encode; past it: 504 */
