@@ -71,6 +71,16 @@ static int raw_post(const daemon_t *d, const char *type, const void *body, size_
     return fd;
 }
 
+/* A client that leaves: a reset.  Its FIN alone would be a client that
+ * shut down its sending half and still reads, which is answered (see
+ * test_protocol), so the daemon cannot tell it left until it writes. */
+static void close_with_reset(int fd)
+{
+    struct linger reset = {1, 0};
+    ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset), 0);
+    close(fd);
+}
+
 static reply post_multipart(const daemon_t *d, const char *path, const char *body, size_t len)
 {
     return http(d, path, "multipart/form-data; boundary=bb", body, len, NULL, NULL);
@@ -261,7 +271,7 @@ START_TEST(a_full_queue_refuses_before_the_body)
     r = http(&d, "/readyz", NULL, NULL, 0, NULL, NULL);
     assert_error(&r, 503, "not-ready");
     free(r.body);
-    close(fd);
+    close_with_reset(fd);
     ck_assert(wait_for_metric_range(&d, "latentd_queue_depth", 0, 0, 10));
     free(body);
     free(png);
@@ -342,7 +352,7 @@ START_TEST(work_of_a_departed_client_is_dropped)
     char *body = multipart(png, png_len, 8, NULL, &len);
     int fd = raw_post(&d, "multipart/form-data; boundary=bb", body, len);
     ck_assert(wait_for_metric(&d, "latentd_requests_in_flight", 1, 30));
-    close(fd); /* gone while its images wait */
+    close_with_reset(fd); /* gone while its images wait */
     ck_assert(wait_for_metric(&d, "latentd_requests_cancelled_total{reason=\"client_gone\"}", 1, 10));
     /* what was queued is dropped: at most the image already encoding is done */
     ck_assert(wait_for_metric_range(&d, "latentd_queue_depth", 0, 0, 10));

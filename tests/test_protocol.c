@@ -9,7 +9,8 @@
  * - an absolute-form target is served (RFC 9112 3.2.2);
  * - a chunked body is priced within what start-up sets aside for one body,
  *   so it is served where the same body with a Content-Length is;
- * - SIGHUP reads the API key file again: the old key stops working. */
+ * - SIGHUP reads the API key file again: the old key stops working;
+ * - a client that shuts down its sending half after its request is answered. */
 #include "daemon.h"
 
 #include "../src/server/head.h"
@@ -235,6 +236,63 @@ START_TEST(a_chunked_body_costs_no_more_than_a_declared_one)
 }
 END_TEST
 
+/* A raw POST of n copies of a PNG as multipart; the socket. */
+static int post_images(const daemon_t *d, const char *image, int n)
+{
+    size_t png_len;
+    uint8_t *png = read_all(fixture(image), &png_len);
+    char *body = malloc(n * (png_len + 256) + 64);
+    size_t used = 0;
+    for (int i = 0; i < n; i++) {
+        used += (size_t)sprintf(body + used, "--bb\r\nContent-Disposition: form-data; "
+                                "name=\"image\"; filename=\"%d.png\"\r\nContent-Type: "
+                                "image/png\r\n\r\n", i);
+        memcpy(body + used, png, png_len);
+        used += png_len;
+        used += (size_t)sprintf(body + used, "\r\n");
+    }
+    used += (size_t)sprintf(body + used, "--bb--\r\n");
+    char head[256];
+    const int hl = snprintf(head, sizeof head, "POST /v1/encode?format=npy HTTP/1.1\r\n"
+                            "Host: x\r\nContent-Type: multipart/form-data; boundary=bb\r\n"
+                            "Content-Length: %zu\r\n\r\n", used);
+    int fd = raw_connect(d);
+    raw_send(fd, head, (size_t)hl);
+    raw_send(fd, body, used);
+    free(body);
+    free(png);
+    return fd;
+}
+
+/* The answer after the client shut down its sending half: one 200. */
+static void assert_answered(int fd, const char *when)
+{
+    char *answer = raw_read_all(fd, NULL);
+    close(fd);
+    ck_assert_msg(raw_status(answer) == 200 && count_responses(answer) == 1, "half-closed %s: %.300s",
+                  when, answer);
+    free(answer);
+}
+
+START_TEST(a_client_that_half_closes_is_answered)
+{
+    daemon_t d = start_daemon("models/tiny-sd", NULL);
+    /* at once after the request, as netcat-like clients do */
+    int fd = post_images(&d, "images/astronaut_64.png", 1);
+    shutdown(fd, SHUT_WR);
+    assert_answered(fd, "after the request");
+    /* while its images wait for the encoder */
+    fd = post_images(&d, "images/astronaut_256.png", 8);
+    ck_assert(wait_for_metric(&d, "latentd_requests_in_flight", 1, 30));
+    shutdown(fd, SHUT_WR);
+    assert_answered(fd, "while waiting");
+    ck_assert_double_eq(metric_value(&d, "latentd_requests_cancelled_total{reason=\"client_gone\"}"), 0);
+    ck_assert(log_contains(&d, "POST /v1/encode?format=npy 200 images=8") ||
+              log_contains(&d, "POST /v1/encode 200 images=8"));
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
 static void write_key(const char *path, const char *key)
 {
     FILE *fp = fopen(path, "w");
@@ -290,6 +348,7 @@ static Suite *protocol_suite(void)
     tcase_add_test(tc, targets_and_heads_past_the_limits_get_json);
     tcase_add_test(tc, a_chunked_body_costs_no_more_than_a_declared_one);
     tcase_add_test(tc, a_rotated_key_applies_on_sighup);
+    tcase_add_test(tc, a_client_that_half_closes_is_answered);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -261,8 +261,12 @@ static int build_poll_locked(srv_conns *t, struct pollfd *fds, int cap, double *
         if (c->wait_deadline > 0 && c->wait_deadline < *next)
             *next = c->wait_deadline;
         if (n < cap) {
-            /* POLLRDHUP alone: a pipelined request's bytes must not wake us */
-            fds[n] = (struct pollfd){.fd = c->fd, .events = POLLRDHUP};
+            /* no events asked: poll() reports POLLHUP and POLLERR (a reset)
+             * anyway, and a pipelined request's bytes must not wake us.  Not
+             * POLLRDHUP: a client that shuts down its sending half after its
+             * request is still reading, and is answered; one that closed its
+             * socket is told from it only when a write fails */
+            fds[n] = (struct pollfd){.fd = c->fd, .events = 0};
             c->poll_slot = n++;
         }
     }
@@ -286,7 +290,7 @@ static void enforce(srv_conns *t, const struct pollfd *fds, int n_fds)
     for (srv_conn *c = t->head; c; c = c->next) {
         if (c->job && can_cancel && c->wait_deadline > 0) {
             const bool gone = c->poll_slot > 0 && c->poll_slot < n_fds &&
-                              (fds[c->poll_slot].revents & (POLLRDHUP | POLLHUP | POLLERR));
+                              (fds[c->poll_slot].revents & (POLLHUP | POLLERR));
             if (gone)
                 collect_locked(&l, cap, c, JOB_CLIENT_GONE);
             else if (now >= c->wait_deadline)

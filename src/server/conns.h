@@ -7,8 +7,10 @@
  * has a deadline that does not move: the headers (from the connection's start
  * or its previous answer), the body, sending the answer.  One thread enforces
  * them: a connection past its deadline has its socket shut down, which
- * libmicrohttpd then sees and closes.  A waiting request whose client hung up,
- * or whose own deadline passed, has its job cancelled.
+ * libmicrohttpd then sees and closes.  A waiting request whose client reset
+ * the connection, or whose own deadline passed, has its job cancelled (a
+ * client that only shut down its sending half is still reading: it is
+ * answered).
  *
  * It also answers the accept policy: a new connection past max_connections,
  * or past max_connections_per_client for its address, is refused, counted and
@@ -58,7 +60,7 @@ void srv_conn_enter(srv_conns *t, srv_conn *c, srv_conn_phase phase);
 int srv_conn_requests(const srv_conn *c);
 
 /* The connection's request waits for job until the monotonic deadline (in
- * seconds): on a hang-up or at the deadline the job is cancelled. */
+ * seconds): on a reset or at the deadline the job is cancelled. */
 void srv_conn_wait(srv_conns *t, srv_conn *c, srv_job *job, double deadline);
 /* The wait is over (the job finished and the answer is being made). */
 void srv_conn_unwait(srv_conns *t, srv_conn *c);

@@ -123,6 +123,7 @@ static answer_error error_for_status(int status)
 
 typedef struct {
     bool begun;               /* its headers are in and begin_request has run */
+    bool settled;             /* its body is in and libmicrohttpd has polled it once since */
     srv_target_problem_kind target; /* what the target looked like as sent */
     srv_state *st;
     struct MHD_Connection *connection;
@@ -1255,6 +1256,18 @@ static MHD_Result_t on_request(void *cls, struct MHD_Connection *c, const char *
         return answer_get(rq, method, url);
     if (rq->job)
         return answer_job(rq, method, url); /* resumed: the job has finished */
+    if (!rq->settled) {
+        /* libmicrohttpd 0.9.75 keeps no record of a connection's state while
+         * it is suspended: resumed, it is polled as it was last recorded.
+         * Suspended now, that record says "reading the body", and a client
+         * that shut down its sending half (still reading, waiting for the
+         * answer) would be read at its end of stream and closed unanswered.
+         * Returning without an answer lets libmicrohttpd record "request
+         * complete" (nothing to read) and call again at once (it polls a
+         * connection in that state with no wait). */
+        rq->settled = true;
+        return MHD_YES;
+    }
     if (!rq->failed)
         finish_body(rq, c);
     if (rq->failed || !admit(rq)) {
