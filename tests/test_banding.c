@@ -98,8 +98,8 @@ START_TEST(banded_chunks_match_the_batch)
 END_TEST
 
 /* Below the whole pass's memory, the default (auto) bands by itself and the
- * result does not change; with banding off the same limit is LD_ENOMEM;
- * below the least banded plan it is LD_ENOMEM too. */
+ * result does not change; with banding off the same limit is LD_ETOOLARGE
+ * (no retry could fit); below the least banded plan it is LD_ETOOLARGE too. */
 START_TEST(memory_limit_brings_banding_on_its_own)
 {
     ld_model *m = fixture_model("models/tiny-sd");
@@ -121,16 +121,48 @@ START_TEST(memory_limit_brings_banding_on_its_own)
     char err[LD_ERR_LEN] = "";
     encoded refused;
     opts.banding = LD_BANDING_OFF;
-    ck_assert_int_eq(encode_into(m, img.rgb, 1, 128, 128, &opts, &refused, err), LD_ENOMEM);
+    ck_assert_int_eq(encode_into(m, img.rgb, 1, 128, 128, &opts, &refused, err), LD_ETOOLARGE);
     ck_assert_ptr_nonnull(strstr(err, "working memory"));
     encoded_free(&refused);
     opts.banding = LD_BANDING_AUTO;
     opts.max_memory = (size_t)32 * 128 * 128 * sizeof(float); /* conv_in's output alone */
-    ck_assert_int_eq(encode_into(m, img.rgb, 1, 128, 128, &opts, &refused, err), LD_ENOMEM);
+    ck_assert_int_eq(encode_into(m, img.rgb, 1, 128, 128, &opts, &refused, err), LD_ETOOLARGE);
     ck_assert_ptr_nonnull(strstr(err, "working memory"));
     encoded_free(&refused);
     encoded_free(&unlimited);
     encoded_free(&limited);
+    ld_image_free(&img);
+    ld_model_free(m);
+}
+END_TEST
+
+/* ld_encode_least_workspace_bytes is exactly where max_memory starts to
+ * refuse: at it the image is encoded (banded, the same result), a byte less
+ * is LD_ETOOLARGE; banding off, it is the whole pass. */
+START_TEST(least_workspace_is_where_the_limit_refuses)
+{
+    ld_model *m = fixture_model("models/tiny-sd");
+    ld_image img = fixture_image("rocket_128");
+    const size_t whole = ld_encode_workspace_bytes(m, 1, 128, 128, 2);
+    const size_t least = ld_encode_least_workspace_bytes(m, 128, 128, 2, LD_BANDING_AUTO);
+    ck_assert_uint_lt(least, whole);
+    ck_assert_uint_eq(ld_encode_least_workspace_bytes(m, 128, 128, 2, LD_BANDING_OFF), whole);
+    ld_encode_opts opts;
+    ld_encode_opts_init(&opts);
+    opts.threads = 2;
+    opts.max_memory = least;
+    encoded fits = encode_ok(m, img.rgb, 1, 128, 128, &opts);
+    ck_assert_int_gt(fits.banded_layers, 0);
+    assert_matches_fixture(&fits, fixture("expected/tiny-sd/rocket_128.safetensors"),
+                           "at the least working memory");
+
+    char err[LD_ERR_LEN] = "";
+    encoded refused;
+    opts.max_memory = least - 1;
+    ck_assert_int_eq(encode_into(m, img.rgb, 1, 128, 128, &opts, &refused, err), LD_ETOOLARGE);
+    ck_assert_ptr_nonnull(strstr(err, "working memory"));
+    encoded_free(&refused);
+    encoded_free(&fits);
     ld_image_free(&img);
     ld_model_free(m);
 }
@@ -182,6 +214,7 @@ static Suite *banding_suite(void)
     tcase_add_loop_test(tc, banded_matches_whole_and_diffusers, 0, N_MODELS);
     tcase_add_test(tc, banded_chunks_match_the_batch);
     tcase_add_test(tc, memory_limit_brings_banding_on_its_own);
+    tcase_add_test(tc, least_workspace_is_where_the_limit_refuses);
     tcase_add_test(tc, banded_pass_beats_every_layer);
     tcase_add_test(tc, workspace_grows_with_the_chunk_not_the_scratch);
     suite_add_tcase(s, tc);

@@ -15,11 +15,11 @@
 typedef enum {
     LD_OK = 0,
     LD_EINVAL = -1,       /* the caller's arguments or input data are wrong */
-    LD_ENOMEM = -2,       /* memory could not be had (or a memory limit was hit) */
+    LD_ENOMEM = -2,       /* memory could not be had now (a retry may succeed) */
     LD_EIO = -3,          /* a file could not be opened, read or written */
     LD_EFORMAT = -4,      /* a file or image is corrupt or not what it claims */
     LD_EUNSUPPORTED = -5, /* well-formed, but something latentd does not handle */
-    LD_ETOOLARGE = -6,    /* over a configured size limit */
+    LD_ETOOLARGE = -6,    /* over a configured size or memory limit (no retry fits) */
     LD_ECANCELLED = -7    /* the caller asked to stop */
 } ld_status;
 

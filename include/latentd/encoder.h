@@ -102,7 +102,7 @@ typedef int (*ld_progress_fn)(void *ctx, int images_done, int images_total);
 typedef enum {
     LD_BANDING_AUTO, /* band when one image's unbanded pass needs more than
                         LD_BANDING_AUTO_BYTES, or when max_memory requires it */
-    LD_BANDING_OFF,  /* never: LD_ENOMEM when the unbanded pass does not fit */
+    LD_BANDING_OFF,  /* never: LD_ETOOLARGE when the unbanded pass is over max_memory */
     LD_BANDING_ON,   /* band every layer that can be banded (tests, benchmarks) */
 } ld_banding;
 
@@ -150,7 +150,9 @@ typedef struct {
 /* Encode n images of h×w, given as RGB in [0, 1], [n, 3, h, w].
  * Works in chunks of at most vae_split images; when a chunk's working memory
  * cannot be had it halves the chunk and retries, down to one image, then
- * (banding auto) the same banded, before it reports LD_ENOMEM.  The result
+ * (banding auto) the same banded, before it reports LD_ENOMEM.  When even
+ * the least of those is over max_memory it reports LD_ETOOLARGE at once
+ * (see ld_encode_least_workspace_bytes): no retry could fit.  The result
  * does not depend on the chunking or the banding (beyond float rounding).
  * That working memory is the only memory the call takes (besides a pool it
  * makes itself, see ld_pool_new): nothing is mapped later, in the middle of
@@ -166,5 +168,14 @@ int ld_encode(const ld_model *model, const float *images, int n, int h, int w,
  * the default options (LD_BANDING_AUTO, no max_memory): exactly what
  * ld_encode then allocates, and so enough as max_memory for such a pass. */
 size_t ld_encode_workspace_bytes(const ld_model *model, int chunk, int h, int w, int threads);
+
+/* The least working memory ld_encode can encode one h×w image in, on
+ * `threads` compute threads (<= 0: one per core) with that banding: its last
+ * resort, one image banded as far as the option allows.  ld_encode refuses
+ * an image with LD_ETOOLARGE exactly when this is over max_memory, so a
+ * caller can refuse it up front.  Banding cuts rows only: a wide image of
+ * few rows needs about what it needs whole, a tall one far less. */
+size_t ld_encode_least_workspace_bytes(const ld_model *model, int h, int w, int threads,
+                                       ld_banding banding);
 
 #endif

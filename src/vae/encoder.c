@@ -235,7 +235,8 @@ static bool workspace_alloc(workspace *ws, ld_pool *pool, size_t max_memory)
     return ws->arena != NULL;
 }
 
-/* The plan modes to try, in order, for the caller's banding option. */
+/* The plan modes to try, in order, for the caller's banding option; the
+ * last one is the least (see least_plan). */
 static int modes_to_try(const ld_model *m, int h, int w, int threads, ld_banding banding,
                         plan_mode modes[2])
 {
@@ -253,12 +254,33 @@ static int modes_to_try(const ld_model *m, int h, int w, int threads, ld_banding
     }
 }
 
+/* The least plan ld_encode can settle on for an h×w image: one image in the
+ * last mode it tries.  workspace_acquire refuses by it and
+ * ld_encode_least_workspace_bytes reports it, so the two cannot disagree. */
+static void least_plan(plan *p, const ld_model *m, int h, int w, int threads,
+                       ld_banding banding)
+{
+    plan_mode modes[2];
+    const int n_modes = modes_to_try(m, h, w, threads, banding, modes);
+    plan_make(p, m, h, w, 1, threads, modes[n_modes - 1]);
+}
+
 /* The first plan that can be had: the largest chunk <= want, halving on
- * failure, in each mode in turn. */
+ * failure, in each mode in turn.  An image whose least plan is over
+ * max_memory is LD_ETOOLARGE at once: no retry could fit it.  Past that, a
+ * plan fails only for want of memory now (LD_ENOMEM), as the last plan
+ * tried is the least. */
 static int workspace_acquire(workspace *ws, const ld_model *m, int h, int w, ld_pool *pool,
                              int want, const ld_encode_opts *opts, char *err)
 {
     const int threads = ld_pool_threads(pool);
+    plan least;
+    least_plan(&least, m, h, w, threads, opts->banding);
+    const size_t need = least.floats * sizeof(float);
+    if (opts->max_memory && need > opts->max_memory)
+        return ld_fail(err, LD_ETOOLARGE, "encoding one %dx%d image needs %zu MiB of working "
+                       "memory, over the %zu MiB limit", w, h, need >> 20,
+                       opts->max_memory >> 20);
     plan_mode modes[2];
     const int n_modes = modes_to_try(m, h, w, threads, opts->banding, modes);
     /* a block the pool kept that is over the limit now is given back */
@@ -271,13 +293,18 @@ static int workspace_acquire(workspace *ws, const ld_model *m, int h, int w, ld_
                 return LD_OK;
         }
     }
-    /* the last plan tried is the least: one image in the last mode */
-    const size_t need = ws->plan.floats * sizeof(float);
-    if (opts->max_memory && need > opts->max_memory)
-        return ld_fail(err, LD_ENOMEM, "encoding one image needs %zu MiB of working memory, "
-                       "over the %zu MiB limit", need >> 20, opts->max_memory >> 20);
     return ld_fail(err, LD_ENOMEM, "out of memory: encoding one image needs %zu MiB",
                    need >> 20);
+}
+
+size_t ld_encode_least_workspace_bytes(const ld_model *m, int h, int w, int threads,
+                                       ld_banding banding)
+{
+    if (threads <= 0)
+        threads = ld_cores();
+    plan p;
+    least_plan(&p, m, h, w, threads, banding);
+    return p.floats * sizeof(float);
 }
 
 void ld_encoder_init(void)
