@@ -251,6 +251,33 @@ START_TEST(memory_budget_bounds_decoded_images)
 }
 END_TEST
 
+/* A worker's working memory is sized for a square image of max_image_pixels
+ * and banding cuts rows only, so a wide image of as many pixels needs more
+ * than a worker has: on every instance, for ever.  That is a 413 at
+ * admission (no Retry-After, so nginx does not pass it round the instances
+ * as a 503), while the same image turned tall still fits and is encoded.
+ * At 65536 pixels a worker has 32 MiB; 8192x8 needs 34, 8x8192 24. */
+START_TEST(a_wide_image_that_can_never_fit_is_413)
+{
+    static const char *const flags[] = {"--set", "max_image_pixels=65536", NULL};
+    daemon_t d = start_daemon("models/tiny-sd", flags);
+    size_t len;
+    void *wide = flat_png(8192, 8, &len);
+    reply r = http(&d, "/v1/encode", "image/png", wide, len, NULL, NULL);
+    assert_error(&r, 413, "too-large-for-memory");
+    ck_assert_ptr_null(strcasestr(r.headers, "Retry-After:"));
+    ck_assert_msg(strstr(r.body, "8192x8") && strstr(r.body, "32 MiB"), "%s", r.body);
+    free(r.body);
+    free(wide);
+    void *tall = flat_png(8, 8192, &len);
+    r = http(&d, "/v1/encode?format=npy&outputs=latents", "image/png", tall, len, NULL, NULL);
+    ck_assert_msg(r.status == 200, "tall: %ld %.300s", r.status, r.body);
+    free(r.body);
+    free(tall);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
 /* ---- 4: overload is refused early, with Retry-After ---- */
 
 START_TEST(a_full_queue_refuses_before_the_body)
@@ -724,6 +751,7 @@ static Suite *hardening_suite(void)
     tcase_add_test(tc, slow_clients_are_cut_and_others_served);
     tcase_add_test(tc, connection_limits_refuse_and_count);
     tcase_add_test(tc, memory_budget_bounds_decoded_images);
+    tcase_add_test(tc, a_wide_image_that_can_never_fit_is_413);
     tcase_add_test(tc, a_full_queue_refuses_before_the_body);
     tcase_add_test(tc, many_scan_jpeg_is_refused_quickly);
     tcase_add_test(tc, shutdown_is_bounded_and_readyz_says_so);

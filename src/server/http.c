@@ -974,6 +974,15 @@ static int price_images(request *rq, uint32_t (*sizes)[2], size_t *cost)
             fail(rq, E_IMAGE_SIZE, "image %d: %s", i, err);
             return LD_EINVAL;
         }
+        size_t need, limit;
+        if (!srv_queue_image_fits(st->queue, model, (int)sizes[i][1], (int)sizes[i][0], &need,
+                                  &limit)) {
+            fail(rq, E_OVER_BUDGET, "image %d: encoding one %ux%u image needs %zu MiB of "
+                 "working memory, more than the %zu MiB a worker has (sized for a square image "
+                 "of max_image_pixels); send it smaller or nearer square", i, sizes[i][0],
+                 sizes[i][1], need >> 20, limit >> 20);
+            return LD_ETOOLARGE;
+        }
         floats += (size_t)3 * pixels;
         results += (size_t)5 * channels * lh * lw;
     }

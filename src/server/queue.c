@@ -581,6 +581,15 @@ void srv_queue_set_worker_memory(srv_queue *q, size_t bytes)
     atomic_store(&q->worker_memory, bytes);
 }
 
+bool srv_queue_image_fits(srv_queue *q, const ld_model *model, int h, int w, size_t *need,
+                          size_t *limit)
+{
+    *limit = atomic_load(&q->worker_memory);
+    /* as encode_batch asks: the workers' threads, the default banding */
+    *need = ld_encode_least_workspace_bytes(model, h, w, q->params.threads, LD_BANDING_AUTO);
+    return *limit == 0 || *need <= *limit;
+}
+
 /* pthread_timedjoin_np counts in CLOCK_REALTIME; the deadline is monotonic. */
 static bool join_by(pthread_t thread, const struct timespec *deadline)
 {

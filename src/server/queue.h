@@ -42,6 +42,14 @@ int srv_queue_new(const srv_queue_params *params, srv_metrics *metrics, srv_queu
 /* A reload loaded a model that needs more working memory: later encodes may
  * use up to bytes (the caller took them from the budget first). */
 void srv_queue_set_worker_memory(srv_queue *q, size_t bytes);
+/* Whether a worker can ever encode one h×w image of model: the least working
+ * memory the encoder needs for it (*need) within what a worker may use
+ * (*limit, 0: no limit).  The limit is sized for a square image of
+ * max_image_pixels and banding cuts rows only, so a wide image of fewer
+ * pixels may not fit; the encoder would refuse it (LD_ETOOLARGE) on every
+ * try, so the front end refuses it first. */
+bool srv_queue_image_fits(srv_queue *q, const ld_model *model, int h, int w, size_t *need,
+                          size_t *limit);
 /* Reserve n image slots (n <= max_queue): LD_ETOOLARGE when the queue is full
  * now.  A request is admitted while fewer than max_queue images wait, whatever
  * its size, so the queue holds at most max_queue + n - 1: were a request of
