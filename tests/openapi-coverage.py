@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import struct
 import sys
 import tempfile
 import time
@@ -380,6 +381,9 @@ def main():
                                  "UNDOCUMENTED" if doc is None else "FAIL"))
                     failures += [f"{path} {method} {status} ({what}): {p}" for p in problems]
                 if held is not None:  # the held request leaves; its image is dropped
+                    # a reset: a FIN alone may be a client that half-closed and
+                    # still reads, and the daemon answers that one
+                    held.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     held.close()
                     held = None
                     if not daemon.wait_for_metric("latentd_queue_depth", 0):
