@@ -1,5 +1,8 @@
-/* The safetensors reader on real fixtures and on files that lie. */
+/* The safetensors reader on real fixtures and on files that lie; the npy
+ * header reader (both of its users) on headers numpy would read otherwise. */
+#include "latentd/npy.h"
 #include "latentd/safetensors.h"
+#include "latentd/tensor_input.h"
 #include "testutil.h"
 
 #include <check.h>
@@ -245,6 +248,120 @@ START_TEST(survives_flipped_header_bytes)
 }
 END_TEST
 
+
+/* ---- npy headers ---- */
+
+#define NPY_FLOATS 12 /* every header below describes 12 float32 values */
+
+/* An npy 1.0 file of `dict`, padded as numpy pads, then NPY_FLOATS floats 0..11. */
+static uint8_t *npy_file(const char *dict, size_t *len)
+{
+    const size_t dict_len = strlen(dict);
+    const size_t header = (10 + dict_len + 1 + 63) / 64 * 64;
+    *len = header + NPY_FLOATS * sizeof(float);
+    uint8_t *buf = malloc(*len);
+    ck_assert_ptr_nonnull(buf);
+    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    buf[8] = (uint8_t)((header - 10) & 0xff);
+    buf[9] = (uint8_t)((header - 10) >> 8);
+    memset(buf + 10, ' ', header - 10);
+    memcpy(buf + 10, dict, dict_len);
+    buf[header - 1] = '\n';
+    for (int i = 0; i < NPY_FLOATS; i++) {
+        const float v = (float)i;
+        memcpy(buf + header + i * sizeof v, &v, sizeof v);
+    }
+    return buf;
+}
+
+/* Both readers (tensor input, and the one that checks result files) take it. */
+static void assert_npy_read(const char *dict, int height, int width)
+{
+    size_t len;
+    uint8_t *buf = npy_file(dict, &len);
+    char err[LD_ERR_LEN] = "";
+    ld_tensor_batch batch;
+    ck_assert_msg(ld_tensor_from_npy(buf, len, &batch, err) == LD_OK, "%s: %s", dict, err);
+    ck_assert_int_eq(batch.n, 1);
+    ck_assert_int_eq(batch.height, height);
+    ck_assert_int_eq(batch.width, width);
+    ck_assert_int_eq(batch.dtype, LD_DT_F32);
+    int ndim;
+    int64_t shape[LD_NPY_MAX_DIMS];
+    size_t offset;
+    ck_assert_msg(ld_npy_check(buf, len, len, &ndim, shape, &offset, err) == LD_OK, "%s: %s",
+                  dict, err);
+    ck_assert_int_eq(ndim, 4);
+    ck_assert_uint_eq(offset, len - NPY_FLOATS * sizeof(float));
+    free(buf);
+}
+
+/* Both readers refuse it as malformed, saying `needle`. */
+static void assert_npy_refused(const char *dict, const char *needle)
+{
+    size_t len;
+    uint8_t *buf = npy_file(dict, &len);
+    char err[LD_ERR_LEN] = "";
+    ld_tensor_batch batch;
+    int rc = ld_tensor_from_npy(buf, len, &batch, err);
+    ck_assert_msg(rc == LD_EFORMAT && strstr(err, needle), "%s: %d %s", dict, rc, err);
+    int ndim;
+    int64_t shape[LD_NPY_MAX_DIMS];
+    err[0] = '\0';
+    rc = ld_npy_check(buf, len, len, &ndim, shape, NULL, err);
+    ck_assert_msg(rc == LD_EFORMAT && strstr(err, needle), "%s: %d %s", dict, rc, err);
+    free(buf);
+}
+
+START_TEST(npy_headers_as_numpy_writes_them)
+{
+    assert_npy_read("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2), }", 2, 2);
+    /* no trailing comma, other blanks, keys in another order: a dict all the same */
+    assert_npy_read("{'shape':(1,3,1,4),'fortran_order':False,'descr':'<f4'}", 1, 4);
+    assert_npy_read("{ 'descr' : '<f4' ,\n 'fortran_order' : False , 'shape' : ( 1, 3, 4, 1, ) }",
+                    4, 1);
+}
+END_TEST
+
+/* numpy reads a dict literal, where the last of a repeated key wins: a reader
+ * that took the first (as latentd's did) saw other values than numpy.  Each
+ * file here is one numpy reads, and one the first-wins reading took too, as
+ * a different array: a transposed one, another dtype, another shape. */
+START_TEST(npy_headers_with_a_key_twice_are_refused)
+{
+    assert_npy_refused("{'descr': '<f4', 'fortran_order': False, 'fortran_order': True, "
+                       "'shape': (1, 3, 2, 2), }", "'fortran_order' twice");
+    assert_npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2), "
+                       "'fortran_order': True, }", "'fortran_order' twice");
+    assert_npy_refused("{'descr': '<f4', 'descr': '<f2', 'fortran_order': False, "
+                       "'shape': (1, 3, 2, 2), }", "'descr' twice");
+    assert_npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2), "
+                       "'shape': (1, 3, 4, 1), }", "'shape' twice");
+    assert_npy_refused("{\"shape\": (1, 3, 2, 2), 'descr': '<f4', 'fortran_order': False, "
+                       "'shape': (1, 3, 1, 4)}", "'shape' twice");
+}
+END_TEST
+
+/* What numpy's header reader refuses, refused here too, and text inside a
+ * value is never taken for a key. */
+START_TEST(npy_headers_numpy_refuses)
+{
+    assert_npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2), "
+                       "'extra': 1}", "'extra'");
+    assert_npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2), } x",
+                       "after the header");
+    assert_npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2), ",
+                       "npy:");
+    assert_npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2)) }",
+                       "npy:");
+    assert_npy_refused("{'descr': , 'fortran_order': False, 'shape': (1, 3, 2, 2)}", "no value");
+    assert_npy_refused("['descr', '<f4']", "not a dict");
+    /* a key's text inside a string value is part of that value */
+    assert_npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2), "
+                       "'x': \"'shape': (1, 3, 4, 1)\"}", "'x'");
+}
+END_TEST
+
 static Suite *safetensors_suite(void)
 {
     Suite *s = suite_create("safetensors");
@@ -259,6 +376,11 @@ static Suite *safetensors_suite(void)
     tcase_add_test(tc, refuses_headers_that_lie);
     tcase_add_test(tc, refuses_every_truncation);
     tcase_add_test(tc, survives_flipped_header_bytes);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("npy");
+    tcase_add_test(tc, npy_headers_as_numpy_writes_them);
+    tcase_add_test(tc, npy_headers_with_a_key_twice_are_refused);
+    tcase_add_test(tc, npy_headers_numpy_refuses);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -33,4 +33,22 @@ int ld_npy_serialize(const float *data, int ndim, const int64_t *shape, uint8_t 
 int ld_npy_check(const uint8_t *head, size_t head_len, uint64_t file_size, int *ndim,
                  int64_t shape[LD_NPY_MAX_DIMS], size_t *data_offset, char *err);
 
+/* The three entries of a header's dict literal, each value's text cut out
+ * whole (NUL-terminated, blanks trimmed): "'<f4'", "False", "(2, 3)". */
+typedef struct {
+    char *descr;
+    char *fortran_order;
+    char *shape;
+} ld_npy_dict;
+
+/* Split the dict literal in `text` (NUL-terminated, changed in place: each
+ * value is cut off where it ends); a key that is absent is NULL, for the
+ * caller to say what it misses.  Every reader of npy headers goes through
+ * here, so they all see the dict as numpy does.  LD_EFORMAT for a dict numpy
+ * would not load: not a {'key': value, ...} literal, a key other than
+ * 'descr', 'fortran_order' and 'shape', or one of them given twice (numpy's
+ * literal_eval keeps the last, a reader that took the first would see
+ * another array). */
+int ld_npy_dict_parse(char *text, ld_npy_dict *out, char *err);
+
 #endif

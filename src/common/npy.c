@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,16 +49,125 @@ int ld_npy_serialize(const float *data, int ndim, const int64_t *shape, uint8_t 
     return LD_OK;
 }
 
-/* The value after 'key': in the dict text, or NULL. */
-static const char *dict_value(const char *dict, const char *key)
+/* ---- reading a header's dict literal ---- */
+
+static bool blank(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+static char *skip_blanks(char *p)
 {
-    const char *at = strstr(dict, key);
-    if (!at)
-        return NULL;
-    at += strlen(key);
-    while (*at == ' ')
-        at++;
-    return *at == ':' ? at + 1 + strspn(at + 1, " ") : NULL;
+    while (blank(*p))
+        p++;
+    return p;
+}
+
+/* Past the quoted string at p (quote included), or NULL when it never ends. */
+static char *skip_string(char *p)
+{
+    const char quote = *p++;
+    for (; *p != quote; p++) {
+        if (*p == '\0')
+            return NULL;
+        if (*p == '\\' && p[1] != '\0')
+            p++;
+    }
+    return p + 1;
+}
+
+/* Past a value: to the ',' or '}' that ends it, strings and brackets
+ * (a structured descr is a list of tuples) skipped whole, so a key-like text
+ * inside a value is never taken for a key.  NULL when malformed. */
+static char *skip_value(char *p)
+{
+    int depth = 0;
+    for (;;) {
+        switch (*p) {
+        case '\0':
+            return NULL;
+        case '\'':
+        case '"':
+            if (!(p = skip_string(p)))
+                return NULL;
+            continue;
+        case '(': case '[': case '{':
+            depth++;
+            break;
+        case ')': case ']':
+            if (depth-- == 0)
+                return NULL;
+            break;
+        case '}':
+            if (depth-- == 0)
+                return p;
+            break;
+        case ',':
+            if (depth == 0)
+                return p;
+            break;
+        default:
+            break;
+        }
+        p++;
+    }
+}
+
+/* Which field of the dict a quoted key names; NULL for any other key. */
+static char **dict_slot(ld_npy_dict *d, const char *key, size_t len)
+{
+    if (len == 5 && !memcmp(key, "descr", 5))
+        return &d->descr;
+    if (len == 13 && !memcmp(key, "fortran_order", 13))
+        return &d->fortran_order;
+    if (len == 5 && !memcmp(key, "shape", 5))
+        return &d->shape;
+    return NULL;
+}
+
+int ld_npy_dict_parse(char *text, ld_npy_dict *out, char *err)
+{
+    memset(out, 0, sizeof *out);
+    char *p = skip_blanks(text);
+    if (*p++ != '{')
+        return ld_fail(err, LD_EFORMAT, "npy: the header is not a dict");
+    for (;;) {
+        p = skip_blanks(p);
+        if (*p == '}') { /* after a trailing comma, or {} */
+            p++;
+            break;
+        }
+        if (*p != '\'' && *p != '"')
+            return ld_fail(err, LD_EFORMAT, "npy: a header key is not a quoted string");
+        char *key = p + 1, *after = skip_string(p);
+        if (!after)
+            return ld_fail(err, LD_EFORMAT, "npy: a header key never ends");
+        const size_t key_len = (size_t)(after - 1 - key);
+        char **slot = dict_slot(out, key, key_len);
+        if (!slot)
+            return ld_fail(err, LD_EFORMAT, "npy: header key '%.*s' (numpy reads only 'descr', "
+                           "'fortran_order' and 'shape')", (int)(key_len < 40 ? key_len : 40), key);
+        if (*slot)
+            return ld_fail(err, LD_EFORMAT, "npy: the header gives '%.*s' twice", (int)key_len, key);
+        p = skip_blanks(after);
+        if (*p++ != ':')
+            return ld_fail(err, LD_EFORMAT, "npy: no ':' after a header key");
+        char *value = skip_blanks(p), *end = skip_value(value);
+        if (!end)
+            return ld_fail(err, LD_EFORMAT, "npy: a header value never ends");
+        const char delim = *end;
+        char *cut = end;
+        while (cut > value && blank(cut[-1]))
+            cut--;
+        if (cut == value)
+            return ld_fail(err, LD_EFORMAT, "npy: header key '%.*s' has no value", (int)key_len,
+                           key);
+        *cut = '\0'; /* may be the delimiter itself: it was kept above */
+        *slot = value;
+        p = end + 1;
+        if (delim == '}')
+            break;
+    }
+    if (*skip_blanks(p) != '\0')
+        return ld_fail(err, LD_EFORMAT, "npy: text after the header's dict");
+    return LD_OK;
 }
 
 int ld_npy_check(const uint8_t *head, size_t head_len, uint64_t file_size, int *ndim,
@@ -75,16 +185,17 @@ int ld_npy_check(const uint8_t *head, size_t head_len, uint64_t file_size, int *
         return ld_fail(err, LD_EFORMAT, "npy header too long");
     memcpy(dict, head + 10, total - 10);
     dict[total - 10] = '\0';
-    const char *descr = dict_value(dict, "'descr'");
-    const char *order = dict_value(dict, "'fortran_order'");
-    const char *dims = dict_value(dict, "'shape'");
-    if (!descr || strncmp(descr, "'<f4'", 5) != 0)
+    ld_npy_dict d;
+    int rc = ld_npy_dict_parse(dict, &d, err);
+    if (rc != LD_OK)
+        return rc;
+    if (!d.descr || strcmp(d.descr, "'<f4'") != 0)
         return ld_fail(err, LD_EFORMAT, "npy: not little-endian float32");
-    if (!order || strncmp(order, "False", 5) != 0)
+    if (!d.fortran_order || strcmp(d.fortran_order, "False") != 0)
         return ld_fail(err, LD_EFORMAT, "npy: not C order");
-    if (!dims || *dims != '(')
+    if (!d.shape || *d.shape != '(')
         return ld_fail(err, LD_EFORMAT, "npy: no shape");
-    const char *p = dims + 1;
+    const char *p = d.shape + 1;
     uint64_t numel = 1;
     *ndim = 0;
     for (;;) {

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "latentd/npy.h"
+
 #define MAX_DIMS 4
 
 bool ld_tensor_is_npy(const uint8_t *data, size_t len)
@@ -98,36 +100,8 @@ int ld_tensor_from_raw(const uint8_t *data, size_t len, const int64_t *shape, in
 
 /* ---- .npy: magic, version, header length, a Python dict literal, data ---- */
 
-/* The text after `'key':` in the header, blanks skipped; NULL when absent.
- * Only a key counts (after '{' or ','), not the same text inside a value. */
-static const char *npy_value(const char *header, const char *key)
+static int npy_dtype(const char *v, ld_dtype *dtype, char *err)
 {
-    char quoted[32];
-    snprintf(quoted, sizeof quoted, "'%s'", key);
-    const char *at = header;
-    for (;; at++) {
-        at = strstr(at, quoted);
-        if (!at)
-            return NULL;
-        const char *before = at;
-        while (before > header && before[-1] == ' ')
-            before--;
-        if (before > header && (before[-1] == '{' || before[-1] == ','))
-            break;
-    }
-    at += strlen(quoted);
-    while (*at == ' ')
-        at++;
-    if (*at++ != ':')
-        return NULL;
-    while (*at == ' ')
-        at++;
-    return at;
-}
-
-static int npy_dtype(const char *header, ld_dtype *dtype, char *err)
-{
-    const char *v = npy_value(header, "descr");
     if (!v || (*v != '\'' && *v != '"'))
         return ld_fail(err, LD_EFORMAT, "npy: no 'descr' in the header");
     const char quote = *v++;
@@ -153,9 +127,8 @@ static int npy_dtype(const char *header, ld_dtype *dtype, char *err)
     return LD_OK;
 }
 
-static int npy_shape(const char *header, int64_t *shape, int *ndim, char *err)
+static int npy_shape(const char *v, int64_t *shape, int *ndim, char *err)
 {
-    const char *v = npy_value(header, "shape");
     if (!v || *v != '(')
         return ld_fail(err, LD_EFORMAT, "npy: no 'shape' in the header");
     v++;
@@ -211,14 +184,14 @@ int ld_tensor_from_npy(const uint8_t *data, size_t len, ld_tensor_batch *out, ch
     ld_dtype dtype = LD_DT_OTHER;
     int64_t shape[MAX_DIMS];
     int ndim = 0;
-    int rc = npy_dtype(header, &dtype, err);
-    if (rc == LD_OK) {
-        const char *fortran = npy_value(header, "fortran_order");
-        if (!fortran || strncmp(fortran, "False", 5) != 0)
-            rc = ld_fail(err, LD_EUNSUPPORTED, "npy: only C order (fortran_order False)");
-    }
+    ld_npy_dict dict;
+    int rc = ld_npy_dict_parse(header, &dict, err);
     if (rc == LD_OK)
-        rc = npy_shape(header, shape, &ndim, err);
+        rc = npy_dtype(dict.descr, &dtype, err);
+    if (rc == LD_OK && (!dict.fortran_order || strcmp(dict.fortran_order, "False") != 0))
+        rc = ld_fail(err, LD_EUNSUPPORTED, "npy: only C order (fortran_order False)");
+    if (rc == LD_OK)
+        rc = npy_shape(dict.shape, shape, &ndim, err);
     free(header);
     if (rc != LD_OK)
         return rc;

@@ -202,6 +202,26 @@ def safetensors_seeds():
         safetensors(tiny_ldm("BF16", "first_stage_model."), metadata={"format": "pt"}))
 
 
+# ---------------- tensors ----------------
+
+def npy(dict_text, floats):
+    """An npy 1.0 file as numpy pads it: the header to a multiple of 64."""
+    h = dict_text.encode()
+    total = (10 + len(h) + 1 + 63) // 64 * 64
+    h += b" " * (total - 10 - len(h) - 1) + b"\n"
+    return (b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h +
+            struct.pack("<%df" % len(floats), *floats))
+
+
+def tensor_seeds():
+    # the first byte picks fuzz_tensor.c's container: 0 is npy.  A key given
+    # twice is refused (numpy would keep the last); the other tensor seeds
+    # came with the target
+    out("tensor", "npy_shape_twice", b"\x00" + npy(
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 2, 2), 'shape': (1, 3, 4, 1), }",
+        [i / 16 for i in range(12)]))
+
+
 # ---------------- config.json ----------------
 
 def config_seeds():
@@ -358,6 +378,7 @@ def http_seeds():
 if __name__ == "__main__":
     png_seeds()
     safetensors_seeds()
+    tensor_seeds()
     config_seeds()
     request_seeds()
     http_seeds()
