@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "exif.h"
 #include "image_internal.h"
 
 #ifdef HAVE_LIBJPEG
@@ -136,44 +137,7 @@ static void start(jpeg_guard *g, struct jpeg_decompress_struct *cinfo, const uin
     jpeg_mem_src(cinfo, data, (unsigned long)len);
 }
 
-/* ---- EXIF orientation ---- */
-
-static unsigned tiff_u16(const uint8_t *p, bool big_endian)
-{
-    return big_endian ? (unsigned)(p[0] << 8 | p[1]) : (unsigned)(p[1] << 8 | p[0]);
-}
-
-static uint32_t tiff_u32(const uint8_t *p, bool big_endian)
-{
-    return big_endian ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]
-                      : (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
-}
-
-/* Tag 0x0112 of IFD0 in an EXIF block (the TIFF structure after "Exif\0\0"):
- * 1 to 8, or 1 when absent or malformed (as PIL ignores what it cannot read).
- * PIL takes the value whatever its type; writers use SHORT, a few LONG. */
-static int tiff_orientation(const uint8_t *tiff, size_t len)
-{
-    if (len < 8 || (memcmp(tiff, "II", 2) != 0 && memcmp(tiff, "MM", 2) != 0))
-        return 1;
-    const bool be = tiff[0] == 'M';
-    const uint32_t ifd = tiff_u32(tiff + 4, be);
-    if (tiff_u16(tiff + 2, be) != 42 || ifd > len - 2 || ifd < 8)
-        return 1;
-    const unsigned entries = tiff_u16(tiff + ifd, be);
-    for (unsigned i = 0; i < entries; i++) {
-        const size_t at = ifd + 2 + (size_t)i * 12;
-        if (at + 12 > len)
-            return 1;
-        if (tiff_u16(tiff + at, be) != 0x0112)
-            continue;
-        const unsigned type = tiff_u16(tiff + at + 2, be);
-        const uint32_t value = type == 3 ? tiff_u16(tiff + at + 8, be)
-                             : type == 4 ? tiff_u32(tiff + at + 8, be) : 0; /* SHORT, LONG */
-        return value >= 1 && value <= 8 ? (int)value : 1;
-    }
-    return 1;
-}
+/* ---- EXIF orientation (read here, parsed and applied by exif.c) ---- */
 
 static int next_byte(j_decompress_ptr cinfo)
 {
@@ -213,7 +177,7 @@ static boolean read_app1(j_decompress_ptr cinfo)
     }
     for (long i = 0; i < rest; i++)
         g->exif[i] = (uint8_t)next_byte(cinfo);
-    g->orientation = tiff_orientation(g->exif, (size_t)rest);
+    g->orientation = ld_exif_tiff_orientation(g->exif, (size_t)rest);
     free(g->exif);
     g->exif = NULL;
     return TRUE;
@@ -223,27 +187,6 @@ static int exif_orientation(const struct jpeg_decompress_struct *cinfo)
 {
     const jpeg_guard *g = cinfo->client_data;
     return g->orientation;
-}
-
-/* Orientations 5 to 8 turn the picture a quarter: width and height swap. */
-static bool turns_quarter(int orientation) { return orientation >= 5; }
-
-/* Where the stored pixel (x, y) of a w×h picture lands once shown upright,
- * as PIL's exif_transpose moves it. */
-static size_t upright_index(int orientation, int x, int y, int w, int h)
-{
-    int ux = x, uy = y, uw = w;
-    switch (orientation) {
-    case 2: ux = w - 1 - x; break;                           /* mirrored */
-    case 3: ux = w - 1 - x; uy = h - 1 - y; break;           /* turned 180 */
-    case 4: uy = h - 1 - y; break;                           /* flipped */
-    case 5: ux = y; uy = x; uw = h; break;                   /* transposed */
-    case 6: ux = h - 1 - y; uy = x; uw = h; break;           /* turned 90 clockwise */
-    case 7: ux = h - 1 - y; uy = w - 1 - x; uw = h; break;   /* transversed */
-    case 8: ux = y; uy = w - 1 - x; uw = h; break;           /* turned 90 counter-clockwise */
-    default: break;
-    }
-    return (size_t)uy * uw + ux;
 }
 
 int ld_jpeg_supported(void) { return 1; }
@@ -259,9 +202,9 @@ int ld_jpeg_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *he
     } else {
         start(&g, &cinfo, data, len);
         jpeg_read_header(&cinfo, TRUE); /* stops at the first SOS */
-        const bool swap = turns_quarter(exif_orientation(&cinfo));
-        *width = swap ? cinfo.image_height : cinfo.image_width;
-        *height = swap ? cinfo.image_width : cinfo.image_height;
+        *width = cinfo.image_width;
+        *height = cinfo.image_height;
+        ld_exif_upright_size(exif_orientation(&cinfo), width, height);
     }
     jpeg_destroy_decompress(&cinfo);
     free(g.exif); /* left by a longjmp out of read_app1 */
@@ -293,7 +236,7 @@ static void row_to_planar(const JSAMPLE *row, int components, int y, int stored_
             cmyk_to_rgb(row + x * 4, rgb);
         else
             memcpy(rgb, row + x * 3, 3);
-        const size_t at = upright_index(orientation, x, y, stored_w, stored_h);
+        const size_t at = ld_exif_upright_index(orientation, x, y, stored_w, stored_h);
         for (int c = 0; c < 3; c++)
             out->rgb[c * plane + at] = rgb[c] / 255.0f;
     }
@@ -319,9 +262,9 @@ int ld_jpeg_decode(const uint8_t *data, size_t len, const ld_image_limits *limit
     const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
     cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
     const int orientation = exif_orientation(&cinfo);
-    const bool swap = turns_quarter(orientation);
-    if ((rc = ld_image_alloc(out, swap ? cinfo.image_height : cinfo.image_width,
-                             swap ? cinfo.image_width : cinfo.image_height, limits, err)) != LD_OK)
+    uint32_t width = cinfo.image_width, height = cinfo.image_height;
+    ld_exif_upright_size(orientation, &width, &height);
+    if ((rc = ld_image_alloc(out, width, height, limits, err)) != LD_OK)
         goto done;
     jpeg_start_decompress(&cinfo); /* a progressive file is read in full here */
     row = malloc((size_t)cinfo.output_width * cinfo.output_components);
