@@ -333,6 +333,49 @@ START_TEST(probe_refuses_bad_headers)
 }
 END_TEST
 
+/* What diffusers' load_image hands a pipeline for a file of
+ * tests/fixtures/images/orientation/<folder>/: <name>.want.png, which
+ * make-png-webp.py there wrote with PIL's exif_transpose + convert("RGB").
+ * Lossless, so every sample must be equal; the probe (which the daemon sizes
+ * the job with) must give the upright size too. */
+static void assert_shown_as_pil(const char *folder, const char *name, const char *ext)
+{
+    char err[LD_ERR_LEN];
+    ld_image got, want;
+    size_t len;
+    uint8_t *data = read_all(fixture("images/orientation/%s/%s%s", folder, name, ext), &len);
+    ck_assert_msg(ld_image_decode(data, len, NULL, &got, err) == LD_OK, "%s: %s", name, err);
+    ck_assert_msg(ld_image_load_file(fixture("images/orientation/%s/%s.want.png", folder, name),
+                                     NULL, &want, err) == LD_OK, "%s", err);
+    ck_assert_msg(got.width == want.width && got.height == want.height, "%s/%s: %dx%d, PIL %dx%d",
+                  folder, name, got.width, got.height, want.width, want.height);
+    uint32_t w, h;
+    ck_assert_msg(ld_image_probe(data, len, NULL, &w, &h, err) == LD_OK, "%s", err);
+    ck_assert_msg(w == (uint32_t)want.width && h == (uint32_t)want.height,
+                  "%s/%s: probed %ux%u, PIL shows %dx%d", folder, name, w, h, want.width,
+                  want.height);
+    size_t differ = 0;
+    for (size_t k = 0; k < (size_t)3 * want.width * want.height; k++)
+        differ += got.rgb[k] != want.rgb[k];
+    ck_assert_msg(differ == 0, "%s/%s: %zu samples differ from PIL's", folder, name, differ);
+    ld_image_free(&got);
+    ld_image_free(&want);
+    free(data);
+}
+
+/* PIL reads a PNG's eXIf chunk (before the image data, or after it when
+ * there is none before; the last of several) and exif_transpose turns the
+ * picture, as for a JPEG. */
+START_TEST(png_as_pil_shows_it)
+{
+    static const char *const names[] = {
+        "exif_1", "exif_2", "exif_3", "exif_4", "exif_5", "exif_6", "exif_7", "exif_8",
+        "exif_6_after_idat", "exif_6_then_8", "exif_6_before_8_after"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        assert_shown_as_pil("png", names[i], ".png");
+}
+END_TEST
+
 #ifdef HAVE_LIBJPEG
 /* Compress astronaut_64 with libjpeg at quality 100; decoding gives it back closely. */
 static uint8_t *to_jpeg(const ld_image *img, unsigned long *len)
@@ -649,6 +692,7 @@ static Suite *image_suite(void)
     tcase_add_test(tc, probe_gives_the_size_from_the_header);
     tcase_add_test(tc, probe_reads_only_the_header);
     tcase_add_test(tc, probe_refuses_bad_headers);
+    tcase_add_test(tc, png_as_pil_shows_it);
 #ifdef HAVE_LIBJPEG
     tcase_add_test(tc, jpeg_decodes);
     tcase_add_test(tc, jpeg_as_pil_shows_it);

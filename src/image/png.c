@@ -1,6 +1,8 @@
 /* PNG → planar RGB floats with libpng's classic API, reading from memory.
  * libpng reports errors by longjmp; everything allocated after setjmp is
- * reached through `volatile` locals so the error path can free it. */
+ * reached through `volatile` locals so the error path can free it.  As
+ * diffusers' load_image sees a file (PIL's exif_transpose): the orientation
+ * of an eXIf chunk is applied. */
 #include "latentd/image.h"
 
 #include <png.h>
@@ -10,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exif.h"
 #include "image_internal.h"
 
 typedef struct {
@@ -25,16 +28,63 @@ static uint32_t be32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* CRC-32 as PNG defines it; bitwise, since the probe checks only 17 bytes. */
+/* CRC-32 as PNG defines it, a byte at a time through a table made here:
+ * an eXIf chunk may be megabytes, and 256 entries cost less than that. */
 static uint32_t crc32_of(const uint8_t *p, size_t n)
 {
-    uint32_t crc = 0xffffffffu;
-    for (size_t i = 0; i < n; i++) {
-        crc ^= p[i];
+    uint32_t table[256];
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
         for (int k = 0; k < 8; k++)
-            crc = (crc >> 1) ^ (0xedb88320u & (0u - (crc & 1)));
+            c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1)));
+        table[i] = c;
     }
+    uint32_t crc = 0xffffffffu;
+    for (size_t i = 0; i < n; i++)
+        crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
     return ~crc;
+}
+
+static bool is_chunk(const uint8_t *type, const char *name) { return !memcmp(type, name, 4); }
+
+/* libpng refuses a chunk type that is not four ASCII letters; PIL stops there. */
+static bool letters(const uint8_t *type)
+{
+    for (int i = 0; i < 4; i++)
+        if (!((type[i] >= 'A' && type[i] <= 'Z') || (type[i] >= 'a' && type[i] <= 'z')))
+            return false;
+    return true;
+}
+
+/* The EXIF orientation of a PNG, from its eXIf chunk as PIL finds it: PIL
+ * reads the chunks before the first IDAT when it opens a file, keeping the
+ * last eXIf; only when there was none does exif_transpose make it read the
+ * chunks after the image data, and then the last eXIf there counts.  Before
+ * IDAT a chunk whose CRC is wrong is not taken (PIL refuses the whole file,
+ * libpng decodes it: the chunk is ancillary); after it PIL checks no CRC, so
+ * nor does this.  Only chunk headers are read, nothing is decompressed, so
+ * the probe can afford it. */
+static int png_orientation(const uint8_t *data, size_t len)
+{
+    const uint8_t *before = NULL, *after = NULL; /* the chunks' type fields */
+    bool past_idat = false;
+    for (size_t at = 8; len - at >= 12;) {
+        const uint32_t n = be32(data + at);
+        const uint8_t *type = data + at + 4;
+        if (n > len - at - 12 || !letters(type) || is_chunk(type, "IEND"))
+            break; /* libpng refuses what is cut or misnamed; what was found still counts */
+        if (is_chunk(type, "IDAT"))
+            past_idat = true;
+        else if (is_chunk(type, "eXIf"))
+            *(past_idat ? &after : &before) = type;
+        at += 12 + (size_t)n;
+    }
+    if (before) {
+        const uint32_t n = be32(before - 4);
+        return crc32_of(before, 4 + (size_t)n) == be32(before + 4 + n)
+                   ? ld_exif_tiff_orientation(before + 4, n) : 1;
+    }
+    return after ? ld_exif_tiff_orientation(after + 4, be32(after - 4)) : 1;
 }
 
 /* The bit depths the PNG spec allows for each colour type. */
@@ -49,7 +99,8 @@ static bool valid_depth(int color, int depth)
 }
 
 /* The spec puts IHDR first, so the size is at a fixed place: no need to let
- * libpng walk (and decompress) whatever chunks follow it. */
+ * libpng walk (and decompress) whatever chunks follow it.  The size given is
+ * the picture's as shown, after its EXIF orientation (chunk headers only). */
 int ld_png_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *height, char *err)
 {
     if (len < 8 || png_sig_cmp(data, 0, 8) != 0)
@@ -68,6 +119,7 @@ int ld_png_probe(const uint8_t *data, size_t len, uint32_t *width, uint32_t *hei
         return ld_fail(err, LD_EFORMAT, "bad PNG: invalid IHDR fields");
     *width = w;
     *height = h;
+    ld_exif_upright_size(png_orientation(data, len), width, height);
     return LD_OK;
 }
 
@@ -117,12 +169,15 @@ static int set_transforms(png_structp png, png_infop info)
     return passes;
 }
 
-static void rows_to_planar(png_bytep *rows, int channels, int depth, ld_image *img)
+/* The stored w x h rows into the upright planar image. */
+static void rows_to_planar(png_bytep *rows, int w, int h, int channels, int depth,
+                           int orientation, ld_image *img)
 {
-    const size_t plane = (size_t)img->width * img->height;
-    for (int y = 0; y < img->height; y++) {
+    const size_t plane = (size_t)w * h;
+    for (int y = 0; y < h; y++) {
         const png_byte *row = rows[y];
-        for (int x = 0; x < img->width; x++) {
+        for (int x = 0; x < w; x++) {
+            const size_t at = ld_exif_upright_index(orientation, x, y, w, h);
             for (int c = 0; c < 3; c++) {
                 float v;
                 if (depth == 16) {
@@ -131,7 +186,7 @@ static void rows_to_planar(png_bytep *rows, int channels, int depth, ld_image *i
                 } else {
                     v = (float)row[(size_t)x * channels + c] / 255.0f;
                 }
-                img->rgb[c * plane + (size_t)y * img->width + x] = v;
+                img->rgb[c * plane + at] = v;
             }
         }
     }
@@ -158,7 +213,10 @@ static int decode(png_structp png, png_infop info, png_source *src,
     png_read_info(png, info);
     const png_uint_32 width = png_get_image_width(png, info);
     const png_uint_32 height = png_get_image_height(png, info);
-    if ((rc = ld_image_alloc(out, width, height, limits, err)) != LD_OK)
+    const int orientation = png_orientation(src->data, src->len);
+    uint32_t shown_w = width, shown_h = height;
+    ld_exif_upright_size(orientation, &shown_w, &shown_h);
+    if ((rc = ld_image_alloc(out, shown_w, shown_h, limits, err)) != LD_OK)
         goto done;
     const int passes = set_transforms(png, info);
     const size_t rowbytes = png_get_rowbytes(png, info);
@@ -182,7 +240,7 @@ static int decode(png_structp png, png_infop info, png_source *src,
             }
         }
     png_read_end(png, NULL);
-    rows_to_planar(rows, channels, depth, out);
+    rows_to_planar(rows, (int)width, (int)height, channels, depth, orientation, out);
 done:
     free(rows);
     free(pixels);
