@@ -675,6 +675,17 @@ START_TEST(webp_lossless_round_trip)
     ld_image_free(&rgb);
 }
 END_TEST
+
+/* PIL reads the EXIF chunk of an extended (VP8X) WebP through libwebpdemux:
+ * only when VP8X's EXIF flag says it is there, with or without "Exif\0\0". */
+START_TEST(webp_as_pil_shows_it)
+{
+    static const char *const names[] = {"exif_1", "exif_2", "exif_3", "exif_5", "exif_6",
+                                        "exif_7", "exif_8", "exif_6_prefixed", "exif_6_no_flag"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        assert_shown_as_pil("webp", names[i], ".webp");
+}
+END_TEST
 #endif
 
 static Suite *image_suite(void)
@@ -705,6 +716,7 @@ static Suite *image_suite(void)
 #endif
 #ifdef HAVE_LIBWEBP
     tcase_add_test(tc, webp_lossless_round_trip);
+    tcase_add_test(tc, webp_as_pil_shows_it);
 #endif
     suite_add_tcase(s, tc);
     return s;
