@@ -119,6 +119,21 @@ def png_seeds():
     out("png", "palette2-trns.png", plain[:i] + chunk(b"tRNS", b"\x00\x80") + plain[i:])
     for name in ("astronaut_64_palette.png", "astronaut_64_gray.png", "chelsea_60x44.png"):
         copy("png", os.path.join(FIXTURES, "images", name), name)
+    # EXIF orientation 6 (big-endian TIFF, as Pillow writes it) in an eXIf chunk
+    # before the image data, and little-endian orientation 8 in one after it
+    exif6 = bytes.fromhex("4d4d002a00000008000101120003000000010006000000000000")
+    exif8 = bytes.fromhex("49492a0008000000010012010300010000000800000000000000")
+    plain = png(3, 2, 2, 8)
+    i, j = plain.index(b"IDAT") - 4, plain.index(b"IEND") - 4
+    out("png", "rgb8-exif6.png", plain[:i] + chunk(b"eXIf", exif6) + plain[i:])
+    out("png", "rgb8-exif8-after-idat.png", plain[:j] + chunk(b"eXIf", exif8) + plain[j:])
+
+
+def webp_seeds():
+    # the other WebP seeds came with the target
+    for n in (5, 6):
+        copy("webp", os.path.join(FIXTURES, "images", "orientation", "webp", "exif_%d.webp" % n),
+             "exif_%d.webp" % n)
 
 
 # ---------------- safetensors ----------------
@@ -377,6 +392,7 @@ def http_seeds():
 
 if __name__ == "__main__":
     png_seeds()
+    webp_seeds()
     safetensors_seeds()
     tensor_seeds()
     config_seeds()
