@@ -7,7 +7,9 @@
 # linter (tests/openapi-lint.sh, @redocly/cli: node 20.19 or later).  systemd
 # (systemd-analyze, systemd-socket-activate) and nginx-light are for the
 # operations tests (tests/test_systemd, tests/systemd-units.sh,
-# tests/nginx-scale.sh), which skip without them.  man-db and groff-base
+# tests/nginx-scale.sh), which skip without them; procps is /bin/kill, the
+# units' ExecReload (systemd-analyze verify fails on a unit whose command is
+# missing, and a minbase bookworm has no procps).  man-db and groff-base
 # render the man pages (tests/man-pages.sh); debhelper and dpkg-dev build the
 # Debian package (scripts/deb-check.sh, scripts/test.sh deb).
 set -eu
@@ -20,7 +22,7 @@ apt-get install -y -qq --no-install-recommends \
     check valgrind curl ca-certificates libcurl4-openssl-dev \
     clang libclang-rt-dev \
     python3 python3-numpy python3-pil python3-requests python3-yaml \
-    systemd nginx-light \
+    systemd procps nginx-light \
     man-db groff-base debhelper dpkg-dev >/dev/null
 # Debian's nodejs and npm only where no node is installed: NodeSource's
 # nodejs (which bundles npm) conflicts with Debian's npm package

@@ -45,6 +45,10 @@ for set in "latentd.service latentd.socket" "latentd@.service"; do
     if ! systemd-analyze verify $set >verify.out 2>&1 || grep -q latentd verify.out; then
         echo "FAIL: systemd-analyze verify $set:"
         cat verify.out
+        # ExecReload's /bin/kill is procps's, which minimal systems lack
+        if grep -q 'Command /bin/kill is not executable' verify.out; then
+            echo "(/bin/kill comes with procps: apt-get install procps, or sh scripts/install-deps.sh)"
+        fi
         status=1
     else
         echo "ok: systemd-analyze verify $set"
