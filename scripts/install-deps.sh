@@ -4,10 +4,10 @@
 # are for scripts/fuzz.sh; python3 with numpy, Pillow and requests plays
 # diffusers' remote client in tests/remote-encode.sh, and python3-yaml reads
 # openapi.yaml in tests/openapi-coverage.sh; node and npm run the OpenAPI
-# linter (tests/openapi-lint.sh, @redocly/cli: node 20.19 or later).  systemd
-# (systemd-analyze, systemd-socket-activate) and nginx-light are for the
-# operations tests (tests/test_systemd, tests/systemd-units.sh,
-# tests/nginx-scale.sh), which skip without them; procps is /bin/kill, the
+# linter (tests/openapi-lint.sh, @redocly/cli 1.34: node 18.17 or later, so
+# Debian's own).  systemd (systemd-analyze, systemd-socket-activate) and
+# nginx-light are for the operations tests (tests/test_systemd,
+# tests/systemd-units.sh, tests/nginx-scale.sh), which skip without them; procps is /bin/kill, the
 # units' ExecReload (systemd-analyze verify fails on a unit whose command is
 # missing, and a minbase bookworm has no procps).  man-db and groff-base
 # render the man pages (tests/man-pages.sh); debhelper and dpkg-dev build the
