@@ -7,7 +7,10 @@
 # then builds the Debian package, installs it and runs the installed daemon
 # (scripts/deb-check.sh; skipped when not root or without dpkg-buildpackage);
 # then `make distcheck` (the tarball builds, passes its quick tests, installs
-# and uninstalls cleanly).
+# and uninstalls cleanly).  Skips are never silent: each mode's summary and the
+# closing lines list every test that skipped (exit 77; the deb check too) and
+# every check a passing test skipped ("...: skipped" in its log), with the
+# reason the test gives.
 #   scripts/test.sh            all seven
 #   scripts/test.sh plain|sanitize|valgrind|fuzz|load|deb|dist   one of them (or a quoted list)
 set -eu
@@ -17,14 +20,48 @@ cd "$top"
 jobs=$(nproc 2>/dev/null || echo 2)
 modes=${1:-"plain sanitize valgrind fuzz load deb dist"}
 status=0
+skipped="" # "mode: test: why" lines, one per skip, listed again at the end
+nl='
+'
 
-summary() { # the Check runners' closing lines, one per test program
-    for log in "$1"/tests/*.log; do
+note_skip() { # mode, test, why
+    printf 'SKIPPED: %s: %s\n' "$2" "$3"
+    skipped="$skipped$1: $2: $3$nl"
+}
+
+# why a test skipped: the last line of its log that says so (the tests print
+# "...; skipped" or "SKIP: ..."), not the harness's own "SKIP name (exit status: 77)"
+skip_reason() {
+    why=$(grep -iE 'skip' "$1" | grep -vE '^SKIP .*\(exit status: 77\)$' | tail -n 1)
+    [ -n "$why" ] || why="(its log $1 gives no reason)"
+    printf '%s' "$why"
+}
+
+summary() { # mode, build dir: the Check runners' closing lines, one per test program
+    for log in "$2"/tests/*.log; do
         printf '%s: %s\n' "$(basename "$log" .log)" "$(grep -E '^[0-9]+%: Checks' "$log" | tail -n 1)"
     done
     # which check failed and where: CI shows only what this script prints
-    grep -hE ':[FE]:' "$1"/tests/*.log 2>/dev/null || true
-    grep -hE '^replay ' "$1"/tests/fuzz/replay_*.log 2>/dev/null || true # fuzz corpora replayed
+    grep -hE ':[FE]:' "$2"/tests/*.log 2>/dev/null || true
+    grep -hE '^replay ' "$2"/tests/fuzz/replay_*.log 2>/dev/null || true # fuzz corpora replayed
+    # what was not checked: tests that exited 77, and parts of passing tests
+    # that skipped a check for want of a tool ("...: skipped" in their log)
+    for trs in "$2"/tests/*.trs "$2"/tests/fuzz/*.trs; do
+        [ -f "$trs" ] || continue
+        log=${trs%.trs}.log
+        name=tests/${trs#"$2"/tests/}
+        name=${name%.trs}
+        if grep -q '^:test-result: SKIP' "$trs"; then
+            note_skip "$1" "$name" "$(skip_reason "$log")"
+        elif [ -f "$log" ]; then
+            parts=$(grep -E '[:;] skipped$' "$log" | sort -u)
+            [ -z "$parts" ] || while IFS= read -r line; do
+                note_skip "$1" "$name (in part)" "$line"
+            done <<EOF
+$parts
+EOF
+        fi
+    done
 }
 
 run_mode() { # mode, configure flags..., then make variables after --
@@ -37,7 +74,7 @@ run_mode() { # mode, configure flags..., then make variables after --
     [ $# -gt 0 ] && shift
     (cd "$dir" && eval "\"$top/configure\" -q $flags" && make -s -j"$jobs" all \
         && make -s -j"$jobs" check "$@") || status=1
-    summary "$dir"
+    summary "$mode" "$dir"
 }
 
 for mode in $modes; do
@@ -75,9 +112,11 @@ for mode in $modes; do
         # a copy of the tree in a temp folder, built with dpkg-buildpackage,
         # installed with apt-get and purged again; 77 is a skip
         echo "== deb =="
-        rc=0
-        scripts/deb-check.sh || rc=$?
-        [ $rc -eq 0 ] || [ $rc -eq 77 ] || status=1 ;;
+        mkdir -p build
+        { rc=0; scripts/deb-check.sh 2>&1 || rc=$?; echo $rc >build/deb-check.rc; } | tee build/deb-check.log
+        rc=$(cat build/deb-check.rc)
+        [ "$rc" -ne 77 ] || note_skip deb scripts/deb-check.sh "$(skip_reason build/deb-check.log)"
+        [ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || status=1 ;;
     dist)
         echo "== dist =="
         dir=build/test-dist
@@ -87,5 +126,11 @@ for mode in $modes; do
     *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
 done
+if [ -n "$skipped" ]; then
+    echo "== skipped: not checked on this machine (sh scripts/install-deps.sh installs what they need) =="
+    printf '%s' "$skipped" | sed 's/^/SKIPPED: /'
+else
+    echo "nothing skipped"
+fi
 [ $status -eq 0 ] && echo "all test runs passed" || echo "SOME TEST RUNS FAILED"
 exit $status
