@@ -8,9 +8,9 @@
  * The first input starts it in-process as latentd's serve() does (the tiny
  * fixture model, small limits, an API key, 127.0.0.1 on a free port); each
  * input is then one connection: its bytes are sent, the write half is closed
- * once the daemon has gone quiet with no request at the encoder (a request
- * waiting for the encoder would take a half-close for the client leaving),
- * and the answers are read until the daemon closes.  Checked:
+ * once the daemon has gone quiet with no request at the encoder (a client
+ * that half-closes is answered, but closing only then keeps each run's
+ * timing alike), and the answers are read until the daemon closes.  Checked:
  *   - every answer starts "HTTP/1.1 " and a 3-digit status; a JSON answer of
  *     4xx/5xx is {"error":{"code":"...","message":"..."}};
  *   - the daemon closes every connection within bounded time;
