@@ -1368,7 +1368,7 @@ static int resolve(const srv_config *cfg, struct sockaddr_storage *addr, char *e
 }
 
 /* libmicrohttpd's memory per connection, at least (its default is 32K). */
-enum { MIN_CONNECTION_MEMORY = 256 * 1024 };
+enum { MIN_CONNECTION_MEMORY = 128 * 1024 };
 
 int srv_http_start(srv_state *st, char *err)
 {
@@ -1416,10 +1416,12 @@ int srv_http_start(srv_state *st, char *err)
     };
     if (st->passed_fd > 0)
         listen_on[0] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, st->passed_fd, NULL};
-    /* a connection's memory holds its head: room for four times the daemon's
-     * own limits, so a head past them reaches check_head and gets the JSON
-     * 414 or 431 (libmicrohttpd answers larger ones itself) */
-    size_t head_room = 4 * (cfg->max_uri_bytes + cfg->max_header_bytes);
+    /* a connection's memory holds its head: room for twice the daemon's own
+     * limits, so a head past them reaches check_head and gets the JSON 414
+     * or 431 (libmicrohttpd answers larger ones itself).  It is mapped as it
+     * is used: a head that fills it costs max_connections times this at most
+     * (128 MiB at the defaults; libmicrohttpd's own default was 32 KiB) */
+    size_t head_room = 2 * (cfg->max_uri_bytes + cfg->max_header_bytes);
     if (head_room < MIN_CONNECTION_MEMORY)
         head_room = MIN_CONNECTION_MEMORY;
     st->mhd = MHD_start_daemon(
