@@ -66,6 +66,17 @@ START_TEST(field_names_are_tokens)
 }
 END_TEST
 
+START_TEST(field_values_hold_no_control_characters)
+{
+    ck_assert(srv_field_value_ok(""));
+    ck_assert(srv_field_value_ok("a\tb c!~\x80\xff"));
+    ck_assert(!srv_field_value_ok("a\rContent-Length: 5"));
+    ck_assert(!srv_field_value_ok("a\nb"));
+    ck_assert(!srv_field_value_ok("\x01"));
+    ck_assert(!srv_field_value_ok("a\x7f"));
+}
+END_TEST
+
 START_TEST(folded_fields_are_told_from_unfolded)
 {
     /* in place, as libmicrohttpd leaves "Name: value": the colon a NUL */
@@ -133,8 +144,12 @@ START_TEST(heads_a_proxy_could_frame_otherwise_are_refused)
         "Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n" SMUGGLED,
         "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n" SMUGGLED,
-        /* no Host, or two, in HTTP/1.1 */
+        /* a bare CR in a value: a proxy may take it for a line's end */
+        "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "X-A: a\rContent-Length: 40\r\n\r\n" SMUGGLED,
+        /* no Host, or two, in HTTP/1.1 (and 1.2, which libmicrohttpd takes for 1.1) */
         "GET /healthz HTTP/1.1\r\n\r\n",
+        "GET /healthz HTTP/1.2\r\n\r\n",
         "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     };
     for (size_t i = 0; i < sizeof folded_te / sizeof folded_te[0]; i++)
@@ -339,6 +354,7 @@ static Suite *protocol_suite(void)
     Suite *s = suite_create("protocol");
     TCase *rules = tcase_create("rules");
     tcase_add_test(rules, field_names_are_tokens);
+    tcase_add_test(rules, field_values_hold_no_control_characters);
     tcase_add_test(rules, folded_fields_are_told_from_unfolded);
     tcase_add_test(rules, targets_are_checked_as_sent);
     suite_add_tcase(s, rules);

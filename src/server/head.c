@@ -51,14 +51,26 @@ bool srv_field_name_ok(const char *name)
     return true;
 }
 
+bool srv_field_value_ok(const char *value)
+{
+    for (const char *p = value; *p; p++) {
+        const unsigned char c = (unsigned char)*p;
+        if ((c < ' ' && c != '\t') || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
 bool srv_field_folded(const char *name, const char *value, size_t max_gap)
 {
-    const uintptr_t after_colon = (uintptr_t)name + strlen(name) + 1;
+    const size_t len = strlen(name);
+    const uintptr_t after_colon = (uintptr_t)name + len + 1;
     const uintptr_t at = (uintptr_t)value;
     if (at < after_colon || at - after_colon > max_gap)
         return true;
-    for (const char *p = name + strlen(name) + 1; p < value; p++)
-        if (*p != ' ' && *p != '\t')
+    const char *gap = name + len + 1; /* the whitespace the value follows */
+    for (size_t i = 0; i < at - after_colon; i++)
+        if (gap[i] != ' ' && gap[i] != '\t')
             return true;
     return false;
 }

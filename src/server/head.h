@@ -6,6 +6,7 @@
  *   srv_target_problem(raw, max)  the raw target: NUL, whitespace, length
  *   srv_origin_path(url)          an absolute-form target's path
  *   srv_field_name_ok(name)       a field name is an RFC 9110 token
+ *   srv_field_value_ok(value)     a field value holds no control character
  *   srv_field_folded(...)         a field libmicrohttpd unfolded (obs-fold) */
 #ifndef LATENTD_SERVER_HEAD_H
 #define LATENTD_SERVER_HEAD_H
@@ -30,6 +31,10 @@ const char *srv_origin_path(const char *url);
 /* RFC 9110 5.1: a field name is a token (tchar+).  A space or tab before the
  * colon stays in the name libmicrohttpd reports, so it fails here. */
 bool srv_field_name_ok(const char *name);
+
+/* RFC 9112 5.5: a field value holds no control character but tab (a bare
+ * CR, which a proxy may take for a line's end, among them). */
+bool srv_field_value_ok(const char *value);
 
 /* libmicrohttpd 0.9.x parses the head in place: a field's name is followed
  * in its buffer by the NUL that replaced the colon, optional whitespace and

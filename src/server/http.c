@@ -227,7 +227,7 @@ static MHD_Result_t send_body(request *rq, const char *method, const char *url, 
         double queue_wait = 0, encode_seconds = 0;
         if (rq->job)
             srv_job_times(rq->job, &queue_wait, &encode_seconds);
-        srv_log(LOG_INFO, "%s %s %d images=%d bytes_in=%zu bytes_out=%zu queue_wait_ms=%.1f "
+        srv_log(LOG_INFO, "%s %.256s %d images=%d bytes_in=%zu bytes_out=%zu queue_wait_ms=%.1f "
                 "encode_ms=%.1f total_ms=%.1f", method, url, status, rq->images, rq->received,
                 body->len, queue_wait * 1e3, encode_seconds * 1e3,
                 (ld_now_seconds() - rq->started) * 1e3);
@@ -536,6 +536,7 @@ static MHD_Result_t on_header(void *cls, enum MHD_ValueKind kind, const char *ke
 /* The head's fields, as check_head sees them. */
 typedef struct {
     bool bad_name;        /* not a token: whitespace before the colon, or worse */
+    bool bad_value;       /* a control character (a bare CR) in a value */
     bool folded;          /* an obs-fold continuation line */
     int hosts;            /* Host headers */
     size_t bytes;         /* names and values */
@@ -560,6 +561,8 @@ static MHD_Result_t on_head_field(void *cls, enum MHD_ValueKind kind, const char
     } else if (value && srv_field_folded(key, value, MAX_FIELD_GAP)) {
         h->folded = true;
     }
+    if (value && !srv_field_value_ok(value))
+        h->bad_value = true;
     if (!strcasecmp(key, MHD_HTTP_HEADER_HOST))
         h->hosts++;
     return MHD_YES;
@@ -600,7 +603,14 @@ static answer_error check_head(request *rq, struct MHD_Connection *c, const char
         fail(rq, E_BAD_FRAMING, "a header field is folded onto a second line (obs-fold)");
         return E_BAD_FRAMING;
     }
-    if (h.hosts > 1 || (h.hosts == 0 && !strcmp(version, MHD_HTTP_VERSION_1_1))) {
+    if (h.bad_value) {
+        fail(rq, E_BAD_FRAMING, "a header field's value holds a control character");
+        return E_BAD_FRAMING;
+    }
+    /* HTTP/1.1 and the 1.x after it need a Host (libmicrohttpd takes 1.2-1.9
+     * for 1.1); HTTP/1.0 and an empty version do not */
+    const bool needs_host = strncmp(version, "HTTP/1.", 7) == 0 && version[7] != '0';
+    if (h.hosts > 1 || (h.hosts == 0 && needs_host)) {
         fail(rq, E_BAD_FRAMING, "an HTTP/1.1 request has exactly one Host header");
         return E_BAD_FRAMING;
     }
@@ -1209,6 +1219,9 @@ static void *on_target(void *cls, const char *uri, struct MHD_Connection *c)
 static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, void **con_cls)
 {
+    /* no request from on_target: it found no memory, and its check of the
+     * target was not made */
+    const bool target_unchecked = *con_cls == NULL;
     request *rq = *con_cls ? *con_cls : calloc(1, sizeof *rq);
     if (!rq)
         return MHD_NO;
@@ -1218,7 +1231,7 @@ static MHD_Result_t begin_request(srv_state *st, struct MHD_Connection *c, const
     rq->connection = c;
     rq->conn = conn_of(c);
     rq->started = ld_now_seconds();
-    if (!rq->conn) /* its table entry could not be made: no deadline could be kept */
+    if (!rq->conn || target_unchecked) /* no deadline could be kept, or no check made */
         fail(rq, E_BUSY, "out of memory");
     else
         srv_conn_enter(st->conns, rq->conn, CONN_BODY);
@@ -1418,9 +1431,10 @@ int srv_http_start(srv_state *st, char *err)
         listen_on[0] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, st->passed_fd, NULL};
     /* a connection's memory holds its head: room for twice the daemon's own
      * limits, so a head past them reaches check_head and gets the JSON 414
-     * or 431 (libmicrohttpd answers larger ones itself).  It is mapped as it
-     * is used: a head that fills it costs max_connections times this at most
-     * (128 MiB at the defaults; libmicrohttpd's own default was 32 KiB) */
+     * or 431 (libmicrohttpd answers larger ones itself).  libmicrohttpd
+     * clears all of it between the requests of a kept-alive connection, so
+     * each open connection may hold it whole: max_connections times this
+     * (128 MiB at the defaults, beside memory_budget_bytes) */
     size_t head_room = 2 * (cfg->max_uri_bytes + cfg->max_header_bytes);
     if (head_room < MIN_CONNECTION_MEMORY)
         head_room = MIN_CONNECTION_MEMORY;

@@ -194,6 +194,10 @@ static void reload(srv_state *st, srv_config *live, const srv_args *args, bool p
      * registry) */
     const bool models_changed = reload_models(st, &fresh, ping_watchdog);
     /* the key file is read again: a rotated key applies now, the old one stops */
+    if (strcmp(live->api_key, fresh.api_key) != 0)
+        srv_log(fresh.api_key[0] ? LOG_INFO : LOG_WARN, "reload: %s",
+                fresh.api_key[0] ? "the API key changed; the old one no longer works"
+                                 : "no api_key_file now: requests need no key");
     srv_auth_set(&st->auth, fresh.api_key);
     memcpy(live->api_key_file, fresh.api_key_file, sizeof live->api_key_file);
     memcpy(live->api_key, fresh.api_key, sizeof live->api_key);

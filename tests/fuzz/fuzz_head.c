@@ -3,7 +3,8 @@
  *   - a target taken as fine holds no byte <= ' ', no DEL and no "%00", and
  *     is within the length limit; srv_origin_path returns the target itself,
  *     "/" or a '/' inside it after "://";
- *   - a name taken as a token is not empty and holds only tchar;
+ *   - a name taken as a token is not empty and holds only tchar, and a line
+ *     taken as a value holds no control character but tab;
  *   - laid out as libmicrohttpd leaves an unfolded line ("name\0 value"), a
  *     name is never taken for a fold, and with a byte other than space or tab
  *     between it and its value it always is. */
@@ -36,6 +37,9 @@ static void check_target(const char *t)
 
 static void check_name(const char *name)
 {
+    if (srv_field_value_ok(name))
+        for (const char *p = name; *p; p++)
+            FUZZ_CHECK((unsigned char)*p >= ' ' || *p == '\t');
     if (srv_field_name_ok(name)) {
         FUZZ_CHECK(*name != '\0');
         for (const char *p = name; *p; p++)
