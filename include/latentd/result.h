@@ -5,7 +5,7 @@
  *   ld_result res[n];
  *   ld_encode_results(model, images, n, &opts, res, err);   // n images of one size
  *   ld_output_spec spec = {.format = LD_FILE_NPY, .n_kinds = 1, .kinds = {LD_KIND_MOMENTS}};
- *   ld_result_write(&res[0], &spec, "out/a/img.npy", err); // via out/a/img.npy.tmp
+ *   ld_result_write(&res[0], &spec, "out/a/img.npy", err); // via a temporary file beside it
  *   ld_result_free(&res[0]); */
 #ifndef LATENTD_RESULT_H
 #define LATENTD_RESULT_H
@@ -68,13 +68,18 @@ const char *ld_file_extension(ld_file_format format);
  * ([2C, lh, lw] for moments). */
 int ld_result_serialize(const ld_result *r, const ld_output_spec *spec, uint8_t **buf,
                         size_t *len, char *err);
-/* Serialise and write to path: its folders are made as needed, the bytes go
- * to path + ".tmp" in the same folder, which is then renamed over path, so a
- * process killed at any moment leaves either no file at path or a whole one
- * (the next write to the same path replaces a stale .tmp).  LD_EIO when the
- * file system refuses. */
+/* Serialise and write to path (latentd/safefile.h, ld_write_file): its
+ * folders are made as needed, the bytes go to a temporary file of a name
+ * no other process uses in the same folder, which is then renamed over
+ * path, so a process killed at any moment leaves either no file at path or
+ * a whole one; a FIFO or device at path is written as it is.  LD_EIO when
+ * the file system refuses. */
 int ld_result_write(const ld_result *r, const ld_output_spec *spec, const char *path, char *err);
-/* len bytes to path the same way: folders made, path + ".tmp", renamed. */
+/* The same into name in the folder dir_fd (ld_write_at: a link at name is
+ * replaced, never followed); shown names it in messages. */
+int ld_result_write_at(const ld_result *r, const ld_output_spec *spec, int dir_fd,
+                       const char *name, const char *shown, char *err);
+/* len bytes to path the same way (ld_write_file). */
 int ld_write_atomic(const char *path, const uint8_t *buf, size_t len, char *err);
 
 /* Whether path holds a whole output of spec for a model of `channels` latent
@@ -82,5 +87,10 @@ int ld_write_atomic(const char *path, const uint8_t *buf, size_t len, char *err)
  * every tensor spec names in the right shape family.  LD_OK when whole, LD_EIO
  * when there is no file, LD_EFORMAT when it is not whole. */
 int ld_output_check(const char *path, const ld_output_spec *spec, int channels, char *err);
+/* The same for name in the folder dir_fd: a link, a FIFO or any other file
+ * that is not regular is not whole (LD_EFORMAT), and is neither followed
+ * nor waited on. */
+int ld_output_check_at(int dir_fd, const char *name, const char *shown,
+                       const ld_output_spec *spec, int channels, char *err);
 
 #endif

@@ -18,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "latentd/safefile.h"
 
 typedef enum { ENTRY_IMAGE, ENTRY_SKIPPED, ENTRY_FAILED } entry_kind;
 
@@ -80,6 +83,48 @@ static bool stop_requested(const ld_dataset_opts *o)
 
 /* ---- reader ---- */
 
+/* An input's output below out_dir: its folder, opened without following a
+ * link below out_dir (ld_tree_dir), and its name; path in full for messages. */
+typedef struct {
+    int dir;
+    const char *name; /* in path */
+    char path[4200];
+} out_file;
+
+static int out_open(const ld_dataset_opts *o, const ld_input *in, bool create, out_file *f,
+                    char *err)
+{
+    f->dir = -1;
+    const int rc = ld_output_path(o->out_dir, ld_input_rel(in), o->output.format, f->path,
+                                  sizeof f->path, err);
+    if (rc != LD_OK)
+        return rc;
+    return ld_tree_dir(o->out_dir, f->path + strlen(o->out_dir) + 1, create, &f->dir, &f->name,
+                       err);
+}
+
+static void out_close(out_file *f)
+{
+    if (f->dir >= 0)
+        close(f->dir);
+    f->dir = -1;
+}
+
+/* Whether a whole output of this input exists (the reader's, so the
+ * encoder side never waits on it). */
+static bool output_whole(const run_state *st, const ld_input *in)
+{
+    const ld_dataset_opts *o = st->opts;
+    out_file f;
+    char inner[LD_ERR_LEN];
+    bool whole = false;
+    if (out_open(o, in, false, &f, inner) == LD_OK)
+        whole = ld_output_check_at(f.dir, f.name, f.path, &o->output,
+                                   ld_model_config(st->model)->latent_channels, inner) == LD_OK;
+    out_close(&f);
+    return whole;
+}
+
 static entry *read_one(run_state *st, size_t i)
 {
     const ld_dataset_opts *o = st->opts;
@@ -89,13 +134,8 @@ static entry *read_one(run_state *st, size_t i)
         return NULL;
     e->index = i;
     e->kind = ENTRY_FAILED;
-    char out[4200], inner[LD_ERR_LEN];
-    if (ld_output_path(o->out_dir, ld_input_rel(in), o->output.format, out, sizeof out,
-                       e->message) != LD_OK)
-        return e;
-    if (!o->overwrite && ld_output_check(out, &o->output,
-                                         ld_model_config(st->model)->latent_channels,
-                                         inner) == LD_OK) {
+    char inner[LD_ERR_LEN];
+    if (!o->overwrite && output_whole(st, in)) {
         e->kind = ENTRY_SKIPPED;
         return e;
     }
@@ -203,6 +243,28 @@ static void emit(run_state *st, ld_event_kind kind, size_t index, const char *me
     }
 }
 
+/* One image's output file.  A folder below out_dir that is a link (or not a
+ * folder) fails the image; a file system that refuses to write ends the run. */
+static int write_one(run_state *st, size_t index, const ld_result *res,
+                     ld_dataset_counts *counts, char *err)
+{
+    const ld_dataset_opts *o = st->opts;
+    out_file f;
+    char inner[LD_ERR_LEN];
+    int rc = out_open(o, &st->inputs->items[index], true, &f, inner);
+    if (rc == LD_EINVAL) {
+        emit(st, LD_EV_FAILED, index, inner, counts);
+        return LD_OK;
+    }
+    if (rc == LD_OK)
+        rc = ld_result_write_at(res, &o->output, f.dir, f.name, f.path, inner);
+    out_close(&f);
+    if (rc != LD_OK)
+        return ld_fail(err, rc, "%s", inner);
+    emit(st, LD_EV_ENCODED, index, NULL, counts);
+    return LD_OK;
+}
+
 /* Encode a group and write its outputs; the group is empty afterwards.  Only
  * a file that cannot be written is an error: a batch the encoder refuses
  * (memory, say) fails its images. */
@@ -224,24 +286,20 @@ static int flush(run_state *st, group *g, ld_dataset_counts *counts, char *err)
         ld_encode_opts eo = o->encode;
         eo.vae_split = n;
         eo.seeds = eo.deterministic ? NULL : seeds;
+        eo.cancel = o->stop; /* a stop ends the batch after its layer, not after the batch */
         rc = ld_encode_results(st->model, images, n, &eo, results, inner);
     }
     int status = LD_OK;
     for (int i = 0; i < n; i++) {
         const size_t index = g->items[i]->index;
+        if (rc == LD_ECANCELLED) /* stopped: the next run encodes them */
+            continue;
         if (rc != LD_OK) {
             emit(st, LD_EV_FAILED, index, inner, counts);
             continue;
         }
-        char out[4200];
-        if (status == LD_OK) {
-            status = ld_output_path(o->out_dir, ld_input_rel(&st->inputs->items[index]),
-                                    o->output.format, out, sizeof out, err);
-            if (status == LD_OK)
-                status = ld_result_write(&results[i], &o->output, out, err);
-            if (status == LD_OK)
-                emit(st, LD_EV_ENCODED, index, NULL, counts);
-        }
+        if (status == LD_OK)
+            status = write_one(st, index, &results[i], counts, err);
         ld_result_free(&results[i]);
     }
     for (int i = 0; i < n; i++)

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "latentd/npy.h"
+#include "latentd/safefile.h"
 
 static const char *const kind_names[LD_N_KINDS] = {"latents", "mean", "logvar", "moments"};
 
@@ -128,95 +129,69 @@ int ld_result_serialize(const ld_result *r, const ld_output_spec *spec, uint8_t 
     return ld_st_serialize(outs, (size_t)spec->n_kinds, spec->meta, spec->n_meta, buf, len, err);
 }
 
-/* mkdir -p of path's folder (everything before its last '/') */
-static int make_parents(const char *path, char *err)
-{
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    if (!slash || slash == path)
-        return LD_OK;
-    if ((size_t)(slash - path) >= sizeof dir)
-        return ld_fail(err, LD_EINVAL, "%s: path too long", path);
-    memcpy(dir, path, (size_t)(slash - path));
-    dir[slash - path] = '\0';
-    for (char *p = dir + 1;; p++) {
-        const char c = *p;
-        if (c != '/' && c != '\0')
-            continue;
-        *p = '\0';
-        if (mkdir(dir, 0777) != 0 && errno != EEXIST) /* another shard may make it first */
-            return ld_fail(err, LD_EIO, "%s: %s", dir, strerror(errno));
-        *p = c;
-        if (!c)
-            return LD_OK;
-    }
-}
-
 int ld_result_write(const ld_result *r, const ld_output_spec *spec, const char *path, char *err)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
     int rc = ld_result_serialize(r, spec, &buf, &len, err);
     if (rc == LD_OK)
-        rc = ld_write_atomic(path, buf, len, err);
+        rc = ld_write_file(path, buf, len, err);
+    free(buf);
+    return rc;
+}
+
+int ld_result_write_at(const ld_result *r, const ld_output_spec *spec, int dir_fd,
+                       const char *name, const char *shown, char *err)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = ld_result_serialize(r, spec, &buf, &len, err);
+    if (rc == LD_OK)
+        rc = ld_write_at(dir_fd, name, shown, buf, len, err);
     free(buf);
     return rc;
 }
 
 int ld_write_atomic(const char *path, const uint8_t *buf, size_t len, char *err)
 {
-    char tmp[4200];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return ld_fail(err, LD_EINVAL, "%s: path too long", path);
-    int rc = make_parents(path, err);
-    FILE *fp = rc == LD_OK ? fopen(tmp, "wb") : NULL;
-    if (rc == LD_OK && !fp)
-        rc = ld_fail(err, LD_EIO, "%s: %s", tmp, strerror(errno));
-    if (fp) {
-        const bool written = fwrite(buf, 1, len, fp) == len;
-        const int saved = errno;
-        if (fclose(fp) != 0 || !written)
-            rc = ld_fail(err, LD_EIO, "%s: %s", tmp, strerror(written ? errno : saved));
-        else if (rename(tmp, path) != 0)
-            rc = ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
-        if (rc != LD_OK)
-            unlink(tmp);
-    }
-    return rc;
+    return ld_write_file(path, buf, len, err);
 }
 
-static int check_npy(const char *path, const ld_output_spec *spec, int channels, char *err)
+static int check_npy(int fd, const char *shown, const ld_output_spec *spec, int channels,
+                     char *err)
 {
-    const int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return ld_fail(err, errno == ENOENT ? LD_EIO : LD_EFORMAT, "%s: %s", path, strerror(errno));
     struct stat st;
     uint8_t head[LD_NPY_HEADER_MAX * 4];
     const ssize_t got = fstat(fd, &st) == 0 ? read(fd, head, sizeof head) : -1;
-    close(fd);
     if (got < 0)
-        return ld_fail(err, LD_EFORMAT, "%s: %s", path, strerror(errno));
+        return ld_fail(err, LD_EFORMAT, "%s: %s", shown, strerror(errno));
     int ndim;
     int64_t shape[LD_NPY_MAX_DIMS];
     char inner[LD_ERR_LEN];
     if (ld_npy_check(head, (size_t)got, (uint64_t)st.st_size, &ndim, shape, NULL, inner) != LD_OK)
-        return ld_fail(err, LD_EFORMAT, "%s: %s", path, inner);
+        return ld_fail(err, LD_EFORMAT, "%s: %s", shown, inner);
     const int64_t want = spec->kinds[0] == LD_KIND_MOMENTS ? 2 * channels : channels;
     if (ndim != 3 || shape[0] != want || shape[1] < 1 || shape[2] < 1)
-        return ld_fail(err, LD_EFORMAT, "%s: not a [%lld, h, w] array", path, (long long)want);
+        return ld_fail(err, LD_EFORMAT, "%s: not a [%lld, h, w] array", shown, (long long)want);
     return LD_OK;
 }
 
-static int check_safetensors(const char *path, const ld_output_spec *spec, int channels,
-                             char *err)
+/* An output is ours, so only a generous bound: a file past it is not whole. */
+#define OUTPUT_MAX_BYTES ((uint64_t)1 << 32)
+
+static int check_safetensors(int fd, const char *shown, const ld_output_spec *spec,
+                             int channels, char *err)
 {
-    if (access(path, F_OK) != 0)
-        return ld_fail(err, errno == ENOENT ? LD_EIO : LD_EFORMAT, "%s: %s", path,
-                       strerror(errno));
-    ld_st_file *f;
+    uint8_t *data;
+    size_t len;
     char inner[LD_ERR_LEN];
-    if (ld_st_open(path, &f, inner) != LD_OK) /* checks every offset against the size */
+    if (ld_read_fd(fd, OUTPUT_MAX_BYTES, shown, &data, &len, inner) != LD_OK)
         return ld_fail(err, LD_EFORMAT, "%s", inner);
+    ld_st_file *f;
+    if (ld_st_open_memory(data, len, shown, &f, inner) != LD_OK) { /* checks every offset */
+        free(data);
+        return ld_fail(err, LD_EFORMAT, "%s", inner);
+    }
     int rc = LD_OK;
     int64_t lh = -1, lw = -1;
     for (int i = 0; rc == LD_OK && i < spec->n_kinds; i++) {
@@ -225,16 +200,35 @@ static int check_safetensors(const char *path, const ld_output_spec *spec, int c
         const int64_t want = k == LD_KIND_MOMENTS ? 2 * channels : channels;
         if (!t || t->dtype != LD_DT_F32 || t->ndim != 3 || t->shape[0] != want ||
             (lh >= 0 && (t->shape[1] != lh || t->shape[2] != lw)))
-            rc = ld_fail(err, LD_EFORMAT, "%s: no whole '%s' tensor", path, ld_kind_name(k));
+            rc = ld_fail(err, LD_EFORMAT, "%s: no whole '%s' tensor", shown, ld_kind_name(k));
         else
             lh = t->shape[1], lw = t->shape[2];
     }
     ld_st_close(f);
+    free(data);
     return rc;
+}
+
+int ld_output_check_at(int dir_fd, const char *name, const char *shown,
+                       const ld_output_spec *spec, int channels, char *err)
+{
+    int fd;
+    char inner[LD_ERR_LEN];
+    /* never through a link, never waiting on a FIFO: either is not a whole output */
+    const int rc = ld_open_regular(dir_fd, name, false, OUTPUT_MAX_BYTES, shown, &fd, inner);
+    if (rc != LD_OK) {
+        const bool missing = faccessat(dir_fd, name, F_OK, AT_SYMLINK_NOFOLLOW) != 0 &&
+                             errno == ENOENT;
+        return ld_fail(err, missing ? LD_EIO : LD_EFORMAT, "%s", inner);
+    }
+    const int status = spec->format == LD_FILE_NPY ? check_npy(fd, shown, spec, channels, err)
+                                                   : check_safetensors(fd, shown, spec, channels,
+                                                                       err);
+    close(fd);
+    return status;
 }
 
 int ld_output_check(const char *path, const ld_output_spec *spec, int channels, char *err)
 {
-    return spec->format == LD_FILE_NPY ? check_npy(path, spec, channels, err)
-                                       : check_safetensors(path, spec, channels, err);
+    return ld_output_check_at(AT_FDCWD, path, path, spec, channels, err);
 }

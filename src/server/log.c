@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "latentd/safefile.h"
 
 #include "utf8.h"
 
@@ -49,10 +52,14 @@ int srv_log_reopen(char *err)
     int rc = LD_OK;
     pthread_mutex_lock(&logger.lock);
     if (logger.path[0]) {
-        FILE *fp = fopen(logger.path, "a");
-        if (!fp) {
+        int fd = -1;
+        FILE *fp = NULL;
+        rc = ld_open_append(logger.path, &fd, err);
+        if (rc == LD_OK && !(fp = fdopen(fd, "a"))) {
             rc = ld_fail(err, LD_EIO, "%s: %s", logger.path, strerror(errno));
-        } else {
+            close(fd);
+        }
+        if (fp) {
             setvbuf(fp, NULL, _IOLBF, 0);
             if (logger.fp && logger.fp != stderr)
                 fclose(logger.fp);

@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "latentd/safefile.h"
+
 /* The reference implementation refuses headers above 100 MB; so do we. */
 #define ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
 
@@ -470,16 +472,7 @@ int ld_st_write(const char *path, const ld_st_out *tensors, size_t n, const ld_s
     int rc = ld_st_serialize(tensors, n, meta, n_meta, &buf, &len, err);
     if (rc != LD_OK)
         return rc;
-    int to_stdout = strcmp(path, "-") == 0;
-    FILE *fp = to_stdout ? stdout : fopen(path, "wb");
-    if (!fp) {
-        rc = ld_fail(err, LD_EIO, "%s: cannot create: %s", path, strerror(errno));
-    } else {
-        if (fwrite(buf, 1, len, fp) != len)
-            rc = ld_fail(err, LD_EIO, "%s: write failed: %s", path, strerror(errno));
-        if ((to_stdout ? fflush(fp) : fclose(fp)) != 0 && rc == LD_OK)
-            rc = ld_fail(err, LD_EIO, "%s: write failed: %s", path, strerror(errno));
-    }
+    rc = ld_write_file(path, buf, len, err); /* "-": standard output */
     free(buf);
     return rc;
 }
