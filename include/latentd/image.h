@@ -26,6 +26,9 @@ typedef struct {
     uint64_t max_pixels;            /* 0: no limit */
     int max_scans;     /* JPEG scans; 0: LD_IMAGE_DEFAULT_MAX_SCANS, < 0: no limit */
     int max_decode_ms; /* wall-clock time for one decode; 0: no limit */
+    /* a file read from disk (ld_image_load_file, ld_inputs_load_file), in
+     * bytes; 0: LD_MAX_FILE_BYTES_DEFAULT (latentd/safefile.h) */
+    uint64_t max_file_bytes;
 } ld_image_limits;
 
 typedef enum { LD_IMG_UNKNOWN, LD_IMG_PNG, LD_IMG_JPEG, LD_IMG_WEBP } ld_image_format;
@@ -62,9 +65,12 @@ int ld_webp_decode(const uint8_t *data, size_t len, const ld_image_limits *limit
 /* Whether this build decodes WebP. */
 int ld_webp_supported(void);
 
-/* A whole file into a malloc'd buffer (LD_EIO, LD_ENOMEM). */
+/* A whole regular file into a malloc'd buffer (LD_EIO, LD_ENOMEM), at most
+ * LD_MAX_FILE_BYTES_DEFAULT (LD_ETOOLARGE); a FIFO, device or socket is
+ * refused unread (LD_EUNSUPPORTED): see ld_read_regular. */
 int ld_read_file(const char *path, uint8_t **data, size_t *len, char *err);
-/* Read a whole file into memory and decode it. */
+/* Read a whole regular file (at most limits->max_file_bytes) into memory and
+ * decode it. */
 int ld_image_load_file(const char *path, const ld_image_limits *limits, ld_image *out,
                        char *err);
 

@@ -28,6 +28,7 @@ typedef struct {
     bool quiet;
     bool moments;
     size_t max_memory;
+    uint64_t max_file_bytes; /* --max-input-size: an input file, at most (0: the default) */
     ld_load_opts load;
     char **images; /* the arguments after the options */
     int n_images;

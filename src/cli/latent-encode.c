@@ -7,6 +7,7 @@
 #include "latentd/encoder.h"
 #include "latentd/image.h"
 #include "latentd/result.h"
+#include "latentd/safefile.h"
 #include "latentd/safetensors.h"
 #include "latentd/tensor_input.h"
 
@@ -63,6 +64,8 @@ static void usage(FILE *fp)
             "  --scaling-factor F, --shift-factor F\n"
             "                       scaling for a single-file checkpoint without config.json\n"
             "  --max-memory MB      working-memory limit; batches are split to fit\n"
+            "  --max-input-size MB  largest input file read (default 64, as the daemon's\n"
+            "                       max_body_bytes); only regular files are read\n"
             "  --threads N          compute threads (default: one per core)\n"
             "  --kernel NAME        matrix kernel: auto (default: the best this CPU runs),\n"
             "                       avx512, avx2, generic or blas (the linked CBLAS)\n"
@@ -114,7 +117,7 @@ static int parse_args(int argc, char **argv, cli_args *a)
     enum { OPT_SPLIT = 256, OPT_SAMPLE, OPT_SEED, OPT_NO_CENTER, OPT_MOMENTS, OPT_SCALE,
            OPT_SHIFT, OPT_MEM, OPT_THREADS, OPT_OUT_DIR, OPT_FORMAT, OPT_OUTPUTS, OPT_INCLUDE,
            OPT_EXCLUDE, OPT_OVERWRITE, OPT_SHARD, OPT_PROGRESS, OPT_INTERVAL, OPT_FAILURES,
-           OPT_PREVIEW, OPT_KERNEL };
+           OPT_PREVIEW, OPT_KERNEL, OPT_MAX_INPUT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"output", required_argument, 0, 'o'},
         {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
@@ -125,6 +128,7 @@ static int parse_args(int argc, char **argv, cli_args *a)
         {"scaling-factor", required_argument, 0, OPT_SCALE},
         {"shift-factor", required_argument, 0, OPT_SHIFT},
         {"max-memory", required_argument, 0, OPT_MEM},
+        {"max-input-size", required_argument, 0, OPT_MAX_INPUT},
         {"threads", required_argument, 0, OPT_THREADS},
         {"kernel", required_argument, 0, OPT_KERNEL},
         {"out-dir", required_argument, 0, OPT_OUT_DIR},
@@ -198,6 +202,11 @@ static int parse_args(int argc, char **argv, cli_args *a)
             if (parse_number(optarg, &num) || num < 1)
                 return fprintf(stderr, "latent-encode: --max-memory wants megabytes\n"), -1;
             a->max_memory = (size_t)(num * 1048576.0);
+            break;
+        case OPT_MAX_INPUT:
+            if (parse_number(optarg, &num) || !(num >= 1 && num <= 1048576))
+                return fprintf(stderr, "latent-encode: --max-input-size wants megabytes\n"), -1;
+            a->max_file_bytes = (uint64_t)(num * 1048576.0);
             break;
         case OPT_OUT_DIR: a->out_dir = optarg; break;
         case OPT_FORMAT: a->format_name = optarg; break;
@@ -377,14 +386,13 @@ static ld_out_format output_format(const cli_args *a)
     return format;
 }
 
-/* Bytes to path, or to standard output for "-". */
+/* Bytes to path, or to standard output for "-" (ld_write_file: a FIFO or
+ * device is written as it is, a file replaced whole). */
 static int write_bytes(const char *path, const uint8_t *data, size_t len, char *err)
 {
-    if (strcmp(path, "-") != 0)
-        return ld_write_atomic(path, data, len, err);
-    if (fwrite(data, 1, len, stdout) != len || fflush(stdout) != 0)
+    if (strcmp(path, "-") == 0 && fflush(stdout) != 0)
         return ld_fail(err, LD_EIO, "standard output: write failed");
-    return LD_OK;
+    return ld_write_file(path, data, len, err);
 }
 
 /* The results in input order, rendered as the daemon renders them. */
@@ -431,11 +439,13 @@ static int write_output(const ld_model *model, const cli_args *a, const cli_item
 }
 
 /* Add one file's images (a picture, or a tensor's images) to the list. */
-static int load_input(const ld_model *model, const char *path, cli_items *list, char *err)
+static int load_input(const ld_model *model, const cli_args *a, const char *path,
+                      cli_items *list, char *err)
 {
     ld_image *images = NULL;
     int count = 0;
-    int rc = ld_inputs_load_file(path, NULL, &images, &count, err);
+    const ld_image_limits limits = {.max_file_bytes = a->max_file_bytes};
+    int rc = ld_inputs_load_file(path, &limits, &images, &count, err);
     if (rc != LD_OK)
         return rc;
     if (list->n + count > list->cap) {
@@ -472,7 +482,7 @@ static int run(const cli_args *a, ld_model *model, cli_items *list, char *err)
     if (rc == LD_OK)
         rc = ld_pool_set_kernel(pool, a->kernel, err);
     for (int i = 0; rc == LD_OK && i < a->n_images; i++)
-        rc = load_input(model, a->images[i], list, err);
+        rc = load_input(model, a, a->images[i], list, err);
     progress_bar bar = {.show = !a->quiet && isatty(STDERR_FILENO) && list->n > 1,
                         .total = list->n};
     for (int i = 0; i < list->n && rc == LD_OK; i++) {

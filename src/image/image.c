@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "image_internal.h"
+#include "latentd/safefile.h"
 
 ld_image_format ld_image_sniff(const uint8_t *data, size_t len)
 {
@@ -110,38 +111,7 @@ int ld_image_decode(const uint8_t *data, size_t len, const ld_image_limits *limi
 
 int ld_read_file(const char *path, uint8_t **data, size_t *len, char *err)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
-    uint8_t *buf = NULL;
-    size_t used = 0, cap = 0;
-    int rc = LD_OK;
-    for (;;) {
-        if (used == cap) {
-            cap = cap ? cap * 2 : 1 << 16;
-            uint8_t *grown = realloc(buf, cap);
-            if (!grown) {
-                rc = ld_fail(err, LD_ENOMEM, "%s: out of memory", path);
-                break;
-            }
-            buf = grown;
-        }
-        size_t got = fread(buf + used, 1, cap - used, fp);
-        used += got;
-        if (got == 0) {
-            if (ferror(fp))
-                rc = ld_fail(err, LD_EIO, "%s: read error", path);
-            break;
-        }
-    }
-    fclose(fp);
-    if (rc != LD_OK) {
-        free(buf);
-        return rc;
-    }
-    *data = buf;
-    *len = used;
-    return LD_OK;
+    return ld_read_regular(path, 0, data, len, err);
 }
 
 int ld_image_load_file(const char *path, const ld_image_limits *limits, ld_image *out,
@@ -149,7 +119,7 @@ int ld_image_load_file(const char *path, const ld_image_limits *limits, ld_image
 {
     uint8_t *data = NULL;
     size_t len = 0;
-    int rc = ld_read_file(path, &data, &len, err);
+    int rc = ld_read_regular(path, limits ? limits->max_file_bytes : 0, &data, &len, err);
     if (rc != LD_OK)
         return rc;
     char inner[LD_ERR_LEN];

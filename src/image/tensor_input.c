@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "latentd/npy.h"
+#include "latentd/safefile.h"
 
 #define MAX_DIMS 4
 
@@ -316,7 +317,7 @@ int ld_inputs_load_file(const char *path, const ld_image_limits *limits, ld_imag
 {
     uint8_t *data = NULL;
     size_t len = 0;
-    int rc = ld_read_file(path, &data, &len, err);
+    int rc = ld_read_regular(path, limits ? limits->max_file_bytes : 0, &data, &len, err);
     if (rc != LD_OK)
         return rc;
     char inner[LD_ERR_LEN];

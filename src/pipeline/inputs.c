@@ -124,22 +124,42 @@ static int add_file(ld_input_list *list, const char *path, const ld_input_filter
     return wanted(f, rel, false) ? push(list, path, off, err) : LD_OK;
 }
 
+/* A list's lines are paths: one longer than this is no path (a list that is
+ * /dev/zero, or binary, would otherwise grow one line without end). */
+#define LIST_LINE_MAX 4096
+
+/* The next line of fp into line (without its end); 1, 0 at the end of the
+ * list, or an error for a line too long or holding a NUL byte. */
+static int next_line(FILE *fp, const char *name, char line[LIST_LINE_MAX + 1], char *err)
+{
+    size_t n = 0;
+    int c;
+    while ((c = getc(fp)) != EOF && c != '\n') {
+        if (c == '\0')
+            return ld_fail(err, LD_EINVAL, "%s: a NUL byte in a line: not a list of paths", name);
+        if (n == LIST_LINE_MAX)
+            return ld_fail(err, LD_EINVAL, "%s: a line longer than %d bytes: not a list of paths",
+                           name, LIST_LINE_MAX);
+        line[n++] = (char)c;
+    }
+    line[n] = '\0';
+    if (c == EOF && ferror(fp))
+        return ld_fail(err, LD_EIO, "%s: read error", name);
+    return c == EOF && n == 0 ? 0 : 1;
+}
+
 static int add_list(ld_input_list *list, FILE *fp, const char *name, const ld_input_filter *f,
                     char *err)
 {
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    int rc = LD_OK;
-    while (rc == LD_OK && (n = getline(&line, &cap, fp)) >= 0) {
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+    char line[LIST_LINE_MAX + 1];
+    int rc;
+    while ((rc = next_line(fp, name, line, err)) == 1) {
+        size_t n = strlen(line);
+        while (n > 0 && line[n - 1] == '\r')
             line[--n] = '\0';
-        if (n > 0)
-            rc = add_file(list, line, f, err);
+        if (n > 0 && (rc = add_file(list, line, f, err)) != LD_OK)
+            return rc;
     }
-    if (rc == LD_OK && ferror(fp))
-        rc = ld_fail(err, LD_EIO, "%s: read error", name);
-    free(line);
     return rc;
 }
 
