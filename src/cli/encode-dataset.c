@@ -1,9 +1,10 @@
 /* latent-encode --out-dir: a whole dataset, one output file per image.
  * Lists and shards the inputs, runs ld_dataset_run and reports: a bar on a
  * terminal, else JSON lines a log collector can read; failures as they
- * happen and in --failures; SIGINT/SIGTERM end the run after its batch. */
+ * happen and in --failures; SIGINT/SIGTERM end the run within seconds. */
 #include "cli.h"
 #include "latentd/dataset.h"
+#include "latentd/safefile.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -17,10 +18,28 @@
 static _Atomic bool stop_flag;
 static volatile sig_atomic_t stop_signal;
 
+/* After a stop, the seconds the run has to end by itself before the signal
+ * ends the process.  The encoder stops after the layer it is in and the
+ * reader never waits on a file, so this is for a write that cannot finish:
+ * an output, --failures or stderr that is a FIFO or pipe nobody reads. */
+#define STOP_GRACE_S 5
+
 static void on_signal(int sig)
 {
     stop_signal = sig;
     atomic_store(&stop_flag, true);
+    alarm(STOP_GRACE_S);
+}
+
+/* The grace is over: the stop signal again, now with its default action, so
+ * the exit status still says which signal it was. */
+static void on_grace_over(int sig)
+{
+    (void)sig;
+    const int stop = (int)stop_signal;
+    signal(stop, SIG_DFL);
+    raise(stop);
+    _exit(128 + stop); /* only if the signal was blocked here */
 }
 
 /* SA_RESTART: reads in progress go on; SA_RESETHAND: a second ^C kills at once. */
@@ -33,6 +52,9 @@ static void catch_signals(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = on_grace_over;
+    sa.sa_flags = 0;
+    sigaction(SIGALRM, &sa, NULL);
 }
 
 typedef struct {
@@ -61,6 +83,27 @@ static void json_text(FILE *fp, const char *text)
             fprintf(fp, "\\%c", *p);
         else if (*p < 0x20 || *p == 0x7f)
             fprintf(fp, "\\u%04x", *p);
+        else
+            fputc(*p, fp);
+    }
+}
+
+/* text as one field of a --failures line: backslash, tab, newline and
+ * carriage return as \\ \t \n \r, other control bytes as \xNN, so a name
+ * holding any of them stays on its line and in its column */
+static void tsv_text(FILE *fp, const char *text)
+{
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+        if (*p == '\\')
+            fputs("\\\\", fp);
+        else if (*p == '\t')
+            fputs("\\t", fp);
+        else if (*p == '\n')
+            fputs("\\n", fp);
+        else if (*p == '\r')
+            fputs("\\r", fp);
+        else if (*p < 0x20 || *p == 0x7f)
+            fprintf(fp, "\\x%02x", *p);
         else
             fputc(*p, fp);
     }
@@ -131,7 +174,10 @@ static void on_event(void *ctx, const ld_dataset_event *ev)
     reporter *r = ctx;
     if (ev->kind == LD_EV_FAILED) {
         if (r->failures) {
-            fprintf(r->failures, "%s\t%s\n", ev->input->path, ev->message);
+            tsv_text(r->failures, ev->input->path);
+            fputc('\t', r->failures);
+            tsv_text(r->failures, ev->message);
+            fputc('\n', r->failures);
             fflush(r->failures);
         }
         if (r->mode == PROGRESS_JSON) {
@@ -164,6 +210,21 @@ static int list_inputs(const cli_args *a, ld_input_list *in, char *err)
     return ld_inputs_finish(in, err);
 }
 
+/* --failures: made anew (or a FIFO or device opened as it is), see ld_create_file */
+static int open_failures(const char *path, FILE **out, char *err)
+{
+    int fd;
+    const int rc = ld_create_file(path, &fd, err);
+    if (rc != LD_OK)
+        return rc;
+    if (!(*out = fdopen(fd, "w"))) {
+        const int e = errno;
+        close(fd);
+        return ld_fail(err, LD_ENOMEM, "%s: %s", path, strerror(e));
+    }
+    return LD_OK;
+}
+
 int cli_run_dataset(const cli_args *a, const ld_model *model)
 {
     char err[LD_ERR_LEN];
@@ -177,7 +238,6 @@ int cli_run_dataset(const cli_args *a, const ld_model *model)
         }
         r.sharded = true;
     }
-    catch_signals();
     ld_input_list inputs = {0};
     int rc = list_inputs(a, &inputs, err);
     if (rc != LD_OK) {
@@ -187,11 +247,14 @@ int cli_run_dataset(const cli_args *a, const ld_model *model)
     }
     if (r.sharded)
         ld_inputs_keep_shard(&inputs, &r.shard);
-    if (a->failures && !(r.failures = fopen(a->failures, "w"))) {
-        fprintf(stderr, "latent-encode: %s: %s\n", a->failures, strerror(errno));
+    if (a->failures && open_failures(a->failures, &r.failures, err) != LD_OK) {
+        fprintf(stderr, "latent-encode: %s\n", err);
         ld_inputs_free(&inputs);
         return 1;
     }
+    /* only now: until here nothing is written, and the default action ends
+     * a listing or an open that waits (a FIFO) at once */
+    catch_signals();
     ld_pool *pool = NULL;
     rc = ld_pool_new(a->threads, &pool, err);
     if (rc == LD_OK)
@@ -213,6 +276,7 @@ int cli_run_dataset(const cli_args *a, const ld_model *model)
         opts.encode.deterministic = !a->sample;
         opts.encode.max_memory = a->max_memory;
         opts.seed = a->seed;
+        opts.limits.max_file_bytes = a->max_file_bytes;
         opts.stop = &stop_flag;
         opts.on_event = on_event;
         opts.event_ctx = &r;
