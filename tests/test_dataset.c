@@ -2,7 +2,9 @@
  * folders, names with spaces, broken files), run as a user runs it: outputs
  * against the fixtures' expected values, reruns that skip, a run killed or
  * stopped mid-way that resumes to the same files, shards that split the set
- * exactly, --shard auto from Slurm's and Kubernetes' variables, failures. */
+ * exactly, --shard auto from Slurm's and Kubernetes' variables, failures;
+ * and a shared output folder someone else writes to: planted links, a second
+ * run of one shard, FIFOs and devices as inputs and outputs. */
 #include "latentd/image.h"
 #include "latentd/safetensors.h"
 #include "testutil.h"
@@ -11,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <png.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -118,17 +121,6 @@ static bool exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0;
-}
-
-/* Poll for a file the program writes; a deadline only so a bug fails instead of hanging. */
-static void wait_for_file(const char *path)
-{
-    const time_t deadline = time(NULL) + (time_t)(120 * test_time_scale());
-    const struct timespec tick = {0, 10000000};
-    while (!exists(path)) {
-        ck_assert_msg(time(NULL) < deadline, "%s never appeared", path);
-        nanosleep(&tick, NULL);
-    }
 }
 
 /* The output of a shell command (at most 64 KiB). */
@@ -461,19 +453,59 @@ START_TEST(rerun_skips_whole_outputs)
 }
 END_TEST
 
-/* The list for a run that blocks half-way: every tree image and a FIFO
- * (in/m-fifo.png) that sorts between in/j/ and in/odd/.  The reader opens
- * the FIFO and waits there until the test writes an image into it, so the
- * run is reliably caught in the middle, whatever the machine's speed. */
-static void make_blocking_list(void)
+/* The list for a run that blocks half-way: every tree image and
+ * in/m-big.png (rocket_128 again), which sorts between in/j/ and in/odd/.
+ * Its output, out/in/m-big.npy, is a FIFO the test reads from with room for
+ * less than the file: the run writes the file through it (a FIFO is never
+ * replaced) and waits in that write until the test reads, so it is caught in
+ * the middle whatever the machine's speed.  Returns the FIFO's read end. */
+static int make_blocking_list(void)
 {
     make_tree();
-    ck_assert_int_eq(mkfifo(at("in/m-fifo.png"), 0644), 0);
+    copy_file(fixture("images/rocket_128.png"), at("in/m-big.png"));
     char *list = capture("cd '%s' && find in -iname '*.png' -o -name '*.jpg' -o -name '*.webp' "
                          "| grep -v '^in/bad/'",
                          dir);
     write_all(at("list.txt"), list, strlen(list));
     free(list);
+    make_dirs(at("out/in/m-big.npy"));
+    ck_assert_int_eq(mkfifo(at("out/in/m-big.npy"), 0644), 0);
+    /* non-blocking: there is no writer yet; poll() waits for its first bytes */
+    const int fd = open(at("out/in/m-big.npy"), O_RDONLY | O_NONBLOCK);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(fcntl(fd, F_SETPIPE_SZ, 4096), 4096); /* the npy is 8 KiB and more */
+    return fd;
+}
+
+/* Until the run has started writing into the FIFO: it is then blocked there
+ * (a deadline only so that a bug fails instead of hanging). */
+static void wait_for_writer(int fd)
+{
+    struct pollfd pfd = {fd, POLLIN, 0};
+    const int ready = poll(&pfd, 1, (int)(120000 * test_time_scale()));
+    ck_assert_msg(ready == 1 && (pfd.revents & POLLIN), "the run never wrote into the FIFO");
+}
+
+/* Everything that comes through the FIFO until its writer closes it. */
+static uint8_t *drain(int fd, size_t *len)
+{
+    ck_assert_int_eq(fcntl(fd, F_SETFL, 0), 0);
+    size_t cap = 1 << 16, used = 0;
+    uint8_t *buf = malloc(cap);
+    ck_assert_ptr_nonnull(buf);
+    for (ssize_t got; (got = read(fd, buf + used, cap - used)) != 0;) {
+        ck_assert_int_gt(got, 0);
+        used += (size_t)got;
+        ck_assert_uint_lt(used, cap);
+    }
+    *len = used;
+    return buf;
+}
+
+static bool is_fifo(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0 && S_ISFIFO(st.st_mode);
 }
 
 /* Whether the run stopped where the FIFO holds it: what sorts before is
@@ -490,20 +522,23 @@ static void assert_caught_midway(const char *out)
 
 START_TEST(killed_run_resumes_to_the_same_files)
 {
-    make_blocking_list();
+    const int fifo = make_blocking_list();
     const pid_t pid = spawn("-q --vae-split 1 --out-dir out @list.txt 2>killed");
-    wait_for_file(at("out/in/j/astronaut.npy")); /* the last image before the FIFO */
+    wait_for_writer(fifo);
     ck_assert_int_eq(kill(pid, SIGKILL), 0);
     ck_assert_int_eq(wait_for(pid), 128 + SIGKILL);
+    close(fifo);
     assert_caught_midway("out");
-    /* as if the kill had come while a file was being written */
-    write_all(at("out/in/rocket.npy.tmp"), "half", 4);
+    ck_assert_int_eq(unlink(at("out/in/m-big.npy")), 0); /* now a file is written there */
+    /* as if a kill had come while a file was being written: its temporary
+     * file stays (no run removes a file it did not make), and is no output */
+    write_all(at("out/in/.rocket.npy.99999-0.tmp"), "half", 4);
 
-    ck_assert_int_eq(unlink(at("in/m-fifo.png")), 0);
-    copy_file(fixture("images/coffee_64.png"), at("in/m-fifo.png"));
     ck_assert_int_eq(run("--progress json --out-dir out @list.txt 2>resumed"), 0);
     /* what sorts before the FIFO: a/ (3), coffee_96x128, gray, j */
     ck_assert_int_eq(done_field("resumed", "skipped"), 6);
+    ck_assert(file_has("out/in/.rocket.npy.99999-0.tmp", "half"));
+    ck_assert_int_eq(unlink(at("out/in/.rocket.npy.99999-0.tmp")), 0);
     ck_assert_int_eq(run("-q --out-dir whole @list.txt"), 0);
 
     char *resumed = files_under("out"), *whole = files_under("whole");
@@ -521,45 +556,258 @@ END_TEST
 
 START_TEST(sigterm_stops_after_the_batch)
 {
-    make_blocking_list();
+    const int fifo = make_blocking_list();
     const pid_t pid = spawn("--progress json --out-dir out @list.txt 2>stopped");
-    wait_for_file(at("out/in/j/astronaut.npy"));
+    wait_for_writer(fifo);
     ck_assert_int_eq(kill(pid, SIGTERM), 0);
-    /* the reader may be waiting in the FIFO's open: give it an image, which
-     * the run must not encode past the stop; or it saw the stop first and
-     * the program ends without opening the FIFO */
+    /* the write it is in goes on: the whole file comes through, then it stops */
     size_t len;
-    uint8_t *png = read_all(fixture("images/coffee_64.png"), &len);
-    int status = -1;
-    const struct timespec tick = {0, 10000000};
-    for (;;) {
-        const int fd = open(at("in/m-fifo.png"), O_WRONLY | O_NONBLOCK);
-        if (fd >= 0) {
-            ck_assert_int_eq(fcntl(fd, F_SETFL, 0), 0);
-            ck_assert_int_eq(write(fd, png, len), (ssize_t)len);
-            close(fd);
-            status = wait_for(pid);
-            break;
-        }
-        ck_assert_int_eq(errno, ENXIO); /* no reader yet */
-        int raw;
-        const pid_t done = waitpid(pid, &raw, WNOHANG);
-        ck_assert_int_ge(done, 0);
-        if (done == pid) {
-            status = status_of(raw);
-            break;
-        }
-        nanosleep(&tick, NULL);
-    }
-    free(png);
-    ck_assert_int_eq(status, 128 + SIGTERM);
+    uint8_t *npy = drain(fifo, &len);
+    close(fifo);
+    ck_assert_int_eq(wait_for(pid), 128 + SIGTERM);
+    ck_assert_uint_eq(len, 128 + 2 * CHANNELS * 16 * 16 * sizeof(float));
+    ck_assert_int_eq(memcmp(npy, "\x93NUMPY", 6), 0);
+    free(npy);
+    ck_assert(is_fifo(at("out/in/m-big.npy")));
     assert_caught_midway("out");
-    ck_assert(!exists(at("out/in/m-fifo.npy")));
     char *tmp = capture("cd '%s' && find . -name '*.tmp'", dir);
     ck_assert_str_eq(tmp, "");
     free(tmp);
     ck_assert(file_has("stopped", "\"status\": \"stopped\""));
     ck_assert(file_has("stopped", "run again to finish"));
+}
+END_TEST
+
+START_TEST(sigterm_ends_a_blocked_run_within_seconds)
+{
+    const int fifo = make_blocking_list();
+    const pid_t pid = spawn("--progress json --out-dir out @list.txt 2>stopped");
+    wait_for_writer(fifo);
+    ck_assert_int_eq(kill(pid, SIGTERM), 0);
+    /* nobody reads: the write can never finish, and the signal still ends it */
+    ck_assert_int_eq(wait_within(pid, 30), 128 + SIGTERM);
+    close(fifo);
+    ck_assert(is_fifo(at("out/in/m-big.npy")));
+    assert_caught_midway("out");
+    char *tmp = capture("cd '%s' && find . -name '*.tmp'", dir);
+    ck_assert_str_eq(tmp, "");
+    free(tmp);
+}
+END_TEST
+
+START_TEST(fifos_devices_and_huge_files_are_failures)
+{
+    make_tree();
+    ck_assert_int_eq(mkfifo(at("in/pipe.png"), 0644), 0);
+    const char *list = "in/rocket.png\nin/pipe.png\n/dev/zero\n";
+    write_all(at("list.txt"), list, strlen(list));
+    char cmd[12288];
+    command(cmd, sizeof cmd, "-q --out-dir out --failures failed.tsv @list.txt 2>list.err");
+    ck_assert_int_eq(wait_within(spawn_shell(cmd, -1), 60), 1);
+    ck_assert(file_has("failed.tsv", "in/pipe.png\ta FIFO, not a regular file"));
+    ck_assert(file_has("failed.tsv", "/dev/zero\ta character device, not a regular file"));
+    ck_assert(exists(at("out/in/rocket.npy")));
+    ck_assert(is_fifo(at("in/pipe.png")));
+
+    /* named on the command line (a folder walk takes regular files only) */
+    command(cmd, sizeof cmd, "-q --out-dir args in/pipe.png /dev/zero in/a/coffee.png 2>args.err");
+    ck_assert_int_eq(wait_within(spawn_shell(cmd, -1), 60), 1);
+    ck_assert(file_has("args.err", "in/pipe.png: a FIFO"));
+    ck_assert(file_has("args.err", "/dev/zero: a character device"));
+    ck_assert(exists(at("args/in/a/coffee.npy")));
+    /* and with -o */
+    command(cmd, sizeof cmd, "-q -o one.safetensors in/pipe.png 2>one.err");
+    ck_assert_int_eq(wait_within(spawn_shell(cmd, -1), 60), 1);
+    ck_assert(file_has("one.err", "a FIFO, not a regular file"));
+    command(cmd, sizeof cmd, "-q -o one.safetensors /dev/zero 2>zero.err");
+    ck_assert_int_eq(wait_within(spawn_shell(cmd, -1), 60), 1);
+    ck_assert(file_has("zero.err", "a character device, not a regular file"));
+    ck_assert(!exists(at("one.safetensors")));
+
+    /* over the size limit: refused before it is read */
+    static uint8_t big[(1 << 20) + 1];
+    write_all(at("in/big.png"), big, sizeof big);
+    ck_assert_int_eq(run("-q --max-input-size 1 --out-dir lim --failures lim.tsv in/big.png "
+                         "in/rocket.png 2>/dev/null"),
+                     1);
+    ck_assert(file_has("lim.tsv", "in/big.png\t1048577 bytes, over the limit of 1048576"));
+    ck_assert(exists(at("lim/in/rocket.npy")));
+    ck_assert_int_eq(run("-q --max-input-size 2 --out-dir lim2 --failures lim2.tsv in/big.png "
+                         "2>/dev/null"),
+                     1);
+    ck_assert(file_has("lim2.tsv", "not a PNG")); /* read, then found not to be an image */
+}
+END_TEST
+
+/* A --failures field back to its text: \\ \t \n \r \xNN. */
+static char *unescape(const char *field, size_t n)
+{
+    char *out = calloc(1, n + 1);
+    ck_assert_ptr_nonnull(out);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg((unsigned char)field[i] >= 0x20, "a raw control byte in a field");
+        if (field[i] != '\\') {
+            out[k++] = field[i];
+            continue;
+        }
+        const char c = field[++i];
+        if (c == 'x') {
+            unsigned v;
+            ck_assert_int_eq(sscanf(field + i + 1, "%2x", &v), 1);
+            out[k++] = (char)v;
+            i += 2;
+        } else {
+            ck_assert_ptr_nonnull(strchr("\\tnr", c));
+            out[k++] = c == 't' ? '\t' : c == 'n' ? '\n' : c == 'r' ? '\r' : '\\';
+        }
+    }
+    return out;
+}
+
+START_TEST(failures_escape_names)
+{
+    static const char *const names[] = {"in/back\\slash.png", "in/new\nline.png",
+                                        "in/tab\there.png", "in/x\x01y.png"};
+    make_dirs(at("in/x"));
+    for (int i = 0; i < 4; i++)
+        write_all(at("%s", names[i]), "hello\n", 6);
+    ck_assert_int_eq(run("-q --out-dir out --failures failed.tsv in 2>/dev/null"), 1);
+    size_t len;
+    char *text = (char *)read_all(at("failed.tsv"), &len);
+    text[len] = '\0';
+    /* one line per failure, in the run's order; one tab in each */
+    int line = 0;
+    for (char *p = text, *end; *p; p = end + 1, line++) {
+        end = strchr(p, '\n');
+        ck_assert_ptr_nonnull(end);
+        char *tab = memchr(p, '\t', (size_t)(end - p));
+        ck_assert_ptr_nonnull(tab);
+        ck_assert_ptr_null(memchr(tab + 1, '\t', (size_t)(end - tab - 1)));
+        ck_assert_int_lt(line, 4);
+        char *path = unescape(p, (size_t)(tab - p));
+        ck_assert_str_eq(path, names[line]);
+        free(path);
+        ck_assert(strstr(tab, "not a PNG") && strstr(tab, "not a PNG") < end);
+    }
+    ck_assert_int_eq(line, 4);
+    ck_assert_ptr_nonnull(strstr(text, "in/back\\\\slash.png\t"));
+    ck_assert_ptr_nonnull(strstr(text, "in/new\\nline.png\t"));
+    ck_assert_ptr_nonnull(strstr(text, "in/tab\\there.png\t"));
+    ck_assert_ptr_nonnull(strstr(text, "in/x\\x01y.png\t"));
+    free(text);
+}
+END_TEST
+
+/* How many temporary names per output the planted-link test takes: more
+ * than the run tries for its outputs together. */
+#define PLANTED 64
+
+START_TEST(planted_links_are_never_followed)
+{
+    make_dirs(at("in/sub/x"));
+    copy_file(fixture("images/coffee_64.png"), at("in/a.png"));
+    copy_file(fixture("images/astronaut_64.png"), at("in/sub/b.png"));
+    copy_file(fixture("images/chelsea_64.png"), at("in/c.png"));
+    make_dirs(at("victim/x"));
+    write_all(at("victim/file"), "precious\n", 9);
+    make_dirs(at("out/x"));
+    /* a link at the output's old fixed temporary name, at the output itself,
+     * and a subfolder that leads outside the output folder */
+    ck_assert_int_eq(symlink(at("victim/file"), at("out/a.npy.tmp")), 0);
+    ck_assert_int_eq(symlink(at("victim/file"), at("out/c.npy")), 0);
+    ck_assert_int_eq(symlink(at("victim"), at("out/sub")), 0);
+    int gate[2];
+    ck_assert_int_eq(pipe2(gate, O_CLOEXEC), 0);
+    char cmd[12288];
+    command(cmd, sizeof cmd, "-q --out-dir out --failures failed.tsv in 2>stderr");
+    const pid_t pid = spawn_shell(cmd, gate[0]);
+    close(gate[0]);
+    /* and at every temporary name the run tries first: .NAME.PID-N.tmp */
+    for (int n = 0; n < PLANTED; n++) {
+        ck_assert_int_eq(symlink(at("victim/file"), at("out/.a.npy.%d-%d.tmp", (int)pid, n)), 0);
+        ck_assert_int_eq(symlink(at("victim/file"), at("out/.c.npy.%d-%d.tmp", (int)pid, n)), 0);
+    }
+    ck_assert_int_eq(write(gate[1], "go", 1), 1);
+    close(gate[1]);
+    ck_assert_int_eq(wait_within(pid, 120), 1); /* sub/b.png failed */
+
+    ck_assert(file_has("victim/file", "precious\n"));
+    size_t len;
+    free(read_all(at("victim/file"), &len));
+    ck_assert_uint_eq(len, 9);
+    int count;
+    char **names = dir_entries(at("victim"), &count);
+    ck_assert_int_eq(count, 1); /* the file alone: nothing written outside out/ */
+    dir_entries_free(names, count);
+    struct stat st;
+    ck_assert_int_eq(lstat(at("out/a.npy"), &st), 0);
+    ck_assert(S_ISREG(st.st_mode));
+    ck_assert_int_eq(lstat(at("out/c.npy"), &st), 0); /* the link replaced, not followed */
+    ck_assert(S_ISREG(st.st_mode));
+    int64_t shape[3];
+    free(read_npy(at("out/a.npy"), shape));
+    free(read_npy(at("out/c.npy"), shape));
+    ck_assert(file_has("failed.tsv", "in/sub/b.png\t"));
+    ck_assert(file_has("failed.tsv", "symbolic link is not followed"));
+    ck_assert_int_eq(lstat(at("out/.a.npy.%d-0.tmp", (int)pid), &st), 0);
+    ck_assert(S_ISLNK(st.st_mode));
+}
+END_TEST
+
+/* A w×h PNG of one gray level. */
+static void write_png(const char *path, int w, int h, int level)
+{
+    png_image img;
+    memset(&img, 0, sizeof img);
+    img.version = PNG_IMAGE_VERSION;
+    img.width = (png_uint_32)w;
+    img.height = (png_uint_32)h;
+    img.format = PNG_FORMAT_RGB;
+    uint8_t *pixels = malloc((size_t)w * h * 3);
+    ck_assert_ptr_nonnull(pixels);
+    memset(pixels, level, (size_t)w * h * 3);
+    ck_assert(png_image_write_to_file(&img, path, 0, pixels, 0, NULL));
+    free(pixels);
+}
+
+START_TEST(one_shard_twice_at_once)
+{
+    /* many small images, so that the two runs write the same names at once */
+    enum { N = 300, RUNS = 2 };
+    make_dirs(at("in/x"));
+    for (int i = 0; i < N; i++)
+        write_png(at("in/img%03d.png", i), 16, 16, i % 251);
+    for (int round = 0; round < 2; round++) {
+        int gate[2];
+        ck_assert_int_eq(pipe2(gate, O_CLOEXEC), 0);
+        pid_t pids[RUNS];
+        for (int r = 0; r < RUNS; r++) {
+            char cmd[12288], args[256];
+            snprintf(args, sizeof args, "--progress json %s --shard 0/1 --out-dir out in 2>run%d",
+                     round ? "--overwrite" : "", r);
+            command(cmd, sizeof cmd, args);
+            pids[r] = spawn_shell(cmd, gate[0]);
+        }
+        close(gate[0]);
+        ck_assert_int_eq(write(gate[1], "go", RUNS), RUNS); /* one byte each: both start now */
+        close(gate[1]);
+        for (int r = 0; r < RUNS; r++) {
+            ck_assert_int_eq(wait_within(pids[r], 300), 0);
+            char name[16];
+            snprintf(name, sizeof name, "run%d", r);
+            ck_assert_int_eq(done_field(name, "encoded") + done_field(name, "skipped"), N);
+        }
+        for (int i = 0; i < N; i++) {
+            int64_t shape[3];
+            free(read_npy(at("out/img%03d.npy", i), shape));
+            ck_assert_int_eq(shape[0], 2 * CHANNELS);
+        }
+        char *files = files_under("out");
+        ck_assert_int_eq(count_lines(files), N);
+        ck_assert_ptr_null(strstr(files, ".tmp"));
+        free(files);
+    }
 }
 END_TEST
 
@@ -695,6 +943,11 @@ static Suite *dataset_suite(void)
     tcase_add_test(tc, shards_cover_the_set_exactly_once);
     tcase_add_test(tc, shard_auto_reads_slurm_and_kubernetes);
     tcase_add_test(tc, lists_stdin_and_globs);
+    tcase_add_test(tc, sigterm_ends_a_blocked_run_within_seconds);
+    tcase_add_test(tc, fifos_devices_and_huge_files_are_failures);
+    tcase_add_test(tc, failures_escape_names);
+    tcase_add_test(tc, planted_links_are_never_followed);
+    tcase_add_test(tc, one_shard_twice_at_once);
     suite_add_tcase(s, tc);
     return s;
 }

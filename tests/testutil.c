@@ -8,7 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <poll.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 const char *fixture(const char *fmt, ...)
@@ -81,6 +85,44 @@ void remove_temp_dir(char *dir)
         ck_assert_int_eq(system(cmd), 0);
     }
     free(dir);
+}
+
+pid_t spawn_shell(const char *cmd, int gate)
+{
+    const pid_t test = getpid();
+    const pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        die_with_parent(test);
+        if (gate >= 0) {
+            char c;
+            while (read(gate, &c, 1) < 0 && errno == EINTR)
+                ;
+            close(gate);
+        }
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+int wait_within(pid_t pid, double seconds)
+{
+    const int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    ck_assert_int_ge(pidfd, 0);
+    struct pollfd pfd = {pidfd, POLLIN, 0};
+    int ready;
+    const int ms = (int)(seconds * 1000 * test_time_scale());
+    while ((ready = poll(&pfd, 1, ms)) < 0 && errno == EINTR)
+        ;
+    close(pidfd);
+    if (ready == 0)
+        kill(pid, SIGKILL);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    if (ready == 0)
+        return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 uint8_t *read_all(const char *path, size_t *len)

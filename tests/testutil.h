@@ -31,6 +31,16 @@ void remove_temp_dir(char *dir);
  * once, skipping the test's cleanup, and a daemon it started must not run
  * on (holding a port, memory and cores) through the tests after it. */
 void die_with_parent(pid_t parent);
+/* `sh -c cmd` in a child that dies with the test.  With gate >= 0 (the read
+ * end of a pipe made with O_CLOEXEC) the child first waits for one byte from
+ * it, so the test can prepare what depends on the child's pid before it
+ * runs, or start several at once; the pid is the program's when cmd ends in
+ * `exec PROGRAM ...`. */
+pid_t spawn_shell(const char *cmd, int gate);
+/* The child's exit status (128 + signal when a signal ended it), or -1 when
+ * it did not end within `seconds` (scaled by test_time_scale): then it is
+ * killed and reaped.  A deadline for a hang, not a way to wait for work. */
+int wait_within(pid_t pid, double seconds);
 /* A file's whole contents. */
 uint8_t *read_all(const char *path, size_t *len);
 void write_all(const char *path, const void *data, size_t len);
