@@ -9,11 +9,14 @@
 #include <check.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -334,6 +337,69 @@ static int run_cli_limited(size_t mib)
  * which the encoder's own threads first need memory, so a stall at any of
  * them is found: before the pool mapped OpenBLAS's buffers up front, a run
  * at 64..250 MiB spun forever inside blas_memory_alloc. */
+/* -o naming something that is not a regular file: written through as it
+ * is, never replaced by a regular file (as root, a rename over /dev/null
+ * would replace the system's null device). */
+START_TEST(output_to_fifos_devices_and_stdout)
+{
+    char args[8192], path[4300], got[4300];
+    const char *model = fixture("models/tiny-sd");
+    const char *png = fixture("images/astronaut_64.png");
+    snprintf(args, sizeof args, "-q -m '%s' -o ref.safetensors '%s'", model, png);
+    ck_assert_int_eq(run_cli(args), 0);
+    snprintf(path, sizeof path, "%s/ref.safetensors", dir);
+    size_t ref_len;
+    uint8_t *ref = read_all(path, &ref_len);
+
+    /* a FIFO, with a reader process on its other end */
+    snprintf(path, sizeof path, "%s/out.fifo", dir);
+    ck_assert_int_eq(mkfifo(path, 0644), 0);
+    char cmd[8800];
+    snprintf(cmd, sizeof cmd, "exec cat '%s/out.fifo' > '%s/got.st'", dir, dir);
+    const pid_t reader = spawn_shell(cmd, -1);
+    snprintf(args, sizeof args, "-q -m '%s' -o out.fifo --format safetensors '%s'", model, png);
+    const int status = run_cli(args);
+    struct stat st;
+    const bool still_fifo = lstat(path, &st) == 0 && S_ISFIFO(st.st_mode);
+    if (!still_fifo) /* replaced: the reader would wait for a writer forever */
+        kill(reader, SIGKILL);
+    ck_assert_msg(still_fifo, "out.fifo is no longer a FIFO");
+    ck_assert_int_eq(status, 0);
+    ck_assert_int_eq(wait_within(reader, 60), 0);
+    snprintf(got, sizeof got, "%s/got.st", dir);
+    size_t len;
+    uint8_t *bytes = read_all(got, &len);
+    ck_assert_uint_eq(len, ref_len);
+    ck_assert_mem_eq(bytes, ref, len);
+    free(bytes);
+
+    /* a character device: a null device of our own first (root may make
+     * one), and only once that stayed a device, the system's */
+    snprintf(path, sizeof path, "%s/null", dir);
+    if (mknod(path, S_IFCHR | 0666, makedev(1, 3)) == 0) {
+        snprintf(args, sizeof args, "-q -m '%s' -o null '%s'", model, png);
+        ck_assert_int_eq(run_cli(args), 0);
+        ck_assert_int_eq(lstat(path, &st), 0);
+        ck_assert(S_ISCHR(st.st_mode));
+    }
+    snprintf(args, sizeof args, "-q -m '%s' -o /dev/null --format npy '%s'", model, png);
+    ck_assert_int_eq(run_cli(args), 0);
+    ck_assert_int_eq(stat("/dev/null", &st), 0);
+    ck_assert(S_ISCHR(st.st_mode));
+    ck_assert(st.st_rdev == makedev(1, 3));
+
+    /* -o -: standard output, here a pipe */
+    snprintf(args, sizeof args, "-q -m '%s' -o - '%s' | cat > piped.st", model, png);
+    ck_assert_int_eq(run_cli(args), 0);
+    snprintf(got, sizeof got, "%s/piped.st", dir);
+    bytes = read_all(got, &len);
+    ck_assert_uint_eq(len, ref_len);
+    ck_assert_mem_eq(bytes, ref, len);
+    free(bytes);
+    free(ref);
+}
+END_TEST
+
 START_TEST(memory_pressure_never_hangs)
 {
     if (test_quick())
@@ -384,6 +450,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, seeds_are_unsigned_64_bit_and_wrap);
     tcase_add_test(tc, errors_exit_nonzero_with_one_line);
     tcase_add_test(tc, memory_pressure_never_hangs);
+    tcase_add_test(tc, output_to_fifos_devices_and_stdout);
     suite_add_tcase(s, tc);
     return s;
 }
