@@ -89,9 +89,10 @@ static void usage(FILE *fp)
             "                       JOB_COMPLETION_INDEX/LATENTD_SHARD_COUNT\n"
             "  --progress MODE      bar (default on a terminal), json (one line on stderr\n"
             "                       every --progress-interval seconds, default 5) or none\n"
-            "  --failures FILE      write each image that failed: path TAB reason\n"
+            "  --failures FILE      write each image that failed: path TAB reason, with\n"
+            "                       \\\\ \\t \\n \\r and \\xNN for backslash and control bytes\n"
             "  exit status: 0 all done, 1 some image failed (or an error), 2 usage,\n"
-            "  128+signal when SIGINT/SIGTERM stopped it after the current batch\n");
+            "  128+signal when SIGINT/SIGTERM stopped it (within seconds)\n");
 }
 
 static int parse_number(const char *text, double *out)
