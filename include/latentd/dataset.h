@@ -118,7 +118,9 @@ typedef struct {
      * their size; 0: 4 batches.  Memory stays bounded by this whatever the
      * dataset's size. */
     int max_held;
-    const _Atomic bool *stop; /* once true: stop after the batch being encoded */
+    /* once true: stop; the batch being encoded ends after its layer and
+     * is not written (the next run encodes it) */
+    const _Atomic bool *stop;
     ld_dataset_event_fn on_event;
     void *event_ctx;
 } ld_dataset_opts;
@@ -126,7 +128,9 @@ typedef struct {
 /* The defaults: npy of moments, batches of 1, no limits. */
 void ld_dataset_opts_init(ld_dataset_opts *opts);
 
-/* Encode every input into its output under opts->out_dir.  A reader thread
+/* Encode every input into its output under opts->out_dir, never outside it
+ * (latentd/safefile.h: ld_tree_dir, ld_write_at; a folder below out_dir that
+ * is a symbolic link fails the images below it).  A reader thread
  * checks for finished outputs and decodes the next images while the encoder
  * runs; images of one size are batched.  A bad image is an LD_EV_FAILED
  * event, counted, and the run goes on.  Returns LD_OK when every input was
