@@ -331,6 +331,98 @@ static int run_cli_limited(size_t mib)
     return status;
 }
 
+/* Whether path (in the test's folder) is a regular file with ref's bytes. */
+static bool holds(const char *name, const uint8_t *ref, size_t ref_len)
+{
+    char path[4300];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    struct stat st;
+    if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return false;
+    size_t len;
+    uint8_t *bytes = read_all(path, &len);
+    const bool same = len == ref_len && (len == 0 || memcmp(bytes, ref, len) == 0);
+    free(bytes);
+    return same;
+}
+
+/* A link planted at -o is replaced like a file, never followed (to a
+ * device, a FIFO, a stream); only the names of a stream already open
+ * (/dev/stdout, /dev/fd/N, /proc/self/fd/N) write to it; a block device is
+ * refused. */
+START_TEST(links_at_the_output_are_replaced)
+{
+    char args[8192], path[4300];
+    const char *model = fixture("models/tiny-sd");
+    const char *png = fixture("images/astronaut_64.png");
+    snprintf(args, sizeof args, "-q -m '%s' -o ref.npy '%s'", model, png);
+    ck_assert_int_eq(run_cli(args), 0);
+    snprintf(path, sizeof path, "%s/ref.npy", dir);
+    size_t ref_len;
+    uint8_t *ref = read_all(path, &ref_len);
+    struct stat st;
+
+    /* a link to a null device of our own: the link is replaced */
+    snprintf(path, sizeof path, "%s/null", dir);
+    if (mknod(path, S_IFCHR | 0666, makedev(1, 3)) == 0) {
+        snprintf(path, sizeof path, "%s/to-null.npy", dir);
+        ck_assert_int_eq(symlink("null", path), 0);
+        snprintf(args, sizeof args, "-q -m '%s' -o to-null.npy '%s'", model, png);
+        ck_assert_int_eq(run_cli(args), 0);
+        ck_assert(holds("to-null.npy", ref, ref_len));
+        snprintf(path, sizeof path, "%s/null", dir);
+        ck_assert_int_eq(lstat(path, &st), 0);
+        ck_assert(S_ISCHR(st.st_mode));
+    }
+    /* a link to a FIFO with a reader: nothing reaches the reader */
+    snprintf(path, sizeof path, "%s/fifo", dir);
+    ck_assert_int_eq(mkfifo(path, 0644), 0);
+    const int reader = open(path, O_RDONLY | O_NONBLOCK);
+    ck_assert_int_ge(reader, 0);
+    snprintf(path, sizeof path, "%s/to-fifo.npy", dir);
+    ck_assert_int_eq(symlink("fifo", path), 0);
+    snprintf(args, sizeof args, "-q -m '%s' -o to-fifo.npy '%s'", model, png);
+    ck_assert_int_eq(run_cli(args), 0);
+    ck_assert(holds("to-fifo.npy", ref, ref_len));
+    char byte;
+    ck_assert_int_le(read(reader, &byte, 1), 0);
+    close(reader);
+    /* a link to /proc/self/fd/1 (standard output a pipe): replaced, and the
+     * pipe gets nothing */
+    snprintf(path, sizeof path, "%s/to-stdout.npy", dir);
+    ck_assert_int_eq(symlink("/proc/self/fd/1", path), 0);
+    snprintf(args, sizeof args, "-q -m '%s' -o to-stdout.npy '%s' | cat > piped", model, png);
+    ck_assert_int_eq(run_cli(args), 0);
+    ck_assert(holds("to-stdout.npy", ref, ref_len));
+    ck_assert(holds("piped", NULL, 0));
+
+    /* the names of standard output, itself a regular file: written into it */
+    static const char *const names[] = {"/proc/self/fd/1", "/dev/fd/1", "/dev/stdout"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        snprintf(args, sizeof args, "-q -m '%s' -o %s --format npy '%s' > by-name", model,
+                 names[i], png);
+        ck_assert_int_eq(run_cli(args), 0);
+        ck_assert_msg(holds("by-name", ref, ref_len), "-o %s", names[i]);
+    }
+    ck_assert_int_eq(lstat("/dev/stdout", &st), 0);
+    ck_assert(S_ISLNK(st.st_mode));
+
+    /* a block device (a major no driver has: nothing could be written) */
+    snprintf(path, sizeof path, "%s/disk", dir);
+    if (mknod(path, S_IFBLK | 0600, makedev(240, 0)) == 0) {
+        snprintf(args, sizeof args, "-q -m '%s' -o disk '%s'", model, png);
+        ck_assert_int_eq(run_cli(args), 1);
+        snprintf(path, sizeof path, "%s/stderr", dir);
+        size_t len;
+        char *text = (char *)read_all(path, &len);
+        text[len] = '\0';
+        ck_assert_msg(strstr(text, "a block device: not written"), "%s", text);
+        free(text);
+    }
+    free(ref);
+}
+END_TEST
+
 /* Whatever the limit, latent-encode finishes (halving its chunk when it must)
  * or fails at once with one line: it never stalls.  A bisection between a
  * limit too small to start and one that is no limit crosses every limit at
@@ -451,6 +543,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, errors_exit_nonzero_with_one_line);
     tcase_add_test(tc, memory_pressure_never_hangs);
     tcase_add_test(tc, output_to_fifos_devices_and_stdout);
+    tcase_add_test(tc, links_at_the_output_are_replaced);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -17,10 +17,19 @@
  * name no other process uses (".NAME.PID-N.tmp"), which is then renamed over
  * the path; so a reader sees the old file or the whole new one, a link
  * planted at a temporary name is never followed, and two processes writing
- * one path both succeed (the last rename wins).  A path that names a FIFO,
- * a character or block device or a socket is opened and written as it is:
- * never renamed over.  A symbolic link at the path itself is replaced, not
- * followed, unless it leads to such a special file (so /dev/stdout works). */
+ * one path both succeed (the last rename wins).  A symbolic link at the
+ * path itself is replaced the same way (the rename takes the link's place),
+ * never followed.  A path that names a FIFO, a character device or a socket
+ * is opened (O_NOFOLLOW) and written as it is: never renamed over.  A block
+ * device is refused.  The names /dev/stdout, /dev/stderr, /dev/fd/N and
+ * /proc/self/fd/N stand for the descriptor already open (written whatever
+ * it is: a terminal, a pipe, a file the shell opened); the link in /dev is
+ * never touched.
+ *
+ * A failed write is LD_EIO when the file system fails as a whole (full,
+ * read-only, an I/O error) and LD_EINVAL when only that name does (a folder
+ * or socket there, a FIFO with no reader, no permission), so a dataset run
+ * can fail the one image and go on. */
 #ifndef LATENTD_SAFEFILE_H
 #define LATENTD_SAFEFILE_H
 
@@ -57,11 +66,12 @@ int ld_read_regular(const char *path, uint64_t max_bytes, uint8_t **data, size_t
 int ld_tree_dir(const char *root, const char *rel, bool create, int *dir_fd,
                 const char **leaf, char *err);
 /* buf to name in dir_fd, as described above; shown names it in messages.
- * A link at name is replaced, never followed. */
+ * A link at name is replaced, never followed; a FIFO at it with no reader
+ * is an error at once (one of many outputs never hangs a run). */
 int ld_write_at(int dir_fd, const char *name, const char *shown, const void *buf, size_t len,
                 char *err);
 /* buf to a path the user named ("-": standard output); its folders are made
- * as needed. */
+ * as needed.  A FIFO at it is waited on for its reader, as a shell does. */
 int ld_write_file(const char *path, const void *buf, size_t len, char *err);
 
 /* A file to be written a piece at a time (a list of failures): a regular
@@ -69,7 +79,9 @@ int ld_write_file(const char *path, const void *buf, size_t len, char *err);
  * files; a special file is opened as it is.  *fd is the caller's to close. */
 int ld_create_file(const char *path, int *fd, char *err);
 /* The same for appending (a log): a regular file is opened (made when
- * missing) with O_APPEND; a special file as it is. */
+ * missing) with O_APPEND; a FIFO or character device as it is, but a link
+ * at path is refused (not followed) and so is a FIFO with no reader (no
+ * open that waits for ever); the descriptor blocks on writes. */
 int ld_open_append(const char *path, int *fd, char *err);
 
 /* Whether st is a file written through rather than replaced. */

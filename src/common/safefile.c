@@ -44,6 +44,7 @@ int ld_open_regular(int dir_fd, const char *name, bool follow, uint64_t max_byte
                        !follow && errno == ELOOP ? "a symbolic link, not followed"
                                                  : strerror(errno));
     struct stat st;
+    int fl;
     int rc = LD_OK;
     if (fstat(fd, &st) != 0)
         rc = ld_fail(err, LD_EIO, "%s: %s", shown, strerror(errno));
@@ -54,7 +55,7 @@ int ld_open_regular(int dir_fd, const char *name, bool follow, uint64_t max_byte
         rc = ld_fail(err, LD_ETOOLARGE, "%s: %llu bytes, over the limit of %llu", shown,
                      (unsigned long long)st.st_size,
                      (unsigned long long)(max_bytes ? max_bytes : LD_MAX_FILE_BYTES_DEFAULT));
-    else if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0)
+    else if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
         rc = ld_fail(err, LD_EIO, "%s: %s", shown, strerror(errno));
     if (rc != LD_OK) {
         close(fd);
@@ -126,6 +127,8 @@ int ld_read_regular(const char *path, uint64_t max_bytes, uint8_t **data, size_t
 static int make_folders(const char *folder, char *err)
 {
     char dir[PATH_MAX];
+    if (!folder[0]) /* the scan below starts past the first byte */
+        return ld_fail(err, LD_EINVAL, "an empty folder name");
     if (snprintf(dir, sizeof dir, "%s", folder) >= (int)sizeof dir)
         return ld_fail(err, LD_EINVAL, "%s: path too long", folder);
     for (char *p = dir + 1;; p++) {
@@ -212,6 +215,16 @@ int ld_tree_dir(const char *root, const char *rel, bool create, int *dir_fd,
 
 /* ---- writing ---- */
 
+/* What a failed write says about the run: a file system that is full,
+ * read-only or failing ends it (LD_EIO); anything about one name (a folder
+ * or socket there, a FIFO with no reader, a link, no permission) is
+ * LD_EINVAL, so a dataset run fails that image and goes on. */
+static int write_status(int e)
+{
+    return e == ENOSPC || e == EDQUOT || e == EIO || e == EROFS || e == ENOMEM ? LD_EIO
+                                                                               : LD_EINVAL;
+}
+
 static int write_all(int fd, const void *buf, size_t len, const char *shown, char *err)
 {
     const uint8_t *p = buf;
@@ -226,32 +239,75 @@ static int write_all(int fd, const void *buf, size_t len, const char *shown, cha
                 continue;
         }
         if (put < 0)
-            return ld_fail(err, LD_EIO, "%s: %s", shown, strerror(errno));
+            return ld_fail(err, write_status(errno), "%s: %s", shown, strerror(errno));
         p += put;
         len -= (size_t)put;
     }
     return LD_OK;
 }
 
-/* When name (in dir_fd; follow: a link at it followed) is a special file,
- * open it for writing into *fd and return 1; 0 when it is anything else
- * (nothing opened); or an error.  Checked again once open, so a file
- * swapped in between is never written into. */
-static int open_special(int dir_fd, const char *name, bool follow, const char *shown, int *fd,
+static const char *open_error(int e, unsigned mode)
+{
+    return e == ENXIO && S_ISFIFO(mode) ? "a FIFO with no reader: not written"
+           : e == ENXIO && S_ISSOCK(mode) ? "a socket: not written"
+           : e == ELOOP                   ? "a symbolic link, not followed"
+                                          : strerror(e);
+}
+
+/* The descriptor a name stands for, or -1: /dev/stdout, /dev/stderr,
+ * /dev/fd/N and /proc/self/fd/N name a stream already open, which is
+ * written as it is (a terminal, a pipe, a file the shell opened), and the
+ * link in /dev is never renamed over. */
+static int named_stream(const char *path)
+{
+    if (strcmp(path, "/dev/stdout") == 0)
+        return STDOUT_FILENO;
+    if (strcmp(path, "/dev/stderr") == 0)
+        return STDERR_FILENO;
+    const char *num = strncmp(path, "/dev/fd/", 8) == 0          ? path + 8
+                      : strncmp(path, "/proc/self/fd/", 14) == 0 ? path + 14
+                                                                 : NULL;
+    if (!num || *num < '0' || *num > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    const long n = strtol(num, &end, 10);
+    return *end || errno || n > INT_MAX ? -1 : (int)n;
+}
+
+/* When name (in dir_fd; a link at it never followed) is a FIFO, character
+ * device or socket, open it for writing into *fd and return 1; 0 when it is
+ * anything else (nothing opened); or an error.  A block device is refused:
+ * an image is no disk's content.  Checked again once open, so a file
+ * swapped in between is never written into.  wait: a FIFO's open waits for
+ * its reader, as a shell's redirection does; else no reader is an error. */
+static int open_special(int dir_fd, const char *name, bool wait, const char *shown, int *fd,
                         char *err)
 {
     struct stat st;
-    if (fstatat(dir_fd, name, &st, follow ? 0 : AT_SYMLINK_NOFOLLOW) != 0 ||
-        !ld_is_special(st.st_mode))
+    if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !ld_is_special(st.st_mode))
         return 0;
-    /* blocking: a FIFO waits for its reader, as a shell's redirection does */
+    if (S_ISBLK(st.st_mode))
+        return ld_fail(err, LD_EINVAL, "%s: a block device: not written", shown);
     const int opened = openat(dir_fd, name,
-                              O_WRONLY | O_NOCTTY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
-    if (opened < 0)
-        return ld_fail(err, LD_EIO, "%s: %s", shown, strerror(errno));
-    if (fstat(opened, &st) != 0 || !ld_is_special(st.st_mode)) {
+                              O_WRONLY | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW |
+                                  (wait ? 0 : O_NONBLOCK));
+    if (opened < 0) {
+        const int e = errno;
+        return ld_fail(err, write_status(e), "%s: %s", shown, open_error(e, st.st_mode));
+    }
+    int rc = 1;
+    int fl;
+    if (fstat(opened, &st) != 0 || !ld_is_special(st.st_mode))
+        rc = 0;
+    else if (S_ISBLK(st.st_mode))
+        rc = ld_fail(err, LD_EINVAL, "%s: a block device: not written", shown);
+    /* the writes themselves block, as they always did: a reader is there */
+    else if ((fl = fcntl(opened, F_GETFL)) < 0 || fcntl(opened, F_SETFL, fl & ~O_NONBLOCK) != 0)
+        rc = ld_fail(err, LD_EIO, "%s: %s", shown, strerror(errno));
+    if (rc != 1) {
         close(opened);
-        return 0;
+        return rc;
     }
     *fd = opened;
     return 1;
@@ -273,7 +329,8 @@ static int make_temp(int dir_fd, const char *name, const char *shown, char *tmp,
         if (*fd >= 0)
             return LD_OK;
         if (errno != EEXIST)
-            return ld_fail(err, LD_EIO, "%s: cannot make a temporary file beside it: %s", shown,
+            return ld_fail(err, write_status(errno),
+                           "%s: cannot make a temporary file beside it: %s", shown,
                            strerror(errno));
     }
     return ld_fail(err, LD_EIO, "%s: %d temporary names beside it are all taken", shown,
@@ -293,9 +350,10 @@ static int replace(int dir_fd, const char *name, const char *shown, const void *
     if (len)
         rc = write_all(fd, buf, len, shown, err);
     if (!keep_open && close(fd) != 0 && rc == LD_OK)
-        rc = ld_fail(err, LD_EIO, "%s: %s", shown, strerror(errno));
+        rc = ld_fail(err, write_status(errno), "%s: %s", shown, strerror(errno));
+    /* over a link at name too: the link is replaced, what it leads to untouched */
     if (rc == LD_OK && renameat(dir_fd, tmp, dir_fd, name) != 0)
-        rc = ld_fail(err, LD_EIO, "%s: %s", shown, strerror(errno));
+        rc = ld_fail(err, write_status(errno), "%s: %s", shown, strerror(errno));
     if (rc != LD_OK) {
         unlinkat(dir_fd, tmp, 0);
         if (keep_open)
@@ -307,19 +365,26 @@ static int replace(int dir_fd, const char *name, const char *shown, const void *
     return LD_OK;
 }
 
-int ld_write_at(int dir_fd, const char *name, const char *shown, const void *buf, size_t len,
-                char *err)
+static int write_at(int dir_fd, const char *name, bool wait, const char *shown,
+                    const void *buf, size_t len, char *err)
 {
     int fd = -1;
-    int rc = open_special(dir_fd, name, false, shown, &fd, err);
+    int rc = open_special(dir_fd, name, wait, shown, &fd, err);
     if (rc < 0)
         return rc;
     if (rc == 0)
         return replace(dir_fd, name, shown, buf, len, false, NULL, err);
     rc = write_all(fd, buf, len, shown, err);
     if (close(fd) != 0 && rc == LD_OK)
-        rc = ld_fail(err, LD_EIO, "%s: %s", shown, strerror(errno));
+        rc = ld_fail(err, write_status(errno), "%s: %s", shown, strerror(errno));
     return rc;
+}
+
+int ld_write_at(int dir_fd, const char *name, const char *shown, const void *buf, size_t len,
+                char *err)
+{
+    /* one of many outputs: a FIFO nobody reads fails this one, never hangs the run */
+    return write_at(dir_fd, name, false, shown, buf, len, err);
 }
 
 /* The folder of a path the user named, opened (made first), and its last name. */
@@ -350,47 +415,73 @@ int ld_write_file(const char *path, const void *buf, size_t len, char *err)
 {
     if (strcmp(path, "-") == 0)
         return write_all(STDOUT_FILENO, buf, len, "standard output", err);
-    int fd = -1;
-    int rc = open_special(AT_FDCWD, path, true, path, &fd, err);
-    if (rc == 1) {
-        rc = write_all(fd, buf, len, path, err);
-        if (close(fd) != 0 && rc == LD_OK)
-            rc = ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
-        return rc;
-    }
-    if (rc < 0)
-        return rc;
+    const int stream = named_stream(path);
+    if (stream >= 0)
+        return write_all(stream, buf, len, path, err);
     int dir_fd;
     const char *leaf;
-    rc = open_parent(path, &dir_fd, &leaf, err);
+    int rc = open_parent(path, &dir_fd, &leaf, err);
     if (rc == LD_OK) {
-        rc = ld_write_at(dir_fd, leaf, path, buf, len, err);
+        rc = write_at(dir_fd, leaf, true, path, buf, len, err);
         close(dir_fd);
     }
     return rc;
+}
+
+/* A descriptor of our own on a stream a name stands for (the caller closes it). */
+static int dup_stream(int stream, const char *path, int *fd, char *err)
+{
+    *fd = fcntl(stream, F_DUPFD_CLOEXEC, 3);
+    if (*fd < 0)
+        return ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
+    return LD_OK;
 }
 
 int ld_create_file(const char *path, int *fd, char *err)
 {
-    int rc = open_special(AT_FDCWD, path, true, path, fd, err);
-    if (rc != 0)
-        return rc < 0 ? rc : LD_OK;
+    const int stream = named_stream(path);
+    if (stream >= 0)
+        return dup_stream(stream, path, fd, err);
     int dir_fd;
     const char *leaf;
-    rc = open_parent(path, &dir_fd, &leaf, err);
-    if (rc == LD_OK) {
+    int rc = open_parent(path, &dir_fd, &leaf, err);
+    if (rc != LD_OK)
+        return rc;
+    rc = open_special(dir_fd, leaf, true, path, fd, err);
+    if (rc == 0)
         rc = replace(dir_fd, leaf, path, NULL, 0, true, fd, err);
-        close(dir_fd);
-    }
-    return rc;
+    close(dir_fd);
+    return rc < 0 ? rc : LD_OK;
 }
 
 int ld_open_append(const char *path, int *fd, char *err)
 {
-    /* no O_TRUNC and no rename: a log keeps what it holds, and a special
-     * file (a FIFO, /dev/stderr) is written as it is */
-    *fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY | O_CLOEXEC, 0666);
-    if (*fd < 0)
-        return ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
-    return LD_OK;
+    const int stream = named_stream(path);
+    if (stream >= 0)
+        return dup_stream(stream, path, fd, err);
+    /* no O_TRUNC and no rename: a log keeps what it holds.  O_NOFOLLOW: a
+     * link planted at the name is not followed; O_NONBLOCK: a FIFO with no
+     * reader is an error (ENXIO), not an open that waits for ever. */
+    *fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW |
+                         O_NONBLOCK,
+               0666);
+    if (*fd < 0) {
+        const int e = errno;
+        return ld_fail(err, LD_EIO, "%s: %s", path, open_error(e, e == ENXIO ? S_IFIFO : 0));
+    }
+    struct stat st;
+    int fl;
+    int rc = LD_OK;
+    if (fstat(*fd, &st) != 0)
+        rc = ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
+    else if (S_ISBLK(st.st_mode))
+        rc = ld_fail(err, LD_EINVAL, "%s: a block device: not written", path);
+    /* a reader is there: log lines wait for it, as they always did */
+    else if ((fl = fcntl(*fd, F_GETFL)) < 0 || fcntl(*fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
+        rc = ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
+    if (rc != LD_OK) {
+        close(*fd);
+        *fd = -1;
+    }
+    return rc;
 }
