@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct {
@@ -128,12 +129,50 @@ START_TEST(long_messages_and_every_byte)
 }
 END_TEST
 
+/* A log path swapped for a link or a FIFO nobody reads: the reopen fails
+ * at once (no open that waits for ever with the log's lock held), the old
+ * log goes on, and what the link leads to is untouched. */
+START_TEST(reopen_refuses_links_and_readerless_fifos)
+{
+    temp_log t;
+    open_log(&t);
+    char target[4300], err[LD_ERR_LEN];
+    snprintf(target, sizeof target, "%s/target", t.dir);
+    write_all(target, "mine\n", 5);
+    char moved[4300];
+    snprintf(moved, sizeof moved, "%s/old.log", t.dir);
+    srv_log(LOG_INFO, "before");
+    ck_assert_int_eq(rename(t.path, moved), 0); /* as logrotate moves it */
+    ck_assert_int_eq(symlink("target", t.path), 0);
+    ck_assert_int_eq(srv_log_reopen(err), LD_EIO);
+    ck_assert_msg(strstr(err, "symbolic link"), "%s", err);
+    ck_assert_int_eq(unlink(t.path), 0);
+    ck_assert_int_eq(mkfifo(t.path, 0600), 0);
+    ck_assert_int_eq(srv_log_reopen(err), LD_EIO);
+    ck_assert_msg(strstr(err, "no reader"), "%s", err);
+    srv_log(LOG_INFO, "after");
+    srv_log_close();
+    size_t len;
+    char *text = (char *)read_all(target, &len);
+    ck_assert_uint_eq(len, 5);
+    ck_assert_mem_eq(text, "mine\n", 5);
+    free(text);
+    text = (char *)read_all(moved, &len);
+    text[len] = '\0';
+    ck_assert_ptr_nonnull(strstr(text, "before"));
+    ck_assert_ptr_nonnull(strstr(text, "after")); /* the old log went on */
+    free(text);
+    remove_temp_dir(t.dir);
+}
+END_TEST
+
 static Suite *log_suite(void)
 {
     Suite *s = suite_create("log");
     TCase *tc = tcase_create("lines");
     tcase_add_test(tc, client_bytes_cannot_forge_lines);
     tcase_add_test(tc, long_messages_and_every_byte);
+    tcase_add_test(tc, reopen_refuses_links_and_readerless_fifos);
     suite_add_tcase(s, tc);
     return s;
 }

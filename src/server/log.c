@@ -47,31 +47,39 @@ int srv_log_change(const char *path, srv_log_level level, char *err)
     return rc;
 }
 
+/* The log at path, opened for appending (NULL on error).  Called without
+ * logger.lock: an open may take time, and no thread's log line waits on it. */
+static FILE *open_log(const char *path, char *err)
+{
+    int fd = -1;
+    if (ld_open_append(path, &fd, err) != LD_OK)
+        return NULL;
+    FILE *fp = fdopen(fd, "a");
+    if (!fp) {
+        ld_fail(err, LD_EIO, "%s: %s", path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    setvbuf(fp, NULL, _IOLBF, 0);
+    return fp;
+}
+
 int srv_log_reopen(char *err)
 {
-    int rc = LD_OK;
+    char path[sizeof logger.path];
     pthread_mutex_lock(&logger.lock);
-    if (logger.path[0]) {
-        int fd = -1;
-        FILE *fp = NULL;
-        rc = ld_open_append(logger.path, &fd, err);
-        if (rc == LD_OK && !(fp = fdopen(fd, "a"))) {
-            rc = ld_fail(err, LD_EIO, "%s: %s", logger.path, strerror(errno));
-            close(fd);
-        }
-        if (fp) {
-            setvbuf(fp, NULL, _IOLBF, 0);
-            if (logger.fp && logger.fp != stderr)
-                fclose(logger.fp);
-            logger.fp = fp;
-        }
-    } else {
-        if (logger.fp && logger.fp != stderr)
-            fclose(logger.fp);
-        logger.fp = stderr;
-    }
+    memcpy(path, logger.path, sizeof path);
     pthread_mutex_unlock(&logger.lock);
-    return rc;
+    FILE *fp = stderr;
+    if (path[0] && !(fp = open_log(path, err)))
+        return LD_EIO; /* the old log stays; the caller says why */
+    pthread_mutex_lock(&logger.lock);
+    FILE *old = logger.fp;
+    logger.fp = fp;
+    pthread_mutex_unlock(&logger.lock);
+    if (old && old != stderr && old != fp)
+        fclose(old);
+    return LD_OK;
 }
 
 void srv_log_close(void)
