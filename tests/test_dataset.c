@@ -639,6 +639,34 @@ START_TEST(fifos_devices_and_huge_files_are_failures)
 }
 END_TEST
 
+/* Something not a file planted at one output name fails that image only:
+ * the run writes the others, and a FIFO nobody reads never hangs it. */
+START_TEST(a_bad_output_name_fails_only_its_image)
+{
+    make_tree();
+    make_dirs(at("out/in/a/x"));
+    ck_assert_int_eq(mkdir(at("out/in/rocket.npy"), 0755), 0);
+    ck_assert_int_eq(mkfifo(at("out/in/a/coffee.npy"), 0644), 0);
+    char cmd[12288];
+    command(cmd, sizeof cmd,
+            "-q --out-dir out --failures failed.tsv in/rocket.png in/a/coffee.png "
+            "in/coffee_96x128.png 2>stderr");
+    ck_assert_int_eq(wait_within(spawn_shell(cmd, -1), 60), 1);
+    char *listed = capture("cut -f1 '%s/failed.tsv' | LC_ALL=C sort", dir);
+    ck_assert_str_eq(listed, "in/a/coffee.png\nin/rocket.png\n");
+    free(listed);
+    ck_assert(file_has("failed.tsv", "a FIFO with no reader"));
+    ck_assert(exists(at("out/in/coffee_96x128.npy")));
+    ck_assert(is_fifo(at("out/in/a/coffee.npy")));
+    struct stat st;
+    ck_assert_int_eq(lstat(at("out/in/rocket.npy"), &st), 0);
+    ck_assert(S_ISDIR(st.st_mode));
+    char *tmp = capture("cd '%s' && find . -name '*.tmp'", dir);
+    ck_assert_str_eq(tmp, "");
+    free(tmp);
+}
+END_TEST
+
 /* A --failures field back to its text: \\ \t \n \r \xNN. */
 static char *unescape(const char *field, size_t n)
 {
@@ -945,6 +973,7 @@ static Suite *dataset_suite(void)
     tcase_add_test(tc, lists_stdin_and_globs);
     tcase_add_test(tc, sigterm_ends_a_blocked_run_within_seconds);
     tcase_add_test(tc, fifos_devices_and_huge_files_are_failures);
+    tcase_add_test(tc, a_bad_output_name_fails_only_its_image);
     tcase_add_test(tc, failures_escape_names);
     tcase_add_test(tc, planted_links_are_never_followed);
     tcase_add_test(tc, one_shard_twice_at_once);

@@ -243,8 +243,10 @@ static void emit(run_state *st, ld_event_kind kind, size_t index, const char *me
     }
 }
 
-/* One image's output file.  A folder below out_dir that is a link (or not a
- * folder) fails the image; a file system that refuses to write ends the run. */
+/* One image's output file.  Whatever is wrong with its name alone (a folder
+ * below out_dir that is a link, a folder, socket or reader-less FIFO at the
+ * output name: LD_EINVAL) fails the image; a file system that refuses to
+ * write (full, read-only, failing: LD_EIO) ends the run. */
 static int write_one(run_state *st, size_t index, const ld_result *res,
                      ld_dataset_counts *counts, char *err)
 {
@@ -252,13 +254,14 @@ static int write_one(run_state *st, size_t index, const ld_result *res,
     out_file f;
     char inner[LD_ERR_LEN];
     int rc = out_open(o, &st->inputs->items[index], true, &f, inner);
+    if (rc == LD_OK) {
+        rc = ld_result_write_at(res, &o->output, f.dir, f.name, f.path, inner);
+        out_close(&f);
+    }
     if (rc == LD_EINVAL) {
         emit(st, LD_EV_FAILED, index, inner, counts);
         return LD_OK;
     }
-    if (rc == LD_OK)
-        rc = ld_result_write_at(res, &o->output, f.dir, f.name, f.path, inner);
-    out_close(&f);
     if (rc != LD_OK)
         return ld_fail(err, rc, "%s", inner);
     emit(st, LD_EV_ENCODED, index, NULL, counts);
