@@ -6,6 +6,7 @@
  * and a shared output folder someone else writes to: planted links, a second
  * run of one shard, FIFOs and devices as inputs and outputs. */
 #include "latentd/image.h"
+#include "latentd/result.h"
 #include "latentd/safetensors.h"
 #include "testutil.h"
 
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -667,6 +669,46 @@ START_TEST(a_bad_output_name_fails_only_its_image)
 }
 END_TEST
 
+static long max_rss_kib(void)
+{
+    struct rusage ru;
+    ck_assert_int_eq(getrusage(RUSAGE_SELF, &ru), 0);
+    return ru.ru_maxrss;
+}
+
+/* The skip check of a safetensors output reads its header only: a 1 GiB
+ * output (sparse here) is checked without 1 GiB of memory, and one cut
+ * short by a byte is still found. */
+START_TEST(skip_check_reads_only_the_header)
+{
+    static const char json[] =
+        "{\"latents\":{\"dtype\":\"F32\",\"shape\":[4,16384,4096],"
+        "\"data_offsets\":[0,1073741824]}}";
+    const uint64_t n = sizeof json - 1;
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (uint8_t)(n >> (8 * i));
+    const char *path = at("big.safetensors");
+    const int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, le, 8), 8);
+    ck_assert_int_eq(write(fd, json, n), (ssize_t)n);
+    const off_t whole = (off_t)(8 + n + ((uint64_t)1 << 30));
+    ck_assert_int_eq(ftruncate(fd, whole), 0);
+    ck_assert_int_eq(close(fd), 0);
+
+    const ld_output_spec spec = {.format = LD_FILE_SAFETENSORS, .n_kinds = 1,
+                                 .kinds = {LD_KIND_LATENTS}};
+    char err[LD_ERR_LEN];
+    const long before = max_rss_kib();
+    ck_assert_msg(ld_output_check(path, &spec, 4, err) == LD_OK, "%s", err);
+    ck_assert_int_lt(max_rss_kib() - before, 256 * 1024);
+    ck_assert_int_eq(truncate(path, whole - 1), 0);
+    ck_assert_int_ne(ld_output_check(path, &spec, 4, err), LD_OK);
+    ck_assert_msg(strstr(err, "outside"), "%s", err);
+}
+END_TEST
+
 /* A --failures field back to its text: \\ \t \n \r \xNN. */
 static char *unescape(const char *field, size_t n)
 {
@@ -974,6 +1016,7 @@ static Suite *dataset_suite(void)
     tcase_add_test(tc, sigterm_ends_a_blocked_run_within_seconds);
     tcase_add_test(tc, fifos_devices_and_huge_files_are_failures);
     tcase_add_test(tc, a_bad_output_name_fails_only_its_image);
+    tcase_add_test(tc, skip_check_reads_only_the_header);
     tcase_add_test(tc, failures_escape_names);
     tcase_add_test(tc, planted_links_are_never_followed);
     tcase_add_test(tc, one_shard_twice_at_once);

@@ -42,12 +42,22 @@ typedef struct {
 
 typedef struct ld_st_file ld_st_file;
 
+/* The longest JSON header a reader accepts. */
+#define LD_ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
+
 int ld_st_open(const char *path, ld_st_file **out, char *err);
 /* The same checks over bytes already in memory (an upload, a fuzzer's input).
  * The bytes are borrowed: they must stay valid and unchanged until ld_st_close.
  * name stands for the path in messages and in ld_st_path. */
 int ld_st_open_memory(const void *data, size_t len, const char *name, ld_st_file **out,
                       char *err);
+/* Only the header: head holds a file's first len bytes (the 8-byte length
+ * and at least the whole JSON header), file_size is the whole file's size.
+ * Every tensor's offsets are checked against file_size as ld_st_open checks
+ * them, so a cut file is found without reading its data; the tensors' data
+ * is NULL.  head is borrowed as in ld_st_open_memory. */
+int ld_st_open_header(const void *head, size_t len, uint64_t file_size, const char *name,
+                      ld_st_file **out, char *err);
 void ld_st_close(ld_st_file *file);
 
 const char *ld_st_path(const ld_st_file *file);

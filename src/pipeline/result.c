@@ -179,16 +179,71 @@ static int check_npy(int fd, const char *shown, const ld_output_spec *spec, int 
 /* An output is ours, so only a generous bound: a file past it is not whole. */
 #define OUTPUT_MAX_BYTES ((uint64_t)1 << 32)
 
+/* Our outputs' headers are a few hundred bytes (more with --meta); a longer
+ * one is read as not whole rather than held in memory. */
+#define OUTPUT_HEADER_MAX ((uint64_t)16 << 20)
+
+/* len bytes at offset, all of them, or LD_EFORMAT (a file cut short). */
+static int read_at(int fd, void *buf, size_t len, off_t offset, const char *shown, char *err)
+{
+    uint8_t *p = buf;
+    while (len > 0) {
+        const ssize_t got = pread(fd, p, len, offset);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return ld_fail(err, LD_EFORMAT, "%s: %s", shown,
+                           got < 0 ? strerror(errno) : "shorter than its header says");
+        p += got;
+        len -= (size_t)got;
+        offset += got;
+    }
+    return LD_OK;
+}
+
+/* The 8-byte length and the JSON header, and only those (a skip check of
+ * many large outputs must not read them whole), into *head (malloc'd). */
+static int read_st_header(int fd, const char *shown, uint64_t size, uint8_t **head,
+                          size_t *len, char *err)
+{
+    uint8_t le[8];
+    if (size < 8)
+        return ld_fail(err, LD_EFORMAT, "%s: too short for a safetensors file", shown);
+    int rc = read_at(fd, le, sizeof le, 0, shown, err);
+    if (rc != LD_OK)
+        return rc;
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = n << 8 | le[i];
+    if (n > OUTPUT_HEADER_MAX || n > size - 8)
+        return ld_fail(err, LD_EFORMAT, "%s: header length %llu does not fit", shown,
+                       (unsigned long long)n);
+    *len = (size_t)n + 8;
+    if (!(*head = malloc(*len)))
+        return ld_fail(err, LD_ENOMEM, "%s: out of memory", shown);
+    memcpy(*head, le, sizeof le);
+    rc = read_at(fd, *head + 8, (size_t)n, 8, shown, err);
+    if (rc != LD_OK) {
+        free(*head);
+        *head = NULL;
+    }
+    return rc;
+}
+
 static int check_safetensors(int fd, const char *shown, const ld_output_spec *spec,
                              int channels, char *err)
 {
-    uint8_t *data;
-    size_t len;
+    struct stat st;
+    uint8_t *data = NULL;
+    size_t len = 0;
     char inner[LD_ERR_LEN];
-    if (ld_read_fd(fd, OUTPUT_MAX_BYTES, shown, &data, &len, inner) != LD_OK)
+    if (fstat(fd, &st) != 0)
+        return ld_fail(err, LD_EFORMAT, "%s: %s", shown, strerror(errno));
+    if (read_st_header(fd, shown, (uint64_t)st.st_size, &data, &len, inner) != LD_OK)
         return ld_fail(err, LD_EFORMAT, "%s", inner);
     ld_st_file *f;
-    if (ld_st_open_memory(data, len, shown, &f, inner) != LD_OK) { /* checks every offset */
+    /* checks every tensor's offsets against the file's size */
+    if (ld_st_open_header(data, len, (uint64_t)st.st_size, shown, &f, inner) != LD_OK) {
         free(data);
         return ld_fail(err, LD_EFORMAT, "%s", inner);
     }

@@ -14,12 +14,13 @@
 #include "latentd/safefile.h"
 
 /* The reference implementation refuses headers above 100 MB; so do we. */
-#define ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
+#define ST_MAX_HEADER LD_ST_MAX_HEADER
 
 struct ld_st_file {
     char *path;
     const uint8_t *map; /* the whole file: mapped, or the caller's bytes */
     size_t map_size;
+    uint64_t file_size; /* map_size, or more when map holds only the header */
     bool mapped;        /* map is ours to munmap */
     const uint8_t *data; /* first byte after the header */
     size_t data_size;
@@ -93,6 +94,7 @@ static int map_file(ld_st_file *f, char *err)
         return ld_fail(err, LD_EIO, "%s: cannot map: %s", f->path, strerror(e));
     f->map = m;
     f->mapped = true;
+    f->file_size = f->map_size;
     return LD_OK;
 }
 
@@ -134,7 +136,8 @@ static int parse_offsets(ld_st_file *f, const char *name, json_t *offsets, size_
         return ld_fail(err, LD_EFORMAT,
                        "%s: tensor '%s': %zu bytes do not hold %zu %s elements", f->path, name,
                        t->nbytes, t->numel, t->dtype_name);
-    t->data = f->data + begin;
+    /* a header read alone has no data to point at */
+    t->data = f->file_size == f->map_size ? f->data + begin : NULL;
     return LD_OK;
 }
 
@@ -183,13 +186,17 @@ static int parse_header(ld_st_file *f, char *err)
         return too_short(f, err);
     uint64_t header_len;
     read_u64_le(f->map, &header_len);
-    if (header_len > ST_MAX_HEADER || header_len > f->map_size - 8)
+    if (header_len > ST_MAX_HEADER || header_len > f->file_size - 8)
         return ld_fail(err, LD_EFORMAT,
-                       "%s: header length %llu does not fit the %zu-byte file "
+                       "%s: header length %llu does not fit the %llu-byte file "
                        "(truncated or not safetensors)",
-                       f->path, (unsigned long long)header_len, f->map_size);
+                       f->path, (unsigned long long)header_len,
+                       (unsigned long long)f->file_size);
+    if (header_len > f->map_size - 8)
+        return ld_fail(err, LD_EFORMAT, "%s: only %zu bytes of a %llu-byte header given",
+                       f->path, f->map_size - 8, (unsigned long long)header_len);
     f->data = f->map + 8 + header_len;
-    f->data_size = f->map_size - 8 - (size_t)header_len;
+    f->data_size = (size_t)(f->file_size - 8 - header_len);
 
     json_error_t jerr;
     json_t *root = json_loadb((const char *)f->map + 8, (size_t)header_len, 0, &jerr);
@@ -266,6 +273,23 @@ int ld_st_open_memory(const void *data, size_t len, const char *name, ld_st_file
         return ld_fail(err, LD_ENOMEM, "%s: out of memory", name);
     f->map = data;
     f->map_size = len;
+    f->file_size = len;
+    return finish_open(f, out, err);
+}
+
+int ld_st_open_header(const void *head, size_t len, uint64_t file_size, const char *name,
+                      ld_st_file **out, char *err)
+{
+    *out = NULL;
+    if (len > file_size)
+        return ld_fail(err, LD_EINVAL, "%s: %zu header bytes of a %llu-byte file", name, len,
+                       (unsigned long long)file_size);
+    ld_st_file *f = new_file(name);
+    if (!f)
+        return ld_fail(err, LD_ENOMEM, "%s: out of memory", name);
+    f->map = head;
+    f->map_size = len;
+    f->file_size = file_size;
     return finish_open(f, out, err);
 }
 
@@ -342,6 +366,9 @@ float ld_f16_to_f32(uint16_t h)
 int ld_st_to_f32(const ld_st_file *f, const ld_st_tensor *t, float *dst, char *err)
 {
     const uint8_t *p = t->data;
+    if (!p) /* opened by ld_st_open_header */
+        return ld_fail(err, LD_EINVAL, "%s: tensor '%s': only its header was read", f->path,
+                       t->name);
     switch (t->dtype) {
     case LD_DT_F32:
         for (size_t i = 0; i < t->numel; i++) {
