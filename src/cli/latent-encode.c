@@ -249,6 +249,8 @@ static int parse_args(int argc, char **argv, cli_args *a)
         usage(stderr);
         return -1;
     }
+    if (a->out_dir && !a->out_dir[0])
+        return fprintf(stderr, "latent-encode: --out-dir: an empty folder name\n"), -1;
     if (a->out_dir && output_given)
         return fprintf(stderr, "latent-encode: -o and --out-dir exclude each other\n"), -1;
     if (!a->out_dir && dataset_only)
