@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -709,6 +710,28 @@ START_TEST(skip_check_reads_only_the_header)
 }
 END_TEST
 
+/* --failures that cannot be written (a full device) is said and makes the
+ * status non-zero; /dev/fd/2 names the stream the shell opened; an empty
+ * --out-dir is refused before anything is read. */
+START_TEST(failures_list_errors_and_stream_names)
+{
+    make_tree();
+    if (mknod(at("full"), S_IFCHR | 0666, makedev(1, 7)) == 0) { /* a /dev/full of our own */
+        ck_assert_int_eq(run("-q --out-dir out --failures full in/bad 2>full.err"), 1);
+        ck_assert(file_has("full.err", "full: cannot write the list of failures"));
+        struct stat st;
+        ck_assert_int_eq(lstat(at("full"), &st), 0);
+        ck_assert(S_ISCHR(st.st_mode));
+    }
+    /* (not /dev/stderr: a build without the fix would rename over it) */
+    ck_assert_int_eq(run("-q --out-dir out --failures /dev/fd/2 in/bad 2>listed"), 1);
+    ck_assert(file_has("listed", "in/bad/tiny.png\t"));
+
+    ck_assert_int_eq(run("-q --out-dir '' in/bad 2>empty.err"), 2);
+    ck_assert(file_has("empty.err", "--out-dir: an empty folder name"));
+}
+END_TEST
+
 /* A --failures field back to its text: \\ \t \n \r \xNN. */
 static char *unescape(const char *field, size_t n)
 {
@@ -1017,6 +1040,7 @@ static Suite *dataset_suite(void)
     tcase_add_test(tc, fifos_devices_and_huge_files_are_failures);
     tcase_add_test(tc, a_bad_output_name_fails_only_its_image);
     tcase_add_test(tc, skip_check_reads_only_the_header);
+    tcase_add_test(tc, failures_list_errors_and_stream_names);
     tcase_add_test(tc, failures_escape_names);
     tcase_add_test(tc, planted_links_are_never_followed);
     tcase_add_test(tc, one_shard_twice_at_once);

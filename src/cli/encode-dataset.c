@@ -63,6 +63,7 @@ typedef struct {
     ld_shard shard;
     bool sharded;
     FILE *failures;
+    int failures_errno; /* the first failed write to --failures (0: none) */
     double start, last; /* monotonic seconds: the run's start, the last report */
     bool bar_drawn;     /* a bar line is on the terminal without its newline */
 } reporter;
@@ -169,17 +170,43 @@ static void report(reporter *r, const ld_dataset_counts *c, const char *event, c
     }
 }
 
+/* One line of --failures.  A list that cannot be written (a full disk) is
+ * said once, at once, and makes the run's status non-zero: the run goes on,
+ * its outputs are still worth having. */
+static void list_failure(reporter *r, const ld_dataset_event *ev)
+{
+    tsv_text(r->failures, ev->input->path);
+    fputc('\t', r->failures);
+    tsv_text(r->failures, ev->message);
+    fputc('\n', r->failures);
+    if ((fflush(r->failures) != 0 || ferror(r->failures)) && !r->failures_errno) {
+        r->failures_errno = errno ? errno : EIO;
+        clear_bar(r);
+        fprintf(stderr, "latent-encode: %s: cannot write the list of failures: %s\n",
+                r->a->failures, strerror(r->failures_errno));
+    }
+}
+
+/* Close --failures; whether every line of it was written. */
+static bool close_failures(reporter *r)
+{
+    if (!r->failures)
+        return true;
+    const bool failed_before = r->failures_errno != 0;
+    const bool closed = fclose(r->failures) == 0;
+    r->failures = NULL;
+    if (!closed && !failed_before)
+        fprintf(stderr, "latent-encode: %s: cannot write the list of failures: %s\n",
+                r->a->failures, strerror(errno));
+    return closed && !failed_before;
+}
+
 static void on_event(void *ctx, const ld_dataset_event *ev)
 {
     reporter *r = ctx;
     if (ev->kind == LD_EV_FAILED) {
-        if (r->failures) {
-            tsv_text(r->failures, ev->input->path);
-            fputc('\t', r->failures);
-            tsv_text(r->failures, ev->message);
-            fputc('\n', r->failures);
-            fflush(r->failures);
-        }
+        if (r->failures)
+            list_failure(r, ev);
         if (r->mode == PROGRESS_JSON) {
             fputs("{\"event\": \"failed\", \"path\": \"", stderr);
             json_text(stderr, ev->input->path);
@@ -285,8 +312,7 @@ int cli_run_dataset(const cli_args *a, const ld_model *model)
     }
     ld_pool_free(pool);
     ld_inputs_free(&inputs);
-    if (r.failures)
-        fclose(r.failures);
+    const bool listed = close_failures(&r);
     const char *status = rc == LD_OK ? "complete" : rc == LD_ECANCELLED ? "stopped" : "error";
     report(&r, &counts, "done", status);
     if (rc == LD_ECANCELLED) {
@@ -300,6 +326,7 @@ int cli_run_dataset(const cli_args *a, const ld_model *model)
     }
     if (counts.failed)
         fprintf(stderr, "latent-encode: %zu of %zu images failed%s%s\n", counts.failed,
-                counts.total, a->failures ? ", listed in " : "", a->failures ? a->failures : "");
-    return counts.failed ? 1 : 0;
+                counts.total, a->failures && listed ? ", listed in " : "",
+                a->failures && listed ? a->failures : "");
+    return counts.failed || !listed ? 1 : 0;
 }
