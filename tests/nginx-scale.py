@@ -318,6 +318,11 @@ def main():
         # ---- the figures ----
         after = {i.name: i.metrics() for i in (a, b)}
         served = {i.name: i.logged(200) - logged_before[i.name][0] for i in (a, b, c)}
+        # D's held batch (two images) goes out after its 60 s batch delay; a
+        # run that outlasts that (a sanitized build on a busy machine) finds D
+        # serving one-image requests like the others: they count, not as spread
+        with open(d.log) as f:
+            served_by_d = sum(1 for line in f if "POST /v1/encode 200 images=1 " in line)
         refused = {i.name: i.logged(503) - logged_before[i.name][1] for i in (a, b, c, d)}
         with open(os.path.join(tmp, "nginx-access.log")) as f:
             access = f.read().splitlines()
@@ -331,8 +336,8 @@ def main():
                   (i.name, i.port, served[i.name], refused[i.name],
                    "; SIGTERM at 40%% when it had answered %d, exit %d" % (c_at_stop, c_status)
                    if i is c else ""))
-        print("  instance D (port %d, queue held full): %d refused 503, 0 answered" %
-              (d.port, refused["D"]))
+        print("  instance D (port %d, queue held full): %d refused 503, %d answered" %
+              (d.port, refused["D"], served_by_d))
         print("  retried by nginx after a 503: %d; lost: %d" % (len(retried), len(lost)))
         # the counters of the live instances agree with their logs
         for i in (a, b):
@@ -344,9 +349,9 @@ def main():
             fail("%d requests lost or wrong, e.g. %r" % (len(lost), lost[:5]))
         if len(results) != REQUESTS:
             fail("%d results for %d requests" % (len(results), REQUESTS))
-        if sum(served.values()) != REQUESTS:
+        if sum(served.values()) + served_by_d != REQUESTS:
             fail("the instances answered %d times 200 for %d requests" %
-                 (sum(served.values()), REQUESTS))
+                 (sum(served.values()) + served_by_d, REQUESTS))
         for name, n in served.items():
             if n == 0:
                 fail("instance %s answered nothing: the load did not spread" % name)
