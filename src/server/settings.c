@@ -22,7 +22,7 @@ void srv_config_defaults(srv_config *cfg)
     cfg->max_queue = 64;
     cfg->max_body_bytes = 64u << 20;
     cfg->max_uri_bytes = 8u << 10;
-    cfg->max_header_bytes = 32u << 10;
+    cfg->max_header_bytes = 16u << 10;
     cfg->max_image_pixels = 1024 * 1024;
     cfg->max_images_per_request = 32;
     cfg->request_timeout_ms = 120000;
